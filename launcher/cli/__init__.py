@@ -1,0 +1,72 @@
+"""The `launcher` command group. Subcommands load lazily (click's LazyGroup pattern), so
+`launcher --help` imports none of torch, deepspeed, transformers, peft, datasets or codecarbon."""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+
+import click
+
+# name -> (module, attribute, one-line help shown by `launcher --help` without importing it)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "init": ("launcher.cli.init", "init", "Write a commented starter job file."),
+    "plan": ("launcher.cli.plan", "plan", "Resolve a job: world size, batch arithmetic, engine settings."),
+    "ds-config": ("launcher.cli.ds_config", "ds_config", "Write a DeepSpeed ZeRO config with no 'auto' in it."),
+    "run": ("launcher.cli.run", "run", "Fine-tune on this node with torchrun (default: the embedded demo job)."),
+    "train": ("launcher.cli.train", "train", "Per-rank training entry point (started by torchrun)."),
+    "slurm": ("launcher.cli.slurm", "slurm", "Render job.sbatch for a job and optionally submit it."),
+    "status": ("launcher.cli.jobs", "status", "Show state, nodes, last step and loss of runs."),
+    "logs": ("launcher.cli.jobs", "logs", "Print (or follow) a run's logs."),
+    "cancel": ("launcher.cli.jobs", "cancel", "Cancel a run's Slurm job."),
+    "report": ("launcher.cli.report", "report", "Report throughput, MFU, energy, CO2 and cost of runs."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(n for n, (mod, _, _) in COMMANDS.items() if importlib.util.find_spec(mod) is not None)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        mod, attr, _ = COMMANDS[name]
+        try:
+            return getattr(importlib.import_module(mod), attr)
+        except ModuleNotFoundError as e:
+            if e.name == mod:
+                return None
+            raise
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(n, COMMANDS[n][2]) for n in self.list_commands(ctx)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="launcher")
+def cli() -> None:
+    """Turn one job file into checked DeepSpeed/FSDP2 fine-tuning runs on torchrun or Slurm,
+    and report what each job cost in throughput, money, kWh and CO2."""
+
+
+def main() -> None:
+    from launcher.errors import JobError
+
+    try:
+        cli.main(standalone_mode=False)
+    except JobError as e:
+        for line in e.lines:
+            click.echo(f"error: {line}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+

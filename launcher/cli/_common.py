@@ -1,0 +1,19 @@
+"""Options shared by several commands."""
+from __future__ import annotations
+
+import click
+
+job_argument = click.argument("job_file", required=False, type=click.Path(dir_okay=False))
+overrides_argument = click.argument("overrides", nargs=-1)
+
+
+def load_job_or_default(job_file, overrides):
+    """The job (or the embedded default) with overrides. ``launcher run a.b=1`` puts the first
+    override where the job file goes: recognise it by its ``=`` when no such file exists."""
+    import os
+
+    from launcher.spec import load_job
+
+    if job_file is not None and "=" in job_file and not os.path.exists(job_file):
+        overrides, job_file = (job_file, *overrides), None
+    return load_job(job_file, tuple(overrides))

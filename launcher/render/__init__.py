@@ -1,0 +1,2 @@
+"""Pure renderers: a Plan in, text or argv out. Deterministic (sorted keys, quoted values),
+so golden files pin them (regenerate with `UPDATE_GOLDEN=1 pytest tests/unit/test_render.py`)."""

@@ -1,0 +1,300 @@
+"""The job file: typed, frozen and strict.
+
+A job is one YAML file plus ``key.sub=value`` overrides. ``load_job`` turns both into a
+``JobSpec`` or raises ``JobError`` listing *every* problem with its field path at once.
+Nothing here touches torch: it is imported by ``launcher plan`` and ``--help`` paths.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from launcher.errors import JobError
+
+Dtype = Literal["bf16", "fp16", "fp32"]
+Offload = Literal["none", "cpu", "nvme"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class ModelSpec(_Strict):
+    path: str = Field(
+        "demo:tiny-llama",
+        description="Local model folder, a hub id already in the local cache, or demo:tiny-llama.",
+    )
+    dtype: Dtype = Field("bf16", description="Training precision: bf16, fp16 or fp32.")
+    tokenizer: Optional[str] = Field(None, description="Tokenizer folder or id (default: model.path).")
+    trust_remote_code: bool = False
+
+
+class DataSpec(_Strict):
+    path: str = Field(
+        "demo:arithmetic",
+        description="jsonl/json/parquet/csv file, a saved dataset folder, or demo:arithmetic.",
+    )
+    format: Literal["text", "instruction", "chat"] = "instruction"
+    max_seq_len: int = Field(2048, ge=8, description="Tokens per row (packed) or cap (padded).")
+    packing: bool = Field(True, description="Pack documents into full rows: no padding.")
+    eval_fraction: float = Field(0.02, ge=0.0, lt=1.0, description="Share held out for eval.")
+    text_field: str = "text"
+    prompt_field: str = "prompt"
+    response_field: str = "response"
+    messages_field: str = "messages"
+    num_samples: Optional[int] = Field(None, ge=1, description="Use only the first N rows.")
+
+
+class LoraSpec(_Strict):
+    r: int = Field(16, ge=1)
+    alpha: float = Field(32, gt=0)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: Union[Literal["all-linear"], list[str]] = "all-linear"
+
+
+class TrainSpec(_Strict):
+    method: Literal["lora", "full"] = "lora"
+    lora: LoraSpec = LoraSpec()
+    epochs: int = Field(1, ge=1)
+    max_steps: Optional[int] = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    micro_batch_size: Optional[int] = Field(None, ge=1, description="Rows per rank per forward.")
+    grad_accum_steps: Optional[int] = Field(None, ge=1)
+    global_batch_size: Optional[int] = Field(None, ge=1, description="Rows per optimizer step.")
+    lr: float = Field(2.0e-4, gt=0)
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="Final lr as a share of lr.")
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
+    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
+    weight_decay: float = Field(0.0, ge=0.0)
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = Field(1e-8, gt=0)
+    max_grad_norm: float = Field(1.0, ge=0.0, description="0 disables clipping.")
+    activation_checkpointing: bool = False
+    save_every_steps: Optional[int] = Field(500, ge=1)
+    keep_last_checkpoints: int = Field(2, ge=1)
+    eval_every_steps: Optional[int] = Field(None, ge=1)
+    log_every_steps: int = Field(1, ge=1)
+    seed: int = 0
+
+    @field_validator("adam_betas")
+    @classmethod
+    def _betas(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0.0 <= b < 1.0 for b in v):
+            raise ValueError(f"each beta must be in [0, 1), got {list(v)}")
+        return v
+
+
+class ParallelSpec(_Strict):
+    strategy: Literal["zero", "fsdp"] = "zero"
+    zero_stage: int = Field(3, ge=0, le=3)
+    offload_optimizer: Offload = "none"
+    offload_params: Offload = "none"
+    nvme_path: Optional[str] = Field(None, description="Folder for NVMe offload (required with nvme).")
+    zero_buckets: Literal["deepspeed", "model"] = Field(
+        "deepspeed",
+        description="ZeRO bucket sizes: DeepSpeed's defaults, or derived from hidden_size as the "
+        "Hugging Face integration does (slower on small models).",
+    )
+    reshard_after_forward: bool = Field(True, description="FSDP2: free gathered params after forward.")
+
+    @model_validator(mode="after")
+    def _offload_rules(self) -> "ParallelSpec":
+        errs = []
+        if self.strategy == "zero":
+            if self.offload_params != "none" and self.zero_stage != 3:
+                errs.append(f"offload_params: {self.offload_params!r} needs zero_stage 3, got {self.zero_stage}")
+            if self.offload_optimizer != "none" and self.zero_stage == 0:
+                errs.append("offload_optimizer: needs zero_stage 1, 2 or 3, got 0")
+        else:
+            if self.offload_optimizer != "none":
+                errs.append("offload_optimizer: FSDP2 offloads parameters and optimizer state together; "
+                            "use offload_params: cpu")
+            if self.offload_params == "nvme":
+                errs.append("offload_params: FSDP2 offloads to cpu only, got 'nvme'")
+        if "nvme" in (self.offload_optimizer, self.offload_params) and not self.nvme_path:
+            errs.append("nvme_path: required when offloading to nvme")
+        if errs:
+            raise ValueError("; ".join(errs))
+        return self
+
+
+class SlurmSpec(_Strict):
+    job_name: Optional[str] = Field(None, description="Default: the job's name.")
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    time: str = Field("01:00:00", description="Wall time limit, as sbatch --time takes it.")
+    cpus_per_task: Optional[int] = Field(None, ge=1)
+    mem: Optional[str] = Field(None, description="Memory per node, e.g. 200G (sbatch --mem).")
+    constraint: Optional[str] = None
+    exclusive: bool = False
+    requeue: bool = True
+    signal_grace_s: int = Field(120, ge=10, description="USR2 this many seconds before the time limit.")
+    gres: Optional[str] = Field(None, description="Default gpu:<gpus_per_node> on GPU clusters.")
+    extra_sbatch: list[str] = Field(default_factory=list, description="More #SBATCH lines, e.g. --mail-type=END.")
+    setup: list[str] = Field(default_factory=list, description="Shell lines run before launch (module load ...).")
+    env: dict[str, str] = Field(default_factory=dict, description="Exported before launch.")
+
+
+class ClusterSpec(_Strict):
+    nodes: int = Field(1, ge=1)
+    gpus_per_node: int = Field(8, ge=1, description="Processes per node on GPUs.")
+    device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto: cuda if visible, else cpu.")
+    cpu_procs_per_node: int = Field(2, ge=1, description="Processes per node when running on CPU.")
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    accelerator: Optional[str] = Field(None, description="GPU model for MFU, e.g. H100-SXM (default: detected).")
+    hosts: list[str] = Field(default_factory=list, description="Hosts for ssh/pdsh launches (no Slurm).")
+    master_port: int = Field(29500, ge=1024, le=65535)
+    slurm: SlurmSpec = SlurmSpec()
+
+
+class ReportSpec(_Strict):
+    country_iso_code: str = Field("USA", min_length=3, max_length=3)
+    region: Optional[str] = None
+    gpu_hour_price: Optional[float] = Field(None, ge=0)
+    node_hour_price: Optional[float] = Field(None, ge=0)
+    currency: str = "USD"
+    energy_price_per_kwh: Optional[float] = Field(None, ge=0)
+    pue: float = Field(1.0, ge=1.0)
+
+
+class JobSpec(_Strict):
+    name: str = Field("job", min_length=1)
+    output_dir: str = Field("runs", description="Run directories go under this folder.")
+    model: ModelSpec = ModelSpec()
+    data: DataSpec = DataSpec()
+    train: TrainSpec = TrainSpec()
+    parallel: ParallelSpec = ParallelSpec()
+    cluster: ClusterSpec = ClusterSpec()
+    report: ReportSpec = ReportSpec()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Valid keys at ``loc`` (a path of field names) inside ``model``."""
+    cur: Any = model
+    for part in loc:
+        if not (isinstance(cur, type) and issubclass(cur, BaseModel)) or part not in cur.model_fields:
+            return []
+        ann = cur.model_fields[part].annotation
+        cur = ann
+    if isinstance(cur, type) and issubclass(cur, BaseModel):
+        return list(cur.model_fields)
+    return []
+
+
+def _fmt_loc(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def format_validation_error(err: ValidationError, source: str = "") -> list[str]:
+    lines = []
+    for e in err.errors():
+        loc = tuple(p for p in e["loc"])
+        path = _fmt_loc(loc)
+        prefix = f"{source}: " if source else ""
+        if e["type"] == "extra_forbidden":
+            valid = _field_names(JobSpec, loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+            hint = f"; did you mean {_fmt_loc(loc[:-1] + (close[0],))!r}?" if close else ""
+            lines.append(f"{prefix}{path}: unknown key{hint} (valid: {', '.join(valid)})")
+            continue
+        msg = e["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        got = e.get("input")
+        if e["type"] in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+            ctx = e.get("ctx", {})
+            op = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}[e["type"]]
+            bound = next(iter(ctx.values())) if ctx else "?"
+            msg = f"must be {op} {bound}, got {got!r}"
+        elif e["type"] == "literal_error":
+            msg = f"{msg}, got {got!r}"
+        elif not isinstance(got, dict) and e["type"] not in ("value_error", "assertion_error"):
+            msg = f"{msg}, got {got!r}"
+        lines.append(f"{prefix}{path or '(top level)'}: {msg}")
+    return lines
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise JobError(f"override {text!r}: expected key.sub=value (for example train.lr=1e-4)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not p for p in key.split(".")):
+        raise JobError(f"override {text!r}: empty key part; expected key.sub=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+        try:
+            value = float(value) if value.strip().lower() not in ("nan", "inf", "-inf", "infinity") else value
+        except ValueError:
+            pass
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Return a new dict with ``key.sub=value`` overrides applied (the input is untouched)."""
+    import copy
+
+    out = copy.deepcopy(data)
+    for text in overrides:
+        parts, value = parse_override(text)
+        cur = out
+        for p in parts[:-1]:
+            nxt = cur.get(p)
+            if nxt is None:
+                nxt = cur[p] = {}
+            if not isinstance(nxt, dict):
+                raise JobError(f"override {text!r}: {p} is not a section")
+            cur = nxt
+        cur[parts[-1]] = value
+    return out
+
+
+def read_yaml(path: str | os.PathLike) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise JobError(f"{p}: job file not found")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark else str(p)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise JobError(f"{where}: YAML syntax error: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise JobError(f"{p}: a job file must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def build_job(data: dict, source: str = "job") -> JobSpec:
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as e:
+        raise JobError(*format_validation_error(e, source)) from None
+
+
+def load_job(path: Optional[str | os.PathLike], overrides: tuple[str, ...] | list[str] = ()) -> JobSpec:
+    """The job at ``path`` (the embedded default when None) with overrides applied."""
+    if path is None:
+        from launcher.demo import DEFAULT_JOB_PATH
+
+        data, source = read_yaml(DEFAULT_JOB_PATH), "embedded default job"
+    else:
+        data, source = read_yaml(path), str(path)
+    data = apply_overrides(data, list(overrides))
+    return build_job(data, source)

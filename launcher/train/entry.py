@@ -1,0 +1,51 @@
+"""What each rank runs under torchrun: `launcher train RUN_DIR`."""
+from __future__ import annotations
+
+import json
+import os
+from datetime import timedelta
+from pathlib import Path
+
+from launcher import rundir
+
+
+def load_plan(run_dir: str | os.PathLike):
+    from launcher.plan import Plan
+
+    p = Path(run_dir) / rundir.PLAN_JSON
+    if not p.exists():
+        from launcher.errors import JobError
+
+        raise JobError(f"{run_dir}: not a run directory (no {rundir.PLAN_JSON}); make one with launcher run or launcher slurm")
+    return Plan(**json.loads(p.read_text()))
+
+
+def init_distributed(plan, timeout_s: int = 600):
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if plan.device == "cuda":
+        torch.cuda.set_device(local_rank)
+        dist.init_process_group(plan.backend, timeout=timedelta(seconds=timeout_s),
+                                device_id=torch.device("cuda", local_rank))
+    else:
+        dist.init_process_group(plan.backend, timeout=timedelta(seconds=timeout_s))
+
+
+def main(run_dir: str, preflight_only: bool = False) -> int:
+    plan = load_plan(run_dir)
+    init_distributed(plan)
+    from launcher.train.preflight import run_preflight
+
+    run_preflight(run_dir, timeout_s=60)
+    if preflight_only:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+        return 0
+    from launcher.train.loop import train_main
+
+    return train_main(run_dir, plan)
