@@ -121,3 +121,21 @@ def hash_files(run_dir: str | os.PathLike, names: list[str]) -> str:
 def is_run_dir(path: str | os.PathLike) -> bool:
     p = Path(path)
     return p.is_dir() and (p / PLAN_JSON).exists()
+
+
+def resolve_local_paths(spec):
+    """The job with model, tokenizer, data and NVMe paths that exist here made absolute, so the
+    run directory means the same thing from any working directory (and on every node of a
+    shared filesystem). Hub ids and demo: names are left as they are."""
+    def absolute(p):
+        if p is None or p.startswith("demo:"):
+            return p
+        q = Path(p).expanduser()
+        return str(q.resolve()) if q.exists() else p
+
+    model = spec.model.model_copy(update={"path": absolute(spec.model.path),
+                                          "tokenizer": absolute(spec.model.tokenizer)})
+    data = spec.data.model_copy(update={"path": absolute(spec.data.path)})
+    parallel = spec.parallel.model_copy(update={"nvme_path": absolute(spec.parallel.nvme_path)})
+    return spec.model_copy(update={"model": model, "data": data, "parallel": parallel,
+                                   "output_dir": str(Path(spec.output_dir).expanduser().resolve())})

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -78,6 +79,8 @@ class TrainSpec(_Strict):
     keep_last_checkpoints: int = Field(2, ge=1)
     eval_every_steps: Optional[int] = Field(None, ge=1)
     log_every_steps: int = Field(1, ge=1)
+    eval_accuracy_samples: int = Field(
+        0, ge=0, description="Eval rows scored by greedy exact match of the response (instruction format).")
     seed: int = 0
 
     @field_validator("adam_betas")
@@ -138,6 +141,18 @@ class SlurmSpec(_Strict):
     extra_sbatch: list[str] = Field(default_factory=list, description="More #SBATCH lines, e.g. --mail-type=END.")
     setup: list[str] = Field(default_factory=list, description="Shell lines run before launch (module load ...).")
     env: dict[str, str] = Field(default_factory=dict, description="Exported before launch.")
+
+    @field_validator("time", mode="before")
+    @classmethod
+    def _time_as_text(cls, v):
+        if isinstance(v, int):  # YAML 1.1 reads 12:00:00 as a base-60 integer
+            raise ValueError(f"got the number {v}: quote the time limit, e.g. time: \"12:00:00\"")
+        return v
+
+    @field_validator("mem", mode="before")
+    @classmethod
+    def _mem_as_text(cls, v):
+        return str(v) if isinstance(v, int) else v
 
 
 class ClusterSpec(_Strict):
@@ -225,6 +240,9 @@ def format_validation_error(err: ValidationError, source: str = "") -> list[str]
     return lines
 
 
+_EXP_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise JobError(f"override {text!r}: expected key.sub=value (for example train.lr=1e-4)")
@@ -236,11 +254,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() != "" else ""
     except yaml.YAMLError:
         value = raw
-    if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
-        try:
-            value = float(value) if value.strip().lower() not in ("nan", "inf", "-inf", "infinity") else value
-        except ValueError:
-            pass
+    if isinstance(value, str) and _EXP_NUMBER.match(raw.strip()):  # YAML 1.1 reads 3e-4 as a string
+        value = float(raw)
     return key.split("."), value
 
 

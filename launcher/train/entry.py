@@ -37,6 +37,20 @@ def init_distributed(plan, timeout_s: int = 600):
 
 def main(run_dir: str, preflight_only: bool = False) -> int:
     plan = load_plan(run_dir)
+    prepared = None
+    if not preflight_only:
+        # tokenize (or read the cache) before any process group exists: slow preprocessing never
+        # sits inside a collective with a timeout; a file lock serialises the ranks of a node
+        from transformers import AutoTokenizer
+
+        from launcher.spec import JobSpec
+        from launcher.train.data import prepare_data
+        from launcher.train.loop import resolve_paths
+
+        spec = JobSpec.model_validate(plan.job)
+        _, tok_path, data_path = resolve_paths(spec)
+        tok = AutoTokenizer.from_pretrained(tok_path, trust_remote_code=spec.model.trust_remote_code)
+        prepared = prepare_data(spec, tok, data_path, Path(run_dir) / "cache")
     init_distributed(plan)
     from launcher.train.preflight import run_preflight
 
@@ -48,4 +62,4 @@ def main(run_dir: str, preflight_only: bool = False) -> int:
         return 0
     from launcher.train.loop import train_main
 
-    return train_main(run_dir, plan)
+    return train_main(run_dir, plan, prepared)

@@ -1,0 +1,80 @@
+"""`launcher report`: throughput, MFU, energy, CO2 and cost of one run, or a comparison of several.
+
+Only click is imported at module level: `launcher report --help` loads none of matplotlib,
+codecarbon, rich or torch.
+"""
+from __future__ import annotations
+
+import click
+
+FORMATS = ("table", "md", "html", "json", "csv")
+
+
+@click.command()
+@click.argument("run_dirs", nargs=-1, required=True, metavar="RUN_DIR [RUN_DIR ...]")
+@click.option("--format", "-f", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
+              help="Output format. Several runs give a side-by-side comparison.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), default=None,
+              help="Write to this file (atomically) instead of the terminal.")
+@click.option("--no-write", is_flag=True, default=False,
+              help="With one run, do not (re)write report.json/.md/.html in its run directory.")
+def report(run_dirs: tuple[str, ...], fmt: str, output: str | None, no_write: bool) -> None:
+    """Report what runs did and cost: tokens/s, MFU, kWh (measured or estimated), kgCO2e, money.
+
+    With one RUN_DIR the report files in that folder are (re)written too. With several, the
+    runs are compared side by side (strategy, ZeRO stage, nodes, tokens/s per device, MFU,
+    kWh, kgCO2e, cost, cost per million tokens) and the plots overlaid.
+    """
+    import json
+    import sys
+    from pathlib import Path
+
+    from launcher.errors import JobError
+    from launcher.report.build import build_report, not_a_run_dir
+    from launcher.rundir import REPORT_HTML, is_run_dir, write_atomic
+
+    bad = [not_a_run_dir(d).lines[0] for d in run_dirs if not is_run_dir(d)]
+    if bad:
+        raise JobError(*bad)
+    dirs = [Path(d) for d in run_dirs]
+
+    html_cached: str | None = None
+    if len(dirs) == 1 and not no_write:
+        from launcher.report import write_reports
+
+        try:
+            reports = [write_reports(dirs[0], html=True)]
+            if fmt == "html":
+                html_cached = (dirs[0] / REPORT_HTML).read_text()
+        except OSError as e:
+            click.echo(f"warning: could not write the report files in {dirs[0]}: {e}", err=True)
+            reports = [build_report(dirs[0])]
+    else:
+        reports = [build_report(d) for d in dirs]
+
+    from launcher.report import render as R
+
+    single = len(reports) == 1
+    to_terminal = output is None and sys.stdout.isatty()
+    if fmt == "table":
+        if to_terminal:
+            from rich.console import Console
+
+            con = Console()
+            R.render_table(reports[0], console=con) if single else R.render_compare_table(reports, console=con)
+            return
+        text = R.render_table(reports[0]) if single else R.render_compare_table(reports)
+    elif fmt == "md":
+        text = R.render_markdown(reports[0]) if single else R.render_compare_markdown(reports)
+    elif fmt == "html":
+        text = html_cached or (R.render_html(reports[0], dirs[0]) if single else R.render_compare_html(reports, dirs))
+    elif fmt == "json":
+        text = json.dumps(reports[0] if single else reports, indent=2, sort_keys=True) + "\n"
+    else:
+        text = R.render_csv(reports)
+
+    if output:
+        write_atomic(output, text)
+        click.echo(f"wrote {output}", err=True)
+    else:
+        click.echo(text, nl=not text.endswith("\n"))

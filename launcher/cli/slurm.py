@@ -1,0 +1,110 @@
+"""`launcher slurm`: render job.sbatch into a run directory and optionally submit it."""
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from launcher.cli._common import job_argument, overrides_argument
+
+
+def build_slurm_run(spec, run_dir: str, *, python: str, extra_train_args=()):
+    """(resolved spec, plan, job.sbatch text) for ``spec`` running in ``run_dir``. Pure apart
+    from reading a local model's config.json."""
+    from launcher.cli.plan import local_model_info, resolve_device
+    from launcher.plan import plan_job
+    from launcher.render.slurm import render_sbatch
+    from launcher.rundir import resolve_local_paths
+
+    spec = resolve_local_paths(spec)
+    # "auto" means the cluster's GPUs (this machine, a login node, says nothing about them).
+    # Threads per rank on CPU come from the CPUs the job asks for per node, not from this machine.
+    plan = plan_job(spec, device=resolve_device(spec), model_info=local_model_info(spec.model.path),
+                    cpu_count=spec.cluster.slurm.cpus_per_task)
+    script = render_sbatch(plan, run_dir, python=python, extra_train_args=list(extra_train_args))
+    return spec, plan, script
+
+
+def default_run_dir(spec) -> Path:
+    """``<output_dir>/<name>-<YYYYmmdd-HHMMSS>`` (absolute), with -2, -3... if it exists."""
+    import time
+
+    safe = spec.name.replace("/", "_")
+    base = Path(spec.output_dir).absolute() / f"{safe}-{time.strftime('%Y%m%d-%H%M%S')}"
+    p, i = base, 1
+    while p.exists():
+        i += 1
+        p = base.with_name(f"{base.name}-{i}")
+    return p
+
+
+def write_slurm_run_dir(run_dir: Path, spec, plan, script: str) -> None:
+    """job.yaml, plan.json, ds_config.json (ZeRO), job.sbatch (0755), each atomically; hashes last."""
+    import yaml
+
+    from launcher import rundir
+    from launcher.render.deepspeed import render_ds_config
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # Slurm does not create the folder of --output/--error: without it the job dies unlogged
+    (run_dir / rundir.LOGS).mkdir(exist_ok=True)
+    rundir.write_atomic(run_dir / rundir.JOB_YAML, yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    rundir.write_json(run_dir / rundir.PLAN_JSON, plan.to_dict())
+    names = [rundir.JOB_YAML, rundir.PLAN_JSON, rundir.SBATCH]
+    if plan.ds_config is not None:
+        rundir.write_atomic(run_dir / rundir.DS_CONFIG, render_ds_config(plan.ds_config))
+        names.append(rundir.DS_CONFIG)
+    rundir.write_atomic(run_dir / rundir.SBATCH, script, mode=0o755)
+    rundir.write_atomic(run_dir / rundir.HASHES, rundir.hash_files(run_dir, names))
+
+
+@click.command()
+@job_argument
+@overrides_argument
+@click.option("--run-dir", type=click.Path(file_okay=False), default=None,
+              help="Run directory (default <output_dir>/<name>-<YYYYmmdd-HHMMSS>).")
+@click.option("--dry-run", is_flag=True, help="Print job.sbatch; write and submit nothing.")
+@click.option("--submit", is_flag=True, help="Submit with sbatch after writing the run directory.")
+@click.option("--python", "python", default=None,
+              help="Python on the nodes that has launcher installed (default: this interpreter, "
+                   "i.e. a shared file system).")
+@click.option("--preflight-only", is_flag=True, hidden=True,
+              help="Ranks only join and run the preflight check (tests).")
+def slurm(job_file, overrides, run_dir, dry_run, submit, python, preflight_only):
+    """Render JOB_FILE (default: the embedded demo job) with key.sub=value OVERRIDES into a run
+    directory with job.sbatch, and print how to submit it; --submit also runs sbatch.
+
+    One srun task per node starts torchrun with a c10d rendezvous on the first node; USR2 before
+    the time limit makes the trainer checkpoint, and the job requeues itself."""
+    from launcher import rundir
+    from launcher.cli._common import load_job_or_default
+    from launcher.errors import JobError
+
+    if dry_run and submit:
+        raise JobError("--dry-run and --submit: choose one")
+    spec = load_job_or_default(job_file, overrides)
+    target = Path(run_dir).absolute() if run_dir else default_run_dir(spec)
+    if rundir.is_run_dir(target) and not dry_run:
+        raise JobError(f"{target}: already a run directory; choose a new --run-dir "
+                       f"(a requeued job resumes in its own run directory by itself)")
+    extra = ["--preflight-only"] if preflight_only else []
+    spec, plan, script = build_slurm_run(spec, str(target), python=python or sys.executable,
+                                         extra_train_args=extra)
+    if dry_run:
+        click.echo(script, nl=False)
+        return
+    write_slurm_run_dir(target, spec, plan, script)
+    sbatch_path = target / rundir.SBATCH
+    q = shlex.quote
+    if not submit:
+        click.echo(f"wrote {target}")
+        click.echo(f"submit with: sbatch --parsable {q(str(sbatch_path))} > {q(str(target / rundir.SLURM_JOB_ID))}")
+        return
+    from launcher.execute.slurm import submit as sbatch_submit
+
+    job_id = sbatch_submit(sbatch_path)
+    rundir.write_atomic(target / rundir.SLURM_JOB_ID, f"{job_id}\n")
+    click.echo(f"submitted job {job_id}: {target}")
+    click.echo(f"follow with: launcher status {q(str(target))}   launcher logs {q(str(target))} -f")

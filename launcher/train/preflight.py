@@ -1,0 +1,201 @@
+"""Preflight: prove every rank can talk to every other before the model loads.
+
+Called on every rank right after ``init_process_group`` (gloo or nccl). Three steps, each bounded
+by ``timeout_s`` so that a node that cannot be reached fails the job in about a minute with one
+clear line, not after NCCL's or gloo's 10-30 minute default:
+
+1. a separate gloo group with its own short timeout (gloo connects the full mesh while it is
+   built, so an unreachable peer or a wrong ``GLOO_SOCKET_IFNAME`` shows here), then
+   ``monitored_barrier`` on it: rank 0 names every rank that did not arrive;
+2. a one-element all-reduce on the training backend (NCCL on GPUs: proves NCCL itself works),
+   waited on with the same timeout;
+3. ``all_gather_object`` of each rank's host and library versions (``importlib.metadata``: no
+   heavy import); a version that differs across ranks is an error naming the nodes.
+
+Rank 0 writes ``logs/preflight.json`` (also when a check fails) and prints one summary line.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import re
+import socket
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Optional
+
+from launcher import rundir
+from launcher.errors import JobError
+
+PREFLIGHT_JSON = "preflight.json"
+# packages whose versions must agree on every rank (python is compared too)
+CHECKED_PACKAGES = ("torch", "deepspeed", "transformers")
+
+
+def _version(dist_name: str) -> Optional[str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist_name)
+    except PackageNotFoundError:
+        return None
+
+
+def rank_facts(rank: int) -> dict[str, Any]:
+    """What one rank reports about itself (cheap: no torch/deepspeed/transformers import)."""
+    facts: dict[str, Any] = {
+        "rank": rank,
+        "local_rank": int(os.environ.get("LOCAL_RANK", "0")),
+        "node_rank": int(os.environ.get("GROUP_RANK", os.environ.get("NODE_RANK", "0"))),
+        "hostname": socket.gethostname(),
+        "slurm_node": os.environ.get("SLURMD_NODENAME"),
+        "pid": os.getpid(),
+        "python": platform.python_version(),
+    }
+    for name in CHECKED_PACKAGES:
+        facts[name] = _version(name)
+    return facts
+
+
+def _ranges(ranks: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2,5'"""
+    out, ranks = [], sorted(ranks)
+    i = 0
+    while i < len(ranks):
+        j = i
+        while j + 1 < len(ranks) and ranks[j + 1] == ranks[j] + 1:
+            j += 1
+        out.append(str(ranks[i]) if i == j else f"{ranks[i]}-{ranks[j]}")
+        i = j + 1
+    return ",".join(out)
+
+
+def find_mismatches(infos: list[dict]) -> list[str]:
+    """One phrase per package whose version differs across ranks, naming the nodes of each value."""
+    phrases = []
+    for key in ("python", *CHECKED_PACKAGES):
+        by_value: dict[Optional[str], dict[str, list[int]]] = {}
+        for info in infos:
+            by_value.setdefault(info.get(key), {}).setdefault(info["hostname"], []).append(info["rank"])
+        if len(by_value) < 2:
+            continue
+        parts = []
+        for value, hosts in sorted(by_value.items(), key=lambda kv: min(min(r) for r in kv[1].values())):
+            where = ", ".join(f"{h} (rank{'s' if len(r) > 1 else ''} {_ranges(r)})"
+                              for h, r in sorted(hosts.items(), key=lambda kv: min(kv[1])))
+            parts.append(f"{value or 'not installed'} on {where}")
+        phrases.append(f"{key} {' vs '.join(parts)}")
+    return phrases
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0][:300]
+
+
+def _node_of(rank: int) -> str:
+    """torchrun numbers ranks node by node: the node rank of a global rank (same procs per node)."""
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) or 1
+    return str(rank // per_node)
+
+
+def _unreachable_line(err: BaseException, rank: int, host: str, timeout_s: float, stage: str) -> str:
+    msg = _first_line(err)
+    missing = re.search(r"Ranks? ([\d, ]+) failed to pass monitoredBarrier", str(err))
+    if missing:
+        ranks = [int(r) for r in re.findall(r"\d+", missing.group(1))]
+        nodes = sorted({_node_of(r) for r in ranks}, key=int)
+        return (f"preflight: rank(s) {_ranges(ranks)} (node rank {', '.join(nodes)}) did not reach the "
+                f"barrier within {timeout_s:g} s; is that node up, and can it reach this one "
+                f"({host}) (firewall, GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME)?")
+    head = os.environ.get("MASTER_ADDR", "?")
+    return (f"preflight: {stage} failed on rank {rank} ({host}) (timeout {timeout_s:g} s): {msg}; "
+            f"check that every node can reach the others and the head node {head} "
+            f"(firewall, GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME)")
+
+
+def _write_report(run_dir: str | os.PathLike, report: dict) -> Path:
+    return rundir.write_json(Path(run_dir) / rundir.LOGS / PREFLIGHT_JSON, report)
+
+
+def run_preflight(run_dir: str | os.PathLike, timeout_s: float = 60) -> list[dict]:
+    """Check connectivity and versions on every rank; return every rank's facts (rank order).
+
+    Raises ``JobError`` (one line) on every rank that sees a failure."""
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        raise RuntimeError("run_preflight needs an initialized process group (init_process_group first)")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    host = socket.gethostname()
+    timeout = timedelta(seconds=timeout_s)
+    backend = dist.get_backend()
+    t0 = time.monotonic()
+
+    # 1. our own gloo group: its timeout is ours (the default group keeps the trainer's long one)
+    stage = "building the gloo check group"
+    try:
+        group = dist.new_group(backend="gloo", timeout=timeout)
+        stage = "the monitored barrier"
+        dist.monitored_barrier(group=group, timeout=timeout, wait_all_ranks=True)
+    except Exception as e:  # DistBackendError, DistStoreError, RuntimeError, TimeoutError
+        raise JobError(_unreachable_line(e, rank, host, timeout_s, stage)) from None
+
+    # 2. all-reduce on the backend training will use
+    t1 = time.monotonic()
+    if backend == "nccl":
+        device = torch.device("cuda", torch.cuda.current_device())
+    else:
+        device = torch.device("cpu")
+    ones = torch.ones(1, device=device)
+    try:
+        work = dist.all_reduce(ones, async_op=True)
+        work.wait(timeout=timeout)
+        total = int(ones.item())
+    except Exception as e:
+        raise JobError(_unreachable_line(e, rank, host, timeout_s, f"the {backend} all-reduce")) from None
+    allreduce_s = time.monotonic() - t1
+    if total != world:
+        raise JobError(f"preflight: {backend} all-reduce of ones over {world} ranks gave {total} on rank {rank} "
+                       f"({host}); the process group is inconsistent")
+
+    # 3. who is where, with which versions
+    facts = rank_facts(rank)
+    infos: list[Any] = [None] * world
+    try:
+        dist.all_gather_object(infos, facts, group=group)
+    except Exception as e:
+        raise JobError(_unreachable_line(e, rank, host, timeout_s, "gathering rank facts")) from None
+    infos = sorted(infos, key=lambda i: i["rank"])
+    dist.destroy_process_group(group)
+
+    mismatches = find_mismatches(infos)
+    error = None
+    if mismatches:
+        error = ("preflight: versions differ across ranks: " + "; ".join(mismatches)
+                 + "; install the same versions on every node")
+    hosts = sorted({i["hostname"] for i in infos}, key=lambda h: min(i["rank"] for i in infos if i["hostname"] == h))
+    if rank == 0:
+        report = {
+            "ok": error is None,
+            "error": error,
+            "backend": backend,
+            "world_size": world,
+            "nodes": len(hosts),
+            "hosts": hosts,
+            "allreduce_s": round(allreduce_s, 6),
+            "elapsed_s": round(time.monotonic() - t0, 6),
+            "time": time.time(),
+            "ranks": infos,
+        }
+        _write_report(run_dir, report)
+        if error is None:
+            v = infos[0]
+            print(f"preflight ok: {world} rank(s) on {len(hosts)} node(s) ({', '.join(hosts)}), "
+                  f"{backend} all-reduce {allreduce_s * 1000:.0f} ms, python {v['python']}, "
+                  + ", ".join(f"{k} {v[k] or '-'}" for k in CHECKED_PACKAGES), flush=True)
+    if error:
+        raise JobError(error)
+    return infos

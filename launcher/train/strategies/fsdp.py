@@ -1,0 +1,112 @@
+"""PyTorch FSDP2: fully_shard per decoder layer, then the root."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+DTYPES = {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
+
+
+class FSDP2Strategy:
+    name = "fsdp"
+
+    def __init__(self, plan, model, lr_lambda):
+        import torch
+        import torch.distributed as dist
+        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+        from launcher.train.strategies import decoder_layers
+
+        self.plan = plan
+        settings = plan.fsdp
+        param_dtype = getattr(torch, settings["param_dtype"])
+        mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=getattr(torch, settings["reduce_dtype"]))
+        kw: dict[str, Any] = {"mp_policy": mp, "reshard_after_forward": settings["reshard_after_forward"]}
+        if settings["cpu_offload"]:
+            kw["offload_policy"] = CPUOffloadPolicy()
+        self.device = torch.device("cuda", torch.cuda.current_device()) if plan.device == "cuda" else torch.device("cpu")
+        if plan.device == "cuda" and not settings["cpu_offload"]:
+            model.to(self.device)
+        for layer in decoder_layers(model):
+            fully_shard(layer, **kw)
+        fully_shard(model, **kw)
+        self.model = model
+        t = plan.job["train"]
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            params, lr=t["lr"], betas=tuple(t["adam_betas"]), eps=t["adam_eps"], weight_decay=t["weight_decay"],
+            foreach=True,
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda)
+        self.max_grad_norm = float(t["max_grad_norm"])
+        # FSDP2 averages gradients over ranks (reduce-scatter with avg); accumulation sums
+        self.loss_scale = float(dist.get_world_size())
+
+    def forward(self, **batch: Any):
+        return self.model(**batch)
+
+    def backward(self, loss, *, last_micro: bool) -> None:
+        # skip the reduce-scatter until the last micro batch of the accumulation
+        self.model.set_requires_gradient_sync(last_micro)
+        loss.backward()
+
+    def step(self) -> Optional[float]:
+        import torch
+
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        max_norm = self.max_grad_norm if self.max_grad_norm > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if hasattr(norm, "full_tensor"):
+            norm = norm.full_tensor()
+        self._lr = float(self.scheduler.get_last_lr()[0])  # the lr this step applies
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    def lr(self) -> float:
+        return getattr(self, "_lr", None) or float(self.scheduler.get_last_lr()[0])
+
+    def train(self) -> None:
+        self.model.train()
+
+    def eval(self) -> None:
+        self.model.eval()
+
+    def _state(self):
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        msd, osd = get_state_dict(self.model, self.optimizer)
+        return {"model": msd, "optim": osd}
+
+    def save(self, path: str) -> None:
+        import os
+
+        import torch
+        import torch.distributed as dist
+        import torch.distributed.checkpoint as dcp
+
+        dcp.save(self._state(), checkpoint_id=path)
+        if dist.get_rank() == 0:
+            torch.save(self.scheduler.state_dict(), os.path.join(path, "lr_scheduler.pt"))
+
+    def load(self, path: str) -> None:
+        import os
+
+        import torch
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import set_state_dict
+
+        state = self._state()
+        dcp.load(state, checkpoint_id=path)
+        set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
+        self.scheduler.load_state_dict(torch.load(os.path.join(path, "lr_scheduler.pt"), weights_only=False))
+
+    def full_state_dict(self) -> Optional[dict]:
+        import torch.distributed as dist
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        return sd if dist.get_rank() == 0 else None
+
+    def unwrapped(self):
+        return self.model

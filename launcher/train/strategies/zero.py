@@ -1,0 +1,74 @@
+"""DeepSpeed ZeRO 0-3, fed the very ds_config.json that `launcher ds-config` writes for the job."""
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any, Optional
+
+
+class ZeroStrategy:
+    name = "zero"
+
+    def __init__(self, plan, model, lr_lambda):
+        import deepspeed
+        import torch
+
+        self.plan = plan
+        config = copy.deepcopy(plan.ds_config)
+        # the loop owns the LR schedule (same function as FSDP2); DeepSpeed steps it at each boundary
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model,
+            model_parameters=[p for p in model.parameters() if p.requires_grad],
+            config=config,
+            lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda),
+            dist_init_required=False,
+        )
+        # engine.backward divides by gradient_accumulation_steps and ZeRO averages over ranks:
+        # undo both so that sum(token losses)/global tokens gives the exact global-batch gradient
+        self.loss_scale = float(plan.world_size * plan.grad_accum_steps)
+        self.device = self.engine.device
+
+    def forward(self, **batch: Any):
+        return self.engine(**batch)
+
+    def backward(self, loss, *, last_micro: bool) -> None:
+        self.engine.backward(loss)
+        if last_micro:
+            self._lr = float(self.engine.get_lr()[0])  # the lr this step applies, before the scheduler moves
+        self.engine.step()  # a no-op until the accumulation boundary
+
+    def step(self) -> Optional[float]:
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else None
+
+    def lr(self) -> float:
+        return getattr(self, "_lr", None) or float(self.engine.get_lr()[0])
+
+    def train(self) -> None:
+        self.engine.train()
+
+    def eval(self) -> None:
+        self.engine.eval()
+
+    def save(self, path: str) -> None:
+        self.engine.save_checkpoint(path, tag="state", save_latest=False)
+
+    def load(self, path: str) -> None:
+        load_path, _ = self.engine.load_checkpoint(path, tag="state", load_optimizer_states=True,
+                                                   load_lr_scheduler_states=True)
+        if load_path is None:
+            raise RuntimeError(f"{path}: DeepSpeed found no checkpoint to load")
+
+    def full_state_dict(self) -> Optional[dict]:
+        import torch.distributed as dist
+
+        if self.plan.zero_stage == 3:
+            sd = self.engine._zero3_consolidated_16bit_state_dict()  # collective; full dict on rank 0
+        else:
+            sd = self.engine.module.state_dict() if dist.get_rank() == 0 else None
+        if dist.get_rank() != 0:
+            return None
+        return {k: v.detach().cpu().clone() for k, v in sd.items()}
+
+    def unwrapped(self):
+        return self.engine.module

@@ -1,0 +1,46 @@
+"""Shared pytest fixtures."""
+from __future__ import annotations
+
+# ============================================================================ Slurm test cluster
+# `slurm_cluster`: a real 2-node Slurm (slurmctld, 2 x slurmd in UTS namespaces n1/n2, slurmdbd +
+# MariaDB for sacct) on this machine, brought up once per session by tests/slurm/setup.sh (which
+# apt-installs Debian's Slurm packages when missing) and stopped by tests/slurm/teardown.sh at the
+# end of the session, unless it was already up before the session (then it is left as found) or
+# LAUNCHER_KEEP_SLURM=1. Tests are skipped only when this machine cannot have Slurm (not root, or
+# apt cannot install it); under CI (CI set) those cases fail instead, and a broken setup always fails.
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+SLURM_SCRIPTS = Path(__file__).parent / "slurm"
+SLURM_SETUP_NO_PACKAGES = 3  # setup.sh's exit status when apt-get could not install Slurm
+
+
+def _slurm_unavailable(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}; CI must run the Slurm tests", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """Bring the test Slurm cluster up (or check it is up); yields its node names."""
+    if os.geteuid() != 0:
+        _slurm_unavailable("the test Slurm cluster needs root (tests/slurm/setup.sh starts Slurm's daemons)")
+    if not shutil.which("slurmctld") and not shutil.which("apt-get"):
+        _slurm_unavailable("Slurm is not installed and there is no apt-get to install it (Debian 12 expected)")
+    nodes = int(os.environ.get("SLURM_CI_NODES", "2"))
+    proc = subprocess.run(["bash", str(SLURM_SCRIPTS / "setup.sh")], capture_output=True, text=True, timeout=1200)
+    out = (proc.stdout + proc.stderr)[-4000:]
+    if proc.returncode == SLURM_SETUP_NO_PACKAGES:
+        _slurm_unavailable(f"apt-get could not install Slurm:\n{out}")
+    if proc.returncode != 0:
+        pytest.fail(f"tests/slurm/setup.sh failed (exit {proc.returncode}):\n{out}", pytrace=False)
+    was_up = "already up" in proc.stdout
+    yield [f"n{i}" for i in range(1, nodes + 1)]
+    if not was_up and not os.environ.get("LAUNCHER_KEEP_SLURM"):
+        subprocess.run(["bash", str(SLURM_SCRIPTS / "teardown.sh")], capture_output=True, text=True, timeout=300)
+# ============================================================================ end Slurm test cluster

@@ -1,0 +1,84 @@
+"""The node energy tracker with the real CodeCarbon (offline, no network), and reading node files."""
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from launcher.report.energy import NodeEnergyTracker, read_node_energy, sum_energy
+
+
+def _rapl_expected() -> bool:
+    """RAPL counts as there only if /sys/class/powercap exists and CodeCarbon can read it."""
+    if not Path("/sys/class/powercap").exists():
+        return False
+    from codecarbon.core.cpu import is_rapl_available
+
+    return bool(is_rapl_available())
+
+
+@pytest.mark.slow  # ~7 s: CodeCarbon hardware setup + 4 s of measuring
+def test_node_tracker_with_real_codecarbon(tmp_path):
+    t = NodeEnergyTracker(tmp_path, "node0-test", country_iso_code="USA", pue=1.5,
+                          measure_power_secs=1, flush_every_s=1)
+    assert t.start() is True
+    deadline = time.time() + 3.0
+    while time.time() < deadline:  # a little CPU load, mostly sleep (2 shared cores)
+        sum(range(20_000))
+        time.sleep(0.05)
+    s = t.stop()
+    csv_path = tmp_path / "emissions" / "node0-test.csv"
+    json_path = tmp_path / "emissions" / "node0-test.json"
+    assert csv_path.is_file() and json_path.is_file()
+    on_disk = json.loads(json_path.read_text())
+    assert on_disk == json.loads(json.dumps(s))
+    e = on_disk["energy_kwh"]
+    assert e["total"] > 0 and e["cpu"] > 0 and e["ram"] > 0
+    assert e["total"] == pytest.approx(e["cpu"] + e["gpu"] + e["ram"])
+    assert on_disk["emissions_kg"] > 0 and on_disk["duration_s"] >= 2.5
+    assert on_disk["final"] is True and on_disk["country_iso_code"] == "USA"
+    # CPU: RAPL here -> measured, otherwise CodeCarbon estimates from TDP and load
+    assert on_disk["measured"]["cpu"].startswith("measured (RAPL)" if _rapl_expected() else "estimated")
+    assert on_disk["measured"]["ram"].startswith("estimated")
+    # PUE is applied by CodeCarbon once: our totals are its figures, not multiplied again
+    rows = list(csv.DictReader(csv_path.open()))
+    assert len(rows) >= 2  # periodic flushes + the final row
+    assert e["total"] == pytest.approx(float(rows[-1]["energy_consumed"]))
+    assert float(rows[-1]["pue"]) == 1.5 and on_disk["pue"] == 1.5 and on_disk["pue_included"] is True
+    assert on_disk["it_energy_kwh"] == pytest.approx(e["total"] / 1.5)
+
+    # a resumed attempt adds a session to the same node file; the job total is the sum
+    t2 = NodeEnergyTracker(tmp_path, "node0-test", pue=1.5, measure_power_secs=1, flush_every_s=None)
+    assert t2.start()
+    time.sleep(1.0)
+    s2 = t2.stop()
+    assert len(s2["sessions"]) == 2
+    assert s2["energy_kwh"]["total"] == pytest.approx(sum(x["energy_kwh"]["total"] for x in s2["sessions"]))
+    assert s2["energy_kwh"]["total"] > e["total"]
+    nodes = read_node_energy(tmp_path)
+    assert len(nodes) == 1 and sum_energy(nodes)["energy_kwh"]["total"] == pytest.approx(s2["energy_kwh"]["total"])
+
+
+def test_tracker_failure_never_raises(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    t = NodeEnergyTracker(blocker, "n")  # emissions/ cannot be made under a file
+    assert t.start() is False
+    assert t.stop() is None
+
+
+def test_node_without_json_is_rebuilt_from_csv(tmp_path):
+    d = tmp_path / "emissions"
+    d.mkdir()
+    hdr = "timestamp,run_id,duration,emissions,cpu_energy,gpu_energy,ram_energy,energy_consumed,pue,country_iso_code\n"
+    (d / "node3-x.csv").write_text(hdr + "t,a,10,0.1,0.1,0.2,0.05,0.35,1.0,DEU\n"
+                                         "t,a,20,0.2,0.2,0.4,0.10,0.70,1.0,DEU\n"
+                                         "t,b,5,0.05,0.05,0.1,0.025,0.175,1.0,DEU\n")
+    (n,) = read_node_energy(tmp_path)
+    assert n["node"] == "node3-x" and n["rebuilt_from_csv"] is True and n["final"] is False
+    assert n["energy_kwh"]["total"] == pytest.approx(0.70 + 0.175)  # last row per session, summed
+    assert n["emissions_kg"] == pytest.approx(0.25)
+    assert n["measured"]["gpu"].startswith("unknown")
