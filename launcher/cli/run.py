@@ -156,6 +156,13 @@ def _print_summary(run_dir: Path) -> None:
         path = run_dir / rundir.REPORT_JSON
         report = json.loads(path.read_text()) if path.exists() else build_report(run_dir)
         click.echo(render_table(report))
+        evals = [r for r in rundir.read_metrics(run_dir) if r.get("kind") == "eval"]
+        if len(evals) >= 2:
+            first, last = evals[0], evals[-1]
+            line = f"what changed: eval loss {first['eval_loss']:.4f} (step {first['step']}) -> {last['eval_loss']:.4f} (step {last['step']})"
+            if first.get("accuracy") is not None and last.get("accuracy") is not None:
+                line += f", task accuracy {first['accuracy']:.1%} -> {last['accuracy']:.1%}"
+            click.echo(line)
     except Exception as e:  # the job succeeded; a summary problem must not change that
         click.echo(f"(summary unavailable: {e})", err=True)
 
@@ -174,7 +181,7 @@ def _render_hosts(spec, dev, nproc, target: Path, hosts: str, dry_run: bool) -> 
     files = {}
     for i, host in enumerate(names):
         argv = render_torchrun_argv(plan, str(target), rdzv_endpoint=endpoint, rdzv_id=target.name, node_rank=str(i),
-                                    torchrun=["python3", "-m", "torch.distributed.run"])
+                                    local_addr=host, torchrun=["python3", "-m", "torch.distributed.run"])
         files[f"launch-{i}-{_safe(host)}.sh"] = render_launch_script(argv, render_env(plan))
     if dry_run:
         for name, text in files.items():

@@ -5,8 +5,8 @@
 * a tiny ``LlamaForCausalLM`` (2 layers, hidden 64) initialised from a seed, saved in fp32;
 * a synthetic jsonl task of short arithmetic and string-reversal rows of varying length.
 
-``ensure_demo_assets`` builds all three once under ``$LAUNCHER_CACHE/demo-v1`` (default
-``~/.cache/launcher/demo-v1``); ``resolve_model_path``/``resolve_data_path`` map the job file's
+``ensure_demo_assets`` builds all three once under ``$LAUNCHER_CACHE/<ASSETS_VERSION>`` (default
+``~/.cache/launcher/<ASSETS_VERSION>``); ``resolve_model_path``/``resolve_data_path`` map the job file's
 ``demo:tiny-llama`` and ``demo:arithmetic`` to those folders. torch, transformers and tokenizers
 are imported inside the functions only: importing this module stays cheap.
 """
@@ -25,7 +25,8 @@ from typing import Any, Optional
 
 from launcher.errors import JobError
 
-ASSETS_VERSION = "demo-v1"
+ASSETS_VERSION = "demo-v3"
+DEMO_ROWS = 8000  # rows of the synthetic task: enough that the tiny model generalises in a few minutes
 DEMO_PREFIX = "demo:"
 DEMO_MODEL = "tiny-llama"
 DEMO_DATA = "arithmetic"
@@ -53,8 +54,8 @@ CHAT_TEMPLATE = (
 )
 
 TINY_LLAMA = dict(
-    hidden_size=64,
-    intermediate_size=128,
+    hidden_size=128,
+    intermediate_size=256,
     num_hidden_layers=2,
     num_attention_heads=4,
     num_key_value_heads=2,
@@ -169,22 +170,22 @@ def _arithmetic_row(rng: random.Random) -> dict[str, str]:
         return rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10**digits - 1)
 
     if kind == "add":
-        a, b = operand(3), operand(3)
+        a, b = operand(2), operand(2)
         return {"prompt": f"{a}+{b}=", "response": str(a + b)}
     if kind == "sub":
-        a, b = operand(3), operand(3)
+        a, b = sorted((operand(2), operand(2)), reverse=True)
         return {"prompt": f"{a}-{b}=", "response": str(a - b)}
     if kind == "mul":
-        a, b = operand(2), operand(1)
+        a, b = operand(1), operand(1)
         return {"prompt": f"{a}*{b}=", "response": str(a * b)}
-    word = "".join(rng.choice(_LETTERS) for _ in range(rng.randint(2, 8)))
+    word = "".join(rng.choice(_LETTERS) for _ in range(rng.randint(2, 6)))
     return {"prompt": f"rev {word}=", "response": word[::-1]}
 
 
 def build_arithmetic_data(path: Path, n: int = 2000, seed: int = 0) -> Path:
     """Write ``n`` rows ``{"prompt": "23+58=", "response": "81"}`` of a synthetic task to ``path``.
 
-    A mix of a+b and a-b (1-3 digit operands), a*b (2 digits by 1) and ``rev abc=`` -> ``cba``,
+    A mix of a+b and a-b (1-2 digit operands, a >= b), a*b (1 digit each) and ``rev abc=`` -> ``cba``,
     so row lengths vary (from 4 to about 20 characters). Deterministic from ``seed``.
     """
     from launcher.rundir import write_atomic
@@ -207,7 +208,7 @@ def _assets_at(root: Path) -> DemoAssets:
 
 
 def ensure_demo_assets(cache_dir: Optional[Path] = None) -> DemoAssets:
-    """Build the demo assets once under ``<cache_dir>/demo-v1`` and return their paths.
+    """Build the demo assets once under ``<cache_dir>/<ASSETS_VERSION>`` and return their paths.
 
     ``cache_dir`` defaults to ``$LAUNCHER_CACHE`` or ``~/.cache/launcher``. Everything is built
     in a temp folder beside the target and renamed into place, so concurrent callers (several
@@ -247,7 +248,7 @@ def ensure_demo_assets(cache_dir: Optional[Path] = None) -> DemoAssets:
         for f in built.tokenizer_dir.iterdir():  # the model folder also loads as a tokenizer
             if f.is_file():
                 shutil.copy2(f, built.model_dir / f.name)
-        build_arithmetic_data(built.data_file, n=2000, seed=0)
+        build_arithmetic_data(built.data_file, n=DEMO_ROWS, seed=0)
         (tmp / MARKER).write_text(json.dumps({"version": ASSETS_VERSION, "vocab_size": len(tok)}) + "\n")
         try:
             os.rename(tmp, target)

@@ -22,12 +22,17 @@ def render_torchrun_argv(
     rdzv_id: Optional[str] = None,
     node_rank: Optional[str] = None,
     nnodes: Optional[str] = None,
+    local_addr: Optional[str] = None,
     torchrun: Sequence[str] = ("torchrun",),
     extra_train_args: Sequence[str] = (),
 ) -> list[str]:
     """The argv of one node's torchrun. ``rdzv_endpoint`` and friends may be shell expressions
     (``"$HEAD:$PORT"``) when the caller renders a script that double-quotes them; they are
-    strings here and quoting is the script renderer's job."""
+    strings here and quoting is the script renderer's job.
+
+    ``local_addr`` is the address the other nodes reach this node at. Whichever node the c10d
+    rendezvous makes rank 0 advertises it as MASTER_ADDR; without it torchrun advertises
+    ``socket.getfqdn()``, which on many machines (and in network namespaces) is ``localhost``."""
     argv = list(torchrun)
     if plan.nodes == 1 and rdzv_endpoint is None:
         argv += ["--standalone", "--nnodes", "1"]
@@ -42,6 +47,8 @@ def render_torchrun_argv(
         ]
         if node_rank is not None:
             argv += ["--node-rank", node_rank]
+        if local_addr is not None:
+            argv += ["--local-addr", local_addr]
     argv += ["--nproc-per-node", str(plan.procs_per_node), "--max-restarts", "0"]
     argv += TRAIN_MODULE_ARGV + [run_dir, *extra_train_args]
     return argv

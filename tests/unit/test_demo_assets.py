@@ -10,6 +10,7 @@ import pytest
 
 from launcher.demo import assets as demo_assets
 from launcher.demo.assets import (
+    ASSETS_VERSION,
     build_arithmetic_data,
     build_tiny_llama,
     build_tokenizer,
@@ -49,7 +50,7 @@ def model(assets):
 
 
 def test_layout(assets, cache):
-    assert assets.model_dir.parent == cache / "demo-v1"
+    assert assets.model_dir.parent == cache / ASSETS_VERSION
     assert (assets.model_dir / "model.safetensors").is_file()
     assert (assets.model_dir / "tokenizer.json").is_file()  # the model folder is also a tokenizer folder
     assert assets.data_file.is_file()
@@ -111,7 +112,8 @@ def test_chat_template_assistant_mask(tok):
 
 def test_forward_loss(model, tok):
     assert model.dtype == torch.float32
-    assert model.config.num_hidden_layers == 2 and model.config.hidden_size == 64
+    assert model.config.num_hidden_layers == demo_assets.TINY_LLAMA["num_hidden_layers"]
+    assert model.config.hidden_size == demo_assets.TINY_LLAMA["hidden_size"]
     assert not model.config.tie_word_embeddings
     assert (model.config.bos_token_id, model.config.eos_token_id, model.config.pad_token_id) == (1, 2, 0)
     ids = torch.tensor([tok("12+35=47")["input_ids"] + [tok.eos_token_id]])
@@ -123,7 +125,7 @@ def test_forward_loss(model, tok):
 
 def test_data(tmp_path, assets):
     rows = [json.loads(line) for line in assets.data_file.read_text().splitlines()]
-    assert len(rows) == 2000
+    assert len(rows) == demo_assets.DEMO_ROWS
     assert all(set(r) == {"prompt", "response"} and r["prompt"].endswith("=") for r in rows)
     lengths = {len(r["prompt"]) + len(r["response"]) for r in rows}
     assert len(lengths) >= 8 and min(lengths) <= 5 and max(lengths) >= 14
@@ -133,9 +135,9 @@ def test_data(tmp_path, assets):
         p = r["prompt"][:-1]
         expected = p[4:][::-1] if p.startswith("rev ") else str(eval(p))  # noqa: S307 (our own digits)
         assert r["response"] == expected
-    again = build_arithmetic_data(tmp_path / "a.jsonl", n=2000, seed=0)
+    again = build_arithmetic_data(tmp_path / "a.jsonl", n=demo_assets.DEMO_ROWS, seed=0)
     assert again.read_bytes() == assets.data_file.read_bytes()
-    other = build_arithmetic_data(tmp_path / "b.jsonl", n=2000, seed=1)
+    other = build_arithmetic_data(tmp_path / "b.jsonl", n=demo_assets.DEMO_ROWS, seed=1)
     assert other.read_bytes() != assets.data_file.read_bytes()
 
 
@@ -188,15 +190,15 @@ def test_ensure_loses_race_gracefully(tmp_path, assets, monkeypatch):
     real = demo_assets.build_arithmetic_data
     winner = assets.model_dir.parent
 
-    def build_then_lose(path, n=2000, seed=0):
+    def build_then_lose(path, n=demo_assets.DEMO_ROWS, seed=0):
         out = real(path, n=n, seed=seed)
-        shutil.copytree(winner, tmp_path / "demo-v1")
+        shutil.copytree(winner, tmp_path / ASSETS_VERSION)
         return out
 
     monkeypatch.setattr(demo_assets, "build_arithmetic_data", build_then_lose)
     got = ensure_demo_assets(tmp_path)
-    assert got.model_dir == tmp_path / "demo-v1" / "tiny-llama"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["demo-v1"]
+    assert got.model_dir == tmp_path / ASSETS_VERSION / "tiny-llama"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [ASSETS_VERSION]
 
 
 def test_resolve_paths(cache, assets, monkeypatch):
