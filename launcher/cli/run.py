@@ -104,6 +104,12 @@ def run(job_file, overrides, run_dir, resume, dry_run, nproc_per_node, device, h
         run_dir, job_file = job_file, str(Path(job_file) / rundir.JOB_YAML)
     spec = load_job_or_default(job_file, overrides)
     dev = resolve_device(spec, device, probe=True)
+    if dev == "cuda" and not hosts:
+        import torch
+
+        if not torch.cuda.is_available():
+            raise JobError("cluster.device: cuda was asked for but this machine has no visible GPU; "
+                           "use cluster.device=cpu (gloo) or auto")
     if run_dir is None and resume:
         found = latest_run_dir(spec)
         if found is None:
@@ -170,7 +176,7 @@ def _print_summary(run_dir: Path) -> None:
 def _render_hosts(spec, dev, nproc, target: Path, hosts: str, dry_run: bool) -> None:
     from launcher import rundir
     from launcher.errors import JobError
-    from launcher.render.torchrun import render_env, render_launch_script, render_torchrun_argv
+    from launcher.render.torchrun import default_torchrun, render_env, render_launch_script, render_torchrun_argv
 
     names = [h.strip() for h in hosts.split(",") if h.strip()]
     if len(names) < 1:
@@ -181,7 +187,7 @@ def _render_hosts(spec, dev, nproc, target: Path, hosts: str, dry_run: bool) -> 
     files = {}
     for i, host in enumerate(names):
         argv = render_torchrun_argv(plan, str(target), rdzv_endpoint=endpoint, rdzv_id=target.name, node_rank=str(i),
-                                    local_addr=host, torchrun=["python3", "-m", "torch.distributed.run"])
+                                    local_addr=host, torchrun=default_torchrun())
         files[f"launch-{i}-{_safe(host)}.sh"] = render_launch_script(argv, render_env(plan))
     if dry_run:
         for name, text in files.items():

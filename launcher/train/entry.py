@@ -36,6 +36,11 @@ def init_distributed(plan, timeout_s: int = 600):
 
 
 def main(run_dir: str, preflight_only: bool = False) -> int:
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        from launcher.errors import JobError
+
+        raise JobError("launcher train: runs once per rank under torchrun (RANK/WORLD_SIZE unset); "
+                       f"start it with `launcher run {run_dir}` or the run directory's launch.sh")
     plan = load_plan(run_dir)
     prepared = None
     if not preflight_only:

@@ -214,7 +214,7 @@ def train_main(run_dir: str, plan, prepared=None) -> int:
     stats = prepared.stats
     metrics.write({
         "kind": "start", "world_size": world, "nodes": plan.nodes, "device": plan.device,
-        "accelerator": torch.cuda.get_device_name(0) if plan.device == "cuda" else f"cpu ({socket.gethostname()})",
+        "accelerator": torch.cuda.get_device_name(0) if plan.device == "cuda" else _cpu_model(),
         "strategy": plan.strategy, "zero_stage": plan.zero_stage, "method": spec.train.method, "dtype": plan.dtype,
         "seq_len": plan.seq_len, "n_params": n_params, "n_trainable_params": n_trainable,
         "flops_per_token": flops_tok, "planned_steps": total_steps, "train_rows": len(prepared.train),
@@ -328,6 +328,16 @@ class _LrLambda:
 
     def __call__(self, step: int) -> float:
         return lr_factor(step, self.total, self.warmup, self.kind, self.min_ratio)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "cpu"
 
 
 def _stop_requested(run: Path) -> bool:
