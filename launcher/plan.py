@@ -374,7 +374,7 @@ def plan_job(
             f"{steps_per_epoch}" + (f" ({dropped} rows of the last partial batch unused per epoch)" if dropped else "")
         )
         derivations.append(
-            f"total_steps = " + (f"min(max_steps {t.max_steps}, " if t.max_steps else "")
+            "total_steps = " + (f"min(max_steps {t.max_steps}, " if t.max_steps else "")
             + f"steps_per_epoch {steps_per_epoch} x epochs {t.epochs}" + (")" if t.max_steps else "")
             + f" = {total_steps}"
         )

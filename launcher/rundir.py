@@ -139,3 +139,26 @@ def resolve_local_paths(spec):
     parallel = spec.parallel.model_copy(update={"nvme_path": absolute(spec.parallel.nvme_path)})
     return spec.model_copy(update={"model": model, "data": data, "parallel": parallel,
                                    "output_dir": str(Path(spec.output_dir).expanduser().resolve())})
+
+
+def write_run_dir(run_dir: Path, spec, plan, files: dict[str, str]) -> None:
+    """job.yaml (resolved), plan.json, ds_config.json (ZeRO) and the launch files (0755), each
+    written atomically; the hashes of all of them last."""
+    import yaml
+
+    from launcher.render.deepspeed import render_ds_config
+
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    # Slurm does not create the folder of --output/--error: without it a job dies unlogged
+    (run_dir / LOGS).mkdir(exist_ok=True)
+    write_atomic(run_dir / JOB_YAML, yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    write_json(run_dir / PLAN_JSON, plan.to_dict())
+    names = [JOB_YAML, PLAN_JSON]
+    if plan.ds_config is not None:
+        write_atomic(run_dir / DS_CONFIG, render_ds_config(plan.ds_config))
+        names.append(DS_CONFIG)
+    for name, text in files.items():
+        write_atomic(run_dir / name, text, mode=0o755)
+        names.append(name)
+    write_atomic(run_dir / HASHES, hash_files(run_dir, names))

@@ -55,27 +55,6 @@ def prepare_run(spec, *, device: str, nproc: int | None, run_dir: Path, with_dat
     return spec, plan
 
 
-def write_run_dir(run_dir: Path, spec, plan, files: dict[str, str]) -> None:
-    """job.yaml, plan.json, ds_config.json and the launch files, each atomically; hashes last."""
-    import yaml
-
-    from launcher import rundir
-    from launcher.render.deepspeed import render_ds_config
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / rundir.LOGS).mkdir(exist_ok=True)
-    rundir.write_atomic(run_dir / rundir.JOB_YAML, yaml.safe_dump(spec.to_dict(), sort_keys=False))
-    rundir.write_json(run_dir / rundir.PLAN_JSON, plan.to_dict())
-    names = [rundir.JOB_YAML, rundir.PLAN_JSON]
-    if plan.ds_config is not None:
-        rundir.write_atomic(run_dir / rundir.DS_CONFIG, render_ds_config(plan.ds_config))
-        names.append(rundir.DS_CONFIG)
-    for name, text in files.items():
-        rundir.write_atomic(run_dir / name, text, mode=0o755)
-        names.append(name)
-    rundir.write_atomic(run_dir / rundir.HASHES, rundir.hash_files(run_dir, names))
-
-
 @click.command()
 @job_argument
 @overrides_argument
@@ -131,7 +110,7 @@ def run(job_file, overrides, run_dir, resume, dry_run, nproc_per_node, device, h
     spec, plan = prepare_run(spec, device=dev, nproc=nproc_per_node, run_dir=target)
     argv = render_torchrun_argv(plan, str(target), torchrun=default_torchrun())
     env = render_env(plan)
-    write_run_dir(target, spec, plan, {rundir.LAUNCH_SH: render_launch_script(argv, env)})
+    rundir.write_run_dir(target, spec, plan, {rundir.LAUNCH_SH: render_launch_script(argv, env)})
     click.echo(f"{'resuming' if resuming else 'run directory'}: {target}")
     click.echo(f"{plan.world_size} x {plan.device} ({plan.backend}), {plan.strategy}"
                f"{'-' + str(plan.zero_stage) if plan.zero_stage is not None else ''}, {plan.total_steps} steps of "
@@ -193,7 +172,7 @@ def _render_hosts(spec, dev, nproc, target: Path, hosts: str, dry_run: bool) -> 
         for name, text in files.items():
             click.echo(f"# {name}\n{text}")
         return
-    write_run_dir(target, spec, plan, files)
+    rundir.write_run_dir(target, spec, plan, files)
     click.echo(f"run directory: {target}")
     for i, (name, _) in enumerate(files.items()):
         click.echo(f"  on {names[i]}: bash {shlex.quote(str(target / name))}")

@@ -40,26 +40,6 @@ def default_run_dir(spec) -> Path:
     return p
 
 
-def write_slurm_run_dir(run_dir: Path, spec, plan, script: str) -> None:
-    """job.yaml, plan.json, ds_config.json (ZeRO), job.sbatch (0755), each atomically; hashes last."""
-    import yaml
-
-    from launcher import rundir
-    from launcher.render.deepspeed import render_ds_config
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    # Slurm does not create the folder of --output/--error: without it the job dies unlogged
-    (run_dir / rundir.LOGS).mkdir(exist_ok=True)
-    rundir.write_atomic(run_dir / rundir.JOB_YAML, yaml.safe_dump(spec.to_dict(), sort_keys=False))
-    rundir.write_json(run_dir / rundir.PLAN_JSON, plan.to_dict())
-    names = [rundir.JOB_YAML, rundir.PLAN_JSON, rundir.SBATCH]
-    if plan.ds_config is not None:
-        rundir.write_atomic(run_dir / rundir.DS_CONFIG, render_ds_config(plan.ds_config))
-        names.append(rundir.DS_CONFIG)
-    rundir.write_atomic(run_dir / rundir.SBATCH, script, mode=0o755)
-    rundir.write_atomic(run_dir / rundir.HASHES, rundir.hash_files(run_dir, names))
-
-
 @click.command()
 @job_argument
 @overrides_argument
@@ -95,7 +75,7 @@ def slurm(job_file, overrides, run_dir, dry_run, submit, python, preflight_only)
     if dry_run:
         click.echo(script, nl=False)
         return
-    write_slurm_run_dir(target, spec, plan, script)
+    rundir.write_run_dir(target, spec, plan, {rundir.SBATCH: script})
     sbatch_path = target / rundir.SBATCH
     q = shlex.quote
     if not submit:

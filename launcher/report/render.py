@@ -154,7 +154,7 @@ def summary_sections(report: dict) -> list[tuple[str, list[tuple[str, str]]]]:
         ("Step time median / p90", f"{fmt_dur(t.get('step_time_median_s'))} / {fmt_dur(t.get('step_time_p90_s'))}"),
         ("Time to first step", fmt_dur(t.get("time_to_first_step_s"))),
         ("Wall time", fmt_dur(t.get("wall_time_s")) + (f" ({t['attempts']} attempts)" if (t.get("attempts") or 0) > 1 else "")),
-        (dh_label, fmt_num(t.get("device_hours"))),
+        (dh_label[:1].upper() + dh_label[1:], fmt_num(t.get("device_hours"))),
     ]
     mfu_rows = [("MFU", mfu_text(report))]
     if m.get("value") is not None:
@@ -455,13 +455,19 @@ def _plot_loss(series_by_run: list[tuple[str, dict]]) -> Optional[str]:
         return None
     fig, ax = _new_fig()
     multi = len(series_by_run) > 1
-    for label, s in series_by_run:
+    for k, (label, s) in enumerate(series_by_run):
+        # one colour per run (train solid, eval dashed with markers); a single run: two colours
+        c_train, c_eval = (f"C{k % 10}", f"C{k % 10}") if multi else ("C0", "C1")
+        # later runs thinner: runs that trained the same steps (same losses) stay visible
+        lw = max(2.6 - 0.8 * k, 1.0) if multi else 1.2
         pts = [(a, b) for a, b in zip(s["step"], s["loss"]) if b is not None]
         if pts:
-            ax.plot([a for a, _ in pts], [b for _, b in pts], label=f"{label} train" if multi else "train loss", lw=1.2)
+            ax.plot([a for a, _ in pts], [b for _, b in pts], label=f"{label} train" if multi else "train loss",
+                    lw=lw, color=c_train)
         ev = [(a, b) for a, b in zip(s["eval_step"], s["eval_loss"]) if b is not None]
         if ev:
-            ax.plot([a for a, _ in ev], [b for _, b in ev], marker="o", ls="--",
+            ax.plot([a for a, _ in ev], [b for _, b in ev], marker="o", ls="--", color=c_eval, lw=lw,
+                    markersize=max(7 - 2 * k, 4) if multi else 6,
                     label=f"{label} eval" if multi else "eval loss")
     _integer_steps(ax)
     ax.set_ylabel("loss")
@@ -469,29 +475,56 @@ def _plot_loss(series_by_run: list[tuple[str, dict]]) -> Optional[str]:
     return _png(fig)
 
 
+def _moving_average(ys: list[float], window: int) -> list[float]:
+    """Trailing mean over up to ``window`` points (the first points average what exists)."""
+    out, acc = [], 0.0
+    for i, y in enumerate(ys):
+        acc += y
+        if i >= window:
+            acc -= ys[i - window]
+        out.append(acc / min(i + 1, window))
+    return out
+
+
 def _plot_tps(series_by_run: list[tuple[str, dict]]) -> Optional[str]:
     if not any(any(v is not None for v in s["tokens_per_s"]) for _, s in series_by_run):
         return None
     fig, ax = _new_fig()
-    for label, s in series_by_run:
+    multi = len(series_by_run) > 1
+    for k, (label, s) in enumerate(series_by_run):
         pts = [(a, b) for a, b in zip(s["step"], s["tokens_per_s"]) if b is not None]
-        if pts:
-            ax.plot([a for a, _ in pts], [b for _, b in pts], label=label, lw=1.2)
+        if not pts:
+            continue
+        xs, ys = [a for a, _ in pts], [b for _, b in pts]
+        color = f"C{k % 10}"
+        if len(pts) >= 50:  # noisy per-step values, faint, with a moving average on top
+            window = max(5, len(pts) // 40)
+            ax.plot(xs, ys, lw=0.7, alpha=0.3, color=color)
+            ax.plot(xs, _moving_average(ys, window), lw=1.6, color=color,
+                    label=f"{label} ({window}-step mean)" if multi else f"{window}-step mean")
+        else:
+            ax.plot(xs, ys, lw=1.2, color=color, label=label if multi else None)
     _integer_steps(ax)
     ax.set_ylabel("tokens/s (all devices)")
-    if len(series_by_run) > 1:
+    ax.set_ylim(bottom=0)
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     return _png(fig)
 
 
 def _plot_power(series: dict[str, tuple[list[float], list[float]]]) -> str:
+    """Mean power of each interval between CodeCarbon's rows, drawn as steps from 0."""
     fig, ax = _new_fig()
     short = max(max(xs) for xs, _ in series.values()) < 2.0
-    for node, (xs, ys) in series.items():
-        ax.plot([x * 60 for x in xs] if short else xs, ys, marker=".", label=node, lw=1.2)
+    for k, (node, (xs, ys)) in enumerate(series.items()):
+        edges = [0.0] + [x * 60 if short else x for x in xs]
+        ax.stairs(ys, edges, label=node, lw=1.5, color=f"C{k % 10}", baseline=None)
     ax.set_xlabel(("seconds" if short else "minutes") + " since tracking started")
     ax.set_ylabel("node power, W (PUE included)")
-    ax.legend(fontsize=8)
+    ax.set_xlim(left=0)
+    top = max((max(ys) for _, ys in series.values() if ys), default=0.0)
+    ax.set_ylim(0, top * 1.25 if top > 0 else 1.0)  # room for the legend above the lines
+    ax.legend(fontsize=8, loc="upper right")
     return _png(fig)
 
 
@@ -509,11 +542,14 @@ def _plot_energy_bars(reports: Sequence[dict]) -> Optional[str]:
     else:
         names = [run_label(r) for r in avail]
         bottom = [0.0] * len(avail)
+        # Wh below 1 kWh, so that small runs do not get an axis of 1e-5 kWh
+        wh = max(r["energy"]["energy_kwh"].get("total", 0.0) or 0.0 for r in avail) < 1.0
+        scale = 1000.0 if wh else 1.0
         for c, col in zip(COMPONENTS, ["#4c72b0", "#55a868", "#c44e52"]):
-            vals = [r["energy"]["energy_kwh"].get(c, 0.0) for r in avail]
+            vals = [(r["energy"]["energy_kwh"].get(c, 0.0) or 0.0) * scale for r in avail]
             ax.bar(names, vals, bottom=bottom, label=c.upper(), color=col)
             bottom = [b + v for b, v in zip(bottom, vals)]
-        ax.set_ylabel("kWh (PUE included)")
+        ax.set_ylabel(("Wh" if wh else "kWh") + " (PUE included)")
         ax.legend(fontsize=8)
         ax.tick_params(axis="x", labelrotation=20, labelsize=8)
     return _png(fig)
@@ -538,13 +574,13 @@ def _run_plots(reports: Sequence[dict], run_dirs: Sequence[Optional[str | os.Pat
     if len(reports) == 1:
         d0 = run_dirs[0] or reports[0].get("run_dir")
         power = power_series(d0) if d0 else {}
+    bars = _plot_energy_bars(reports)
+    if bars:
+        plots.append({"title": "Energy by component" + (" and run" if len(reports) > 1 else "")
+                      + " (label: measured or estimated)", "png": bars})
     if power:
-        plots.append({"title": "Power over time per node (from CodeCarbon's rows)", "png": _plot_power(power)})
-    else:
-        bars = _plot_energy_bars(reports)
-        if bars:
-            plots.append({"title": "Energy by component" + (" and run" if len(reports) > 1 else "")
-                          + " (label: measured or estimated)", "png": bars})
+        plots.append({"title": "Power over time per node (mean of each interval between CodeCarbon's rows)",
+                      "png": _plot_power(power)})
     return plots
 
 

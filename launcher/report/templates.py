@@ -57,7 +57,9 @@ text-align:left;vertical-align:top}th{background:#f6f6f6}td.v{font-variant-numer
 .ok{background:#e3f5e1;color:#1d6b16}.warn{background:#fdecd2;color:#8a4b00}
 .headline{font-size:1.05em;margin:.8em 0}.grid{display:flex;flex-wrap:wrap;gap:1em}
 .grid figure{margin:0;flex:1 1 480px}.grid img{max-width:100%}
-figcaption{color:#666;font-size:.9em}ul.notes li{color:#8a4b00}footer{color:#888;font-size:.8em;margin-top:2em}
+figcaption{color:#666;font-size:.9em}.wide{overflow-x:auto;max-width:100%}
+body.cmp{max-width:1400px}table.cmp{font-size:.85em}table.cmp td,table.cmp th{padding:.25em .45em}
+table.cmp td{white-space:nowrap}ul.notes li{color:#8a4b00}footer{color:#888;font-size:.8em;margin-top:2em}
 """
 
 HTML = """\
@@ -94,11 +96,11 @@ COMPARE_HTML = """\
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Comparison of {{ n }} runs</title>
 <style>""" + _CSS + """</style></head>
-<body>
+<body class="cmp">
 <h1>Comparison of {{ n }} runs</h1>
-<table><tr>{% for h in headers %}<th>{{ h }}</th>{% endfor %}</tr>
+<div class="wide"><table class="cmp"><tr>{% for h in headers %}<th>{{ h }}</th>{% endfor %}</tr>
 {% for row in rows %}<tr>{% for c in row %}<td class="v">{{ c }}</td>{% endfor %}</tr>{% endfor %}
-</table>
+</table></div>
 <ul>{% for r in runs %}<li><b>{{ r.label }}</b>: <span class="status {{ 'ok' if r.complete else 'warn' }}">{{ r.status }}</span>
 {{ r.headline }}</li>{% endfor %}</ul>
 {% if plots %}<h2>Plots</h2>

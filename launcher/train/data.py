@@ -25,10 +25,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -663,19 +661,13 @@ def _save_cache(path: Path, prepared: PreparedData) -> None:
 
     arrays = {**_rows_to_arrays("train", prepared.train), **_rows_to_arrays("eval", prepared.eval)}
     arrays["stats_json"] = np.array(json.dumps(prepared.stats, sort_keys=True))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    import io
+
+    from launcher.rundir import write_atomic
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    write_atomic(path, buf.getvalue())
 
 
 def _load_cache(path: Path) -> Optional[PreparedData]:

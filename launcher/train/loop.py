@@ -12,7 +12,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from launcher import rundir
 from launcher.plan import lr_factor
@@ -234,7 +234,6 @@ def train_main(run_dir: str, plan, prepared=None) -> int:
     eval_every = spec.train.eval_every_steps
     cum_samples = cum_tokens = 0
     status = "completed"
-    last_saved = start_step
     strategy.train()
     t_last = time.time()
     for step in range(start_step, total_steps):
@@ -290,7 +289,6 @@ def train_main(run_dir: str, plan, prepared=None) -> int:
             break
         if save_every and done % save_every == 0 and done < total_steps:
             _save_checkpoint(run, strategy, done, spec, metrics)
-            last_saved = done
             t_last = time.time()
 
     if status == "completed":
