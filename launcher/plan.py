@@ -319,6 +319,9 @@ def plan_job(
     errors: list[str] = []
     if device == "cpu" and backend == "nccl":
         errors.append("cluster.backend: nccl needs GPUs; use gloo (or auto) on CPU")
+    if device == "cpu" and p.strategy == "fsdp" and p.offload_params == "cpu":
+        errors.append("parallel.offload_params: FSDP2 offloads from an accelerator to the host; on cpu the "
+                      "parameters are already in host memory: set parallel.offload_params=none")
     if device == "cpu" and spec.model.dtype == "fp16":
         errors.append("model.dtype: fp16 is not supported on CPU; use bf16 or fp32")
     batch = resolve_batch(t.micro_batch_size, t.grad_accum_steps, t.global_batch_size, world)

@@ -39,6 +39,8 @@ def prepare_run(spec, *, device: str, nproc: int | None, run_dir: Path, with_dat
         key = "gpus_per_node" if device == "cuda" else "cpu_procs_per_node"
         spec = spec.model_copy(update={"cluster": spec.cluster.model_copy(update={key: nproc})})
     spec = resolve_local_paths(spec)
+    info = local_model_info(spec.model.path)
+    plan = plan_job(spec, device=device, model_info=info, cpu_count=os.cpu_count())  # fail before any I/O
     train_rows = None
     if with_data:
         from transformers import AutoTokenizer
@@ -50,8 +52,7 @@ def prepare_run(spec, *, device: str, nproc: int | None, run_dir: Path, with_dat
         tok = AutoTokenizer.from_pretrained(tok_path, trust_remote_code=spec.model.trust_remote_code)
         prepared = prepare_data(spec, tok, data_path, run_dir / "cache")
         train_rows = len(prepared.train)
-    plan = plan_job(spec, device=device, model_info=local_model_info(spec.model.path), train_rows=train_rows,
-                    cpu_count=os.cpu_count())
+        plan = plan_job(spec, device=device, model_info=info, train_rows=train_rows, cpu_count=os.cpu_count())
     return spec, plan
 
 
@@ -107,7 +108,14 @@ def run(job_file, overrides, run_dir, resume, dry_run, nproc_per_node, device, h
         click.echo(render_launch_script(argv, render_env(plan)), nl=False)
         return
 
-    spec, plan = prepare_run(spec, device=dev, nproc=nproc_per_node, run_dir=target)
+    try:
+        spec, plan = prepare_run(spec, device=dev, nproc=nproc_per_node, run_dir=target)
+    except BaseException:
+        if not resuming:  # nothing half-made is left behind: only the tokenized-data cache was there
+            import shutil
+
+            shutil.rmtree(target, ignore_errors=True)
+        raise
     argv = render_torchrun_argv(plan, str(target), torchrun=default_torchrun())
     env = render_env(plan)
     rundir.write_run_dir(target, spec, plan, {rundir.LAUNCH_SH: render_launch_script(argv, env)})

@@ -29,6 +29,9 @@ LAYOUTS = {
     "zero2": ["cluster.cpu_procs_per_node=2", "parallel.strategy=zero", "parallel.zero_stage=2"],
     "zero3": ["cluster.cpu_procs_per_node=2", "parallel.strategy=zero", "parallel.zero_stage=3"],
     "fsdp": ["cluster.cpu_procs_per_node=2", "parallel.strategy=fsdp"],
+    # DeepSpeedCPUAdam (JIT-built once, cached in TORCH_EXTENSIONS_DIR) steps the optimizer on the host
+    "zero3-offload": ["cluster.cpu_procs_per_node=2", "parallel.strategy=zero", "parallel.zero_stage=3",
+                      "parallel.offload_optimizer=cpu", "parallel.offload_params=cpu"],
 }
 
 
@@ -83,6 +86,17 @@ def test_strategies_match_a_single_process(runs, layout, method):
     ev_ref = [r["eval_loss"] for r in records(runs.get("single", method), "eval")]
     ev = [r["eval_loss"] for r in records(runs.get(layout, method), "eval")]
     assert ev == pytest.approx(ev_ref, rel=RTOL)
+
+
+def test_zero3_cpu_offload_matches_a_single_process(runs):
+    assert losses(runs.get("zero3-offload", "full")) == pytest.approx(losses(runs.get("single", "full")), rel=RTOL)
+
+
+def test_fsdp_offload_on_cpu_is_refused_before_launch(tmp_path):
+    out = launcher_run(tmp_path / "r", *COMMON, "parallel.strategy=fsdp", "parallel.offload_params=cpu", check=False)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "parallel.offload_params: FSDP2 offloads from an accelerator to the host" in out.stderr
+    assert not (tmp_path / "r").exists(), "nothing half-written"
 
 
 @pytest.mark.parametrize("layout", ["zero3", "fsdp"])
@@ -176,6 +190,7 @@ def test_bad_data_fails_before_the_model_loads(tmp_path):
     assert out.returncode == 2
     assert "Traceback" not in out.stderr
     assert f"{data}:2: missing field 'response'" in out.stderr
+    assert not (tmp_path / "r").exists(), "a failed start leaves no run directory behind"
 
 
 def test_embedded_default_learns(tmp_path):

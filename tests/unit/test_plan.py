@@ -82,3 +82,10 @@ def test_lr_schedule_warmup_then_cosine_to_min():
     assert all(a >= b for a, b in zip(f[10:], f[11:]))
     assert lr_factor(50, total, 0, "constant", 0.0) == 1.0
     assert lr_factor(99, 100, 0, "linear", 0.0) == pytest.approx(0.01)
+
+
+def test_fsdp_cpu_offload_needs_an_accelerator():
+    spec = build_job({"parallel": {"strategy": "fsdp", "offload_params": "cpu"}})
+    assert plan_job(spec, device="cuda").fsdp["cpu_offload"] is True
+    with pytest.raises(JobError, match="FSDP2 offloads from an accelerator"):
+        plan_job(spec, device="cpu")
