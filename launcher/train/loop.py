@@ -257,10 +257,11 @@ def train_main(run_dir: str, plan, prepared=None) -> int:
         counts = torch.tensor([loss_sum.item(), tokens, padding, docs, 1.0 if _stop_requested(run) else 0.0],
                               dtype=torch.float64)
         counts_dev = counts.to(device) if plan.backend == "nccl" else counts
-        stop_flag = counts_dev[4:].clone()
-        dist.all_reduce(counts_dev[:4], op=dist.ReduceOp.SUM)
-        dist.all_reduce(stop_flag, op=dist.ReduceOp.MAX)  # all ranks agree on the stop step
+        # one collective per step: the sums for the metrics, and the stop votes (any rank that saw
+        # STOP or USR2 makes the sum > 0, so all ranks agree on the same stop step)
+        dist.all_reduce(counts_dev, op=dist.ReduceOp.SUM)
         c = counts_dev.cpu().tolist()
+        stop_now = c[4] > 0
         now = time.time()
         step_time = now - t_last
         t_last = now
@@ -282,7 +283,7 @@ def train_main(run_dir: str, plan, prepared=None) -> int:
                            "eval_tokens": label_count(prepared.eval)})
             strategy.train()
             t_last = time.time()
-        if stop_flag.item() > 0:
+        if stop_now:
             _save_checkpoint(run, strategy, done, spec, metrics)
             status = "preempted"
             log0(f"stop requested: checkpoint at step {done} saved; the job can resume from it")
