@@ -162,3 +162,16 @@ def write_run_dir(run_dir: Path, spec, plan, files: dict[str, str]) -> None:
         write_atomic(run_dir / name, text, mode=0o755)
         names.append(name)
     write_atomic(run_dir / HASHES, hash_files(run_dir, names))
+
+
+def new_run_dir(spec) -> Path:
+    """``<output_dir>/<name>-<YYYYmmdd-HHMMSS>`` (absolute), with -2, -3... if it exists."""
+    import time
+
+    safe = spec.name.replace("/", "_")
+    base = Path(spec.output_dir).expanduser().absolute() / f"{safe}-{time.strftime('%Y%m%d-%H%M%S')}"
+    p, i = base, 1
+    while p.exists():
+        i += 1
+        p = base.with_name(f"{base.name}-{i}")
+    return p

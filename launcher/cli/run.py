@@ -3,22 +3,11 @@ from __future__ import annotations
 import os
 import shlex
 import sys
-import time
 from pathlib import Path
 
 import click
 
 from launcher.cli._common import job_argument, overrides_argument
-
-
-def new_run_dir(spec) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path(spec.output_dir) / f"{spec.name}-{stamp}"
-    p, i = base, 1
-    while p.exists():
-        i += 1
-        p = base.with_name(f"{base.name}-{i}")
-    return p.resolve()
 
 
 def latest_run_dir(spec) -> Path | None:
@@ -95,7 +84,7 @@ def run(job_file, overrides, run_dir, resume, dry_run, nproc_per_node, device, h
         if found is None:
             raise JobError(f"--resume: no run of job {spec.name!r} under {spec.output_dir}/; start one without --resume")
         run_dir = found
-    target = Path(run_dir).resolve() if run_dir else new_run_dir(spec)
+    target = Path(run_dir).resolve() if run_dir else rundir.new_run_dir(spec)
     resuming = rundir.is_run_dir(target)
     if resuming and not job_file:
         spec = load_job_or_default(str(target / rundir.JOB_YAML), overrides)

@@ -27,19 +27,6 @@ def build_slurm_run(spec, run_dir: str, *, python: str, extra_train_args=()):
     return spec, plan, script
 
 
-def default_run_dir(spec) -> Path:
-    """``<output_dir>/<name>-<YYYYmmdd-HHMMSS>`` (absolute), with -2, -3... if it exists."""
-    import time
-
-    safe = spec.name.replace("/", "_")
-    base = Path(spec.output_dir).absolute() / f"{safe}-{time.strftime('%Y%m%d-%H%M%S')}"
-    p, i = base, 1
-    while p.exists():
-        i += 1
-        p = base.with_name(f"{base.name}-{i}")
-    return p
-
-
 @click.command()
 @job_argument
 @overrides_argument
@@ -65,7 +52,7 @@ def slurm(job_file, overrides, run_dir, dry_run, submit, python, preflight_only)
     if dry_run and submit:
         raise JobError("--dry-run and --submit: choose one")
     spec = load_job_or_default(job_file, overrides)
-    target = Path(run_dir).absolute() if run_dir else default_run_dir(spec)
+    target = Path(run_dir).absolute() if run_dir else rundir.new_run_dir(spec)
     if rundir.is_run_dir(target) and not dry_run:
         raise JobError(f"{target}: already a run directory; choose a new --run-dir "
                        f"(a requeued job resumes in its own run directory by itself)")
