@@ -91,12 +91,23 @@ def format_plan(plan) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
 @click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None,
               help="Plan for this device (default: cluster.device; auto means the cluster's GPUs).")
-def plan(job_file, overrides, as_json, device):
+@click.option("--with-data", is_flag=True,
+              help="Tokenize the data (as launcher run would) to show rows, steps per epoch and total steps.")
+def plan(job_file, overrides, as_json, device, with_data):
     """Resolve JOB_FILE (default: the embedded demo job) with key.sub=value OVERRIDES and print
     world size, batch arithmetic, steps, engine settings and what was derived from what."""
     from launcher.plan import plan_job
 
     spec = load_job_or_default(job_file, overrides)
-    p = plan_job(spec, device=resolve_device(spec, device), model_info=local_model_info(spec.model.path),
-                 cpu_count=os.cpu_count())
+    if with_data:
+        import tempfile
+        from pathlib import Path as _Path
+
+        from launcher.cli.run import prepare_run
+
+        with tempfile.TemporaryDirectory(prefix="launcher-plan-") as tmp:
+            _, p = prepare_run(spec, device=resolve_device(spec, device), nproc=None, run_dir=_Path(tmp))
+    else:
+        p = plan_job(spec, device=resolve_device(spec, device), model_info=local_model_info(spec.model.path),
+                     cpu_count=os.cpu_count())
     click.echo(json.dumps(p.to_dict(), indent=2, sort_keys=True) if as_json else format_plan(p))

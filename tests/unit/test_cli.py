@@ -95,3 +95,13 @@ def test_overrides_without_a_job_file_apply_to_the_default(tmp_path):
     res = run_cli(["plan", "train.lr=1e-3", "--json"], tmp_path)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["job"]["train"]["lr"] == 1e-3
+
+
+def test_plan_with_data_knows_the_steps(tmp_path):
+    res = run_cli(["plan", "--with-data", "--device", "cpu", "--json"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    plan = json.loads(res.stdout)
+    assert plan["train_rows"] > 0
+    assert plan["steps_per_epoch"] == plan["train_rows"] // plan["global_batch_size"]
+    assert plan["total_steps"] == plan["steps_per_epoch"] * plan["job"]["train"]["epochs"]
+    assert list(tmp_path.iterdir()) == [], "plan writes nothing"
