@@ -42,7 +42,7 @@ def main(run_dir: str, preflight_only: bool = False) -> int:
         raise JobError("launcher train: runs once per rank under torchrun (RANK/WORLD_SIZE unset); "
                        f"start it with `launcher run {run_dir}` or the run directory's launch.sh")
     plan = load_plan(run_dir)
-    prepared = None
+    prepared = tok = None
     if not preflight_only:
         # tokenize (or read the cache) before any process group exists: slow preprocessing never
         # sits inside a collective with a timeout; a file lock serialises the ranks of a node
@@ -67,4 +67,4 @@ def main(run_dir: str, preflight_only: bool = False) -> int:
         return 0
     from launcher.train.loop import train_main
 
-    return train_main(run_dir, plan, prepared)
+    return train_main(run_dir, plan, prepared, tok)

@@ -132,7 +132,7 @@ def _to_device(batch: dict, device) -> dict:
     return out
 
 
-def train_main(run_dir: str, plan, prepared=None) -> int:
+def train_main(run_dir: str, plan, prepared=None, tokenizer=None) -> int:
     import torch
     import torch.distributed as dist
 
@@ -156,7 +156,8 @@ def train_main(run_dir: str, plan, prepared=None) -> int:
     t_start = time.time()
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(tok_path, trust_remote_code=spec.model.trust_remote_code)
+    if tokenizer is None:
+        tokenizer = AutoTokenizer.from_pretrained(tok_path, trust_remote_code=spec.model.trust_remote_code)
     if prepared is None:
         from launcher.train.data import prepare_data
 
@@ -233,6 +234,10 @@ def train_main(run_dir: str, plan, prepared=None) -> int:
     save_every = spec.train.save_every_steps
     eval_every = spec.train.eval_every_steps
     cum_samples = cum_tokens = 0
+    if start_step:  # carry the running totals over from the steps the checkpoint holds
+        done_before = [r for r in rundir.read_metrics(run) if r.get("kind") == "train" and r["step"] <= start_step]
+        if done_before:
+            cum_samples, cum_tokens = done_before[-1]["cum_samples"], done_before[-1]["cum_tokens"]
     status = "completed"
     strategy.train()
     t_last = time.time()

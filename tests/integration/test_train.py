@@ -138,6 +138,9 @@ def test_stop_and_resume_matches_an_uninterrupted_run(runs, tmp_path, layout):
     starts = records(d, "start")
     assert [s["resumed_from_step"] for s in starts] == [None, 1]
     assert losses(d) == pytest.approx(losses(ref_dir), rel=RTOL)
+    train = records(d, "train")
+    assert train[-1]["cum_tokens"] == sum(r["tokens"] for r in train), "running totals carried over the resume"
+    assert train[-1]["cum_samples"] == sum(r["samples"] for r in train)
     from safetensors.torch import load_file
 
     a, b = load_file(d / "final" / "model.safetensors"), load_file(ref_dir / "final" / "model.safetensors")
