@@ -150,8 +150,10 @@ DEMO = ["cluster.nodes=2", "cluster.device=cpu", "cluster.cpu_procs_per_node=1",
         "cluster.slurm.env.GLOO_SOCKET_IFNAME=lo", "cluster.slurm.time='00:10:00'"]
 TINY = ["data.num_samples=400", "train.eval_accuracy_samples=0", "train.global_batch_size=8",
         "train.micro_batch_size=2", "train.epochs=20"]
-PREEMPT_STEPS = 40
-PREEMPT = [f"train.max_steps={PREEMPT_STEPS}", "train.save_every_steps=1000"]  # only USR2 makes a checkpoint
+# enough steps (~12 s of training) that USR2, sent once step 3 is logged, lands well before the end
+PREEMPT_STEPS = 120
+PREEMPT = [f"train.max_steps={PREEMPT_STEPS}", "train.epochs=60",
+           "train.save_every_steps=1000"]  # only USR2 makes a checkpoint
 
 
 def records(run_dir: Path, kind: str) -> list[dict]:
