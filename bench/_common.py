@@ -24,7 +24,7 @@ from typing import Iterable, Optional
 BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 
-# The throughput benchmark's model: Llama-shaped, bigger than the demo's (hidden 64, 2 layers) so
+# The throughput benchmark's model: Llama-shaped, bigger than the demo's (hidden 128, 2 layers) so
 # that compute, not framework overhead alone, is measured; random weights from a fixed seed.
 BENCH_LLAMA = dict(
     hidden_size=128,
@@ -269,6 +269,24 @@ def run_logged(argv: list[str], log: Path, env: Optional[dict] = None, cwd: Opti
                 watcher.__exit__(None, None, None)
     return {"rc": rc, "t0": t0, "wall_s": time.time() - t0,
             "peak_rss_mib": watcher.per_rank_mib() if watcher else None}
+
+
+# what a throughput run turns off: eval, the accuracy check and checkpoints are not training
+NO_EVAL = ["train.eval_every_steps=null", "train.eval_accuracy_samples=0", "train.save_every_steps=null"]
+
+
+def launcher_run(work: Path, tag: str, overrides: list[str]) -> tuple[dict, list[dict]]:
+    """`launcher run` of the embedded default (CPU, no eval) into ``work/tag``: the run's
+    outcome (rc, wall time, peak RSS per rank, error tail) and its metrics.jsonl records."""
+    run_dir = work / tag
+    shutil.rmtree(run_dir, ignore_errors=True)
+    argv = ["launcher", "run", "--run-dir", str(run_dir), "cluster.device=cpu", *NO_EVAL, *overrides]
+    r = run_logged(argv, work / f"{tag}.log", cwd=str(work), marker="launcher train")
+    m = run_dir / "metrics.jsonl"
+    recs = [json.loads(x) for x in m.read_text().splitlines() if x.strip()] if m.exists() else []
+    if not recs:
+        r["error"] = tail(work / f"{tag}.log", 5)
+    return r, recs
 
 
 def tail(path: Path, n: int = 15) -> str:

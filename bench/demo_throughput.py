@@ -11,8 +11,6 @@ The packed/padded ratio is the median of per-round ratios.
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -28,17 +26,10 @@ STRATEGIES = {
 
 
 def run_one(work: Path, tag: str, overrides: list[str], steps: int) -> dict:
-    run_dir = work / tag
-    shutil.rmtree(run_dir, ignore_errors=True)
-    argv = ["launcher", "run", "--run-dir", str(run_dir), "cluster.device=cpu", f"train.max_steps={steps}",
-            "train.eval_every_steps=null", "train.eval_accuracy_samples=0", "train.save_every_steps=null",
-            *overrides]
-    r = C.run_logged(argv, work / f"{tag}.log", cwd=str(work), marker="launcher train")
-    recs = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()] \
-        if (run_dir / "metrics.jsonl").exists() else []
+    r, recs = C.launcher_run(work, tag, [f"train.max_steps={steps}", *overrides])
     train = [x for x in recs if x.get("kind") == "train"]
     if r["rc"] != 0 or len(train) < 2:
-        return {"rc": r["rc"], "error": C.tail(work / f"{tag}.log", 5)}
+        return {"rc": r["rc"], "error": r.get("error") or C.tail(work / f"{tag}.log", 5)}
     t = sum(s["step_time_s"] for s in train[1:])
     tok = sum(s["tokens"] for s in train[1:])
     pad = sum(s["padding_tokens"] for s in train[1:])

@@ -15,8 +15,6 @@ Two "nodes" through network namespaces are not measured here (see bench/README.m
 from __future__ import annotations
 
 import argparse
-import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -26,18 +24,11 @@ import _common as C  # noqa: E402
 
 
 def run_one(work: Path, procs: int, tag: str, steps: int) -> dict:
-    run_dir = work / tag
-    shutil.rmtree(run_dir, ignore_errors=True)
-    argv = ["launcher", "run", "--run-dir", str(run_dir), "cluster.device=cpu",
-            f"cluster.cpu_procs_per_node={procs}", f"train.max_steps={steps}", "train.eval_every_steps=null",
-            "train.eval_accuracy_samples=0", "train.save_every_steps=null"]
-    r = C.run_logged(argv, work / f"{tag}.log", cwd=str(work), marker="launcher train")
+    r, recs = C.launcher_run(work, tag, [f"cluster.cpu_procs_per_node={procs}", f"train.max_steps={steps}"])
     out = {"procs": procs, "rc": r["rc"], "wall_s": r["wall_s"], "peak_rss_mib": r["peak_rss_mib"]}
-    m = run_dir / "metrics.jsonl"
-    if not m.exists():
-        out["error"] = C.tail(work / f"{tag}.log", 5)
+    if not recs:
+        out["error"] = r["error"]
         return out
-    recs = [json.loads(x) for x in m.read_text().splitlines() if x.strip()]
     steps_ = [x for x in recs if x.get("kind") == "train"][1:]
     start = next(x for x in recs if x.get("kind") == "start")
     t = sum(s["step_time_s"] for s in steps_)

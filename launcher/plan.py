@@ -272,13 +272,6 @@ def estimate_memory_gib(n_params: int, n_trainable: int, dtype: str, strategy: s
             "total": round((params + grads + optim) / g, 3)}
 
 
-def lora_trainable_params(info: ModelInfo, r: int, n_targets_per_layer_dims: Optional[list[tuple[int, int]]] = None) -> int:
-    """Adapter parameters when every linear of each decoder layer gets A (r x in) and B (out x r)."""
-    if not n_targets_per_layer_dims:
-        return 0
-    return info.n_layers * sum(r * (i + o) for i, o in n_targets_per_layer_dims)
-
-
 # --------------------------------------------------------------------------- the plan
 
 

@@ -101,12 +101,11 @@ def plan(job_file, overrides, as_json, device, with_data):
     spec = load_job_or_default(job_file, overrides)
     if with_data:
         import tempfile
-        from pathlib import Path as _Path
 
         from launcher.cli.run import prepare_run
 
         with tempfile.TemporaryDirectory(prefix="launcher-plan-") as tmp:
-            _, p = prepare_run(spec, device=resolve_device(spec, device), nproc=None, run_dir=_Path(tmp))
+            _, p = prepare_run(spec, device=resolve_device(spec, device), nproc=None, run_dir=Path(tmp))
     else:
         p = plan_job(spec, device=resolve_device(spec, device), model_info=local_model_info(spec.model.path),
                      cpu_count=os.cpu_count())
