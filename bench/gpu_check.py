@@ -166,7 +166,7 @@ class GpuMemPoller:
 def measured_run(argv, log: Path, work: Path, tag: str, env=None, gpu=True) -> dict:
     """Run argv with a CodeCarbon tracker (launcher's NodeEnergyTracker, the GPU included)
     and the GPU memory poller around it."""
-    from launcher.report.energy import NodeEnergyTracker
+    from launcher.train.energy import NodeEnergyTracker
 
     edir = work / "energy" / tag
     shutil.rmtree(edir, ignore_errors=True)

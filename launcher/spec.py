@@ -17,6 +17,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from launcher.errors import JobError
 
+# the embedded default job (a tiny model and task built locally): what `launcher run` runs bare
+DEFAULT_JOB_PATH = Path(__file__).resolve().parent / "demo" / "default_job.yaml"
+
 Dtype = Literal["bf16", "fp16", "fp32"]
 Offload = Literal["none", "cpu", "nvme"]
 
@@ -106,23 +109,42 @@ class ParallelSpec(_Strict):
 
     @model_validator(mode="after")
     def _offload_rules(self) -> "ParallelSpec":
-        errs = []
-        if self.strategy == "zero":
-            if self.offload_params != "none" and self.zero_stage != 3:
-                errs.append(f"offload_params: {self.offload_params!r} needs zero_stage 3, got {self.zero_stage}")
-            if self.offload_optimizer != "none" and self.zero_stage == 0:
-                errs.append("offload_optimizer: needs zero_stage 1, 2 or 3, got 0")
-        else:
-            if self.offload_optimizer != "none":
-                errs.append("offload_optimizer: FSDP2 offloads parameters and optimizer state together; "
-                            "use offload_params: cpu")
-            if self.offload_params == "nvme":
-                errs.append("offload_params: FSDP2 offloads to cpu only, got 'nvme'")
-        if "nvme" in (self.offload_optimizer, self.offload_params) and not self.nvme_path:
-            errs.append("nvme_path: required when offloading to nvme")
+        errs = offload_problems(self.strategy, self.zero_stage, self.offload_optimizer, self.offload_params,
+                                self.nvme_path)
         if errs:
             raise ValueError("; ".join(errs))
         return self
+
+
+# How the offload rules name things: the job's fields, or `launcher ds-config`'s flags.
+JOB_FIELD_NAMES = {"zero_stage": "zero_stage", "offload_optimizer": "offload_optimizer",
+                   "offload_params": "offload_params", "nvme_path": "nvme_path", "quote": True}
+DS_FLAG_NAMES = {"zero_stage": "--stage", "offload_optimizer": "--offload-optimizer",
+                 "offload_params": "--offload-params", "nvme_path": "--nvme-path", "quote": False}
+
+
+def offload_problems(strategy: str, zero_stage: int, offload_optimizer: str, offload_params: str,
+                     nvme_path: Optional[str], names: dict = JOB_FIELD_NAMES) -> list[str]:
+    """The offload rules, stated once for the job file and for `launcher ds-config`: one line per
+    broken rule (empty when the combination is valid)."""
+    n = names
+    q = (lambda v: repr(v)) if n["quote"] else str
+    errs = []
+    if strategy == "zero":
+        if offload_params != "none" and zero_stage != 3:
+            errs.append(f"{n['offload_params']}: {q(offload_params)} needs {n['zero_stage']} 3, got {zero_stage}")
+        if offload_optimizer != "none" and zero_stage == 0:
+            errs.append(f"{n['offload_optimizer']}: needs {n['zero_stage']} 1, 2 or 3 "
+                        "(ZeRO-0 has no optimizer partitioning)")
+    else:
+        if offload_optimizer != "none":
+            errs.append(f"{n['offload_optimizer']}: FSDP2 offloads parameters and optimizer state together; "
+                        "use offload_params: cpu")
+        if offload_params == "nvme":
+            errs.append(f"{n['offload_params']}: FSDP2 offloads to cpu only, got 'nvme'")
+    if "nvme" in (offload_optimizer, offload_params) and not nvme_path:
+        errs.append(f"{n['nvme_path']}: required when offloading to nvme")
+    return errs
 
 
 class SlurmSpec(_Strict):
@@ -306,8 +328,6 @@ def build_job(data: dict, source: str = "job") -> JobSpec:
 def load_job(path: Optional[str | os.PathLike], overrides: tuple[str, ...] | list[str] = ()) -> JobSpec:
     """The job at ``path`` (the embedded default when None) with overrides applied."""
     if path is None:
-        from launcher.demo import DEFAULT_JOB_PATH
-
         data, source = read_yaml(DEFAULT_JOB_PATH), "embedded default job"
     else:
         data, source = read_yaml(path), str(path)

@@ -55,3 +55,17 @@ def make_char_tokenizer(dir: str | os.PathLike | None = None, chat_template: str
         Path(dir).mkdir(parents=True, exist_ok=True)
         fast.save_pretrained(str(dir))
     return fast
+
+
+GOLDEN = Path(__file__).resolve().parent / "golden"
+
+
+def check_golden(name: str, text: str) -> None:
+    """``text`` must equal tests/golden/NAME. After an intended change, regenerate every golden
+    file with ``UPDATE_GOLDEN=1 python -m pytest tests/unit -q`` and review the diff."""
+    path = GOLDEN / name
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert path.exists(), f"{path} missing: run with UPDATE_GOLDEN=1"
+    assert text == path.read_text(), f"{name} drifted from its golden file (UPDATE_GOLDEN=1 to accept)"

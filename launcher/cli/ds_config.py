@@ -30,7 +30,7 @@ def ds_config(job_file, overrides, stage, offload_optimizer, offload_params, nvm
     From flags, or from JOB_FILE (its parallel/train/cluster sections; flags then are errors,
     use key.sub=value overrides instead)."""
     from launcher.errors import JobError
-    from launcher.plan import build_ds_config, plan_job, resolve_batch
+    from launcher.plan import build_ds_config, resolve_batch
     from launcher.render.deepspeed import render_ds_config
     from launcher.rundir import write_atomic
 
@@ -42,14 +42,14 @@ def ds_config(job_file, overrides, stage, offload_optimizer, offload_params, nvm
         if given:
             raise JobError(f"{', '.join(given)}: not used with a job file; override the job instead "
                            f"(for example parallel.zero_stage=3)")
+        from launcher import prepare
         from launcher.cli._common import load_job_or_default
-        from launcher.cli.plan import local_model_info, resolve_device
 
         spec = load_job_or_default(job_file, overrides)
         if spec.parallel.strategy != "zero":
             raise JobError(f"parallel.strategy: {spec.parallel.strategy!r} uses no DeepSpeed config; "
                            f"set parallel.strategy=zero")
-        plan = plan_job(spec, device=resolve_device(spec, device), model_info=local_model_info(spec.model.path))
+        _, plan = prepare.plan_without_data(spec, prepare.resolve_device(spec, device))
         cfg = plan.ds_config
     else:
         world = world_size or 1

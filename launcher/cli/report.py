@@ -30,10 +30,15 @@ def report(run_dirs: tuple[str, ...], fmt: str, output: str | None, no_write: bo
     from pathlib import Path
 
     from launcher.errors import JobError
-    from launcher.report.build import build_report, not_a_run_dir
-    from launcher.rundir import REPORT_HTML, is_run_dir, write_atomic
+    from launcher.report.build import build_report
+    from launcher.rundir import REPORT_HTML, require_run_dir, write_atomic
 
-    bad = [not_a_run_dir(d).lines[0] for d in run_dirs if not is_run_dir(d)]
+    bad: list[str] = []
+    for d in run_dirs:  # every folder that is not a run at once, one line each
+        try:
+            require_run_dir(d)
+        except JobError as e:
+            bad.extend(e.lines)
     if bad:
         raise JobError(*bad)
     dirs = [Path(d) for d in run_dirs]
@@ -67,7 +72,10 @@ def report(run_dirs: tuple[str, ...], fmt: str, output: str | None, no_write: bo
     elif fmt == "md":
         text = R.render_markdown(reports[0]) if single else R.render_compare_markdown(reports)
     elif fmt == "html":
-        text = html_cached or (R.render_html(reports[0], dirs[0]) if single else R.render_compare_html(reports, dirs))
+        from launcher.report.series import read_series
+
+        text = html_cached or (R.render_html(reports[0], read_series(dirs[0])) if single
+                               else R.render_compare_html(reports, [read_series(d) for d in dirs]))
     elif fmt == "json":
         text = json.dumps(reports[0] if single else reports, indent=2, sort_keys=True) + "\n"
     else:

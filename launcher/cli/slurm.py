@@ -10,23 +10,6 @@ import click
 from launcher.cli._common import job_argument, overrides_argument
 
 
-def build_slurm_run(spec, run_dir: str, *, python: str, extra_train_args=()):
-    """(resolved spec, plan, job.sbatch text) for ``spec`` running in ``run_dir``. Pure apart
-    from reading a local model's config.json."""
-    from launcher.cli.plan import local_model_info, resolve_device
-    from launcher.plan import plan_job
-    from launcher.render.slurm import render_sbatch
-    from launcher.rundir import resolve_local_paths
-
-    spec = resolve_local_paths(spec)
-    # "auto" means the cluster's GPUs (this machine, a login node, says nothing about them).
-    # Threads per rank on CPU come from the CPUs the job asks for per node, not from this machine.
-    plan = plan_job(spec, device=resolve_device(spec), model_info=local_model_info(spec.model.path),
-                    cpu_count=spec.cluster.slurm.cpus_per_task)
-    script = render_sbatch(plan, run_dir, python=python, extra_train_args=list(extra_train_args))
-    return spec, plan, script
-
-
 @click.command()
 @job_argument
 @overrides_argument
@@ -45,7 +28,7 @@ def slurm(job_file, overrides, run_dir, dry_run, submit, python, preflight_only)
 
     One srun task per node starts torchrun with a c10d rendezvous on the first node; USR2 before
     the time limit makes the trainer checkpoint, and the job requeues itself."""
-    from launcher import rundir
+    from launcher import prepare, rundir
     from launcher.cli._common import load_job_or_default
     from launcher.errors import JobError
 
@@ -57,12 +40,11 @@ def slurm(job_file, overrides, run_dir, dry_run, submit, python, preflight_only)
         raise JobError(f"{target}: already a run directory; choose a new --run-dir "
                        f"(a requeued job resumes in its own run directory by itself)")
     extra = ["--preflight-only"] if preflight_only else []
-    spec, plan, script = build_slurm_run(spec, str(target), python=python or sys.executable,
-                                         extra_train_args=extra)
+    plan, files = prepare.slurm_files(spec, str(target), python=python or sys.executable, extra_train_args=extra)
     if dry_run:
-        click.echo(script, nl=False)
+        click.echo(files[rundir.SBATCH], nl=False)
         return
-    rundir.write_run_dir(target, spec, plan, {rundir.SBATCH: script})
+    rundir.write_run_dir(target, plan, files)
     sbatch_path = target / rundir.SBATCH
     q = shlex.quote
     if not submit:

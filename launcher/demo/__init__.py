@@ -1,6 +1,4 @@
 """The embedded default job: tiny model, tokenizer and task, all built locally."""
-from pathlib import Path
-
 from launcher.demo.assets import (
     DemoAssets,
     build_arithmetic_data,
@@ -12,8 +10,7 @@ from launcher.demo.assets import (
     resolve_data_path,
     resolve_model_path,
 )
-
-DEFAULT_JOB_PATH = Path(__file__).with_name("default_job.yaml")
+from launcher.spec import DEFAULT_JOB_PATH  # defined once, where load_job reads it
 
 __all__ = [
     "DEFAULT_JOB_PATH",

@@ -354,4 +354,4 @@ def exact_match_accuracy(
 def demo_model_config() -> dict:
     """The tiny model's config.json fields, without building it (for `launcher plan`)."""
     return dict(TINY_LLAMA, vocab_size=len(SPECIAL_TOKENS) + len(CHARACTERS), tie_word_embeddings=False,
-                architectures=["LlamaForCausalLM"])
+                model_type="llama", architectures=["LlamaForCausalLM"])

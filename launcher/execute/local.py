@@ -17,7 +17,7 @@ def launch_local(argv: Sequence[str], env: Mapping[str, str], run_dir: Path) -> 
     log_dir = run_dir / rundir.LOGS
     log_dir.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, **env}
-    with open(log_dir / "torchrun.log", "ab") as log:
+    with open(log_dir / rundir.TORCHRUN_LOG, "ab") as log:
         proc = subprocess.Popen(list(argv), env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 start_new_session=False)
 

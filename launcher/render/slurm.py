@@ -19,13 +19,12 @@ import shlex
 from functools import lru_cache
 from typing import Sequence
 
+from launcher import rundir
 from launcher.errors import JobError
 from launcher.plan import Plan
 from launcher.render.torchrun import TRAIN_MODULE_ARGV, render_env, render_torchrun_argv
 
 TEMPLATE = "job.sbatch.j2"
-STOP_FILE = "STOP"  # touched by the batch shell on USR2; the trainer polls it every step
-PREEMPTED_FILE = "PREEMPTED"  # written by the trainer after its preemption checkpoint; the script requeues
 PORT_BASE, PORT_SPAN = 20000, 20000  # rendezvous port = PORT_BASE + job id % PORT_SPAN
 
 # The script's own shell expressions: double-quoted (they must expand), everything else single-quoted.
@@ -77,19 +76,18 @@ def _extra_sbatch_line(field: str, line: str) -> str:
 
 def _output_pattern(run_dir: str, name: str) -> str:
     # '%' starts a Slurm filename pattern (%j, %x...): a literal one in the path must be '%%'
-    return f"{run_dir.replace('%', '%%')}/logs/{name}"
+    return f"{run_dir.replace('%', '%%')}/{rundir.LOGS}/{name}"
 
 
 def render_sbatch_header(plan: Plan, run_dir: str) -> list[str]:
     """The #SBATCH lines, in a fixed order (then the job's extra_sbatch lines as given)."""
-    job = plan.job
-    s = job["cluster"]["slurm"]
+    s = plan.job.cluster.slurm
     f = "cluster.slurm"
     for key in ("job_name", "partition", "account", "qos", "time", "mem", "constraint", "gres"):
-        if s.get(key) is not None:
-            check_one_line(f"{f}.{key}", str(s[key]))
-    job_name = s.get("job_name") or job["name"]
-    check_one_line("name" if not s.get("job_name") else f"{f}.job_name", job_name)
+        if getattr(s, key) is not None:
+            check_one_line(f"{f}.{key}", str(getattr(s, key)))
+    job_name = s.job_name or plan.job.name
+    check_one_line("name" if not s.job_name else f"{f}.job_name", job_name)
 
     lines = [
         sbatch_flag("job-name", job_name),
@@ -97,23 +95,23 @@ def render_sbatch_header(plan: Plan, run_dir: str) -> list[str]:
         sbatch_flag("ntasks-per-node", 1),  # one torchrun per node; it starts the ranks
     ]
     if plan.device == "cuda":
-        lines.append(sbatch_flag("gres", s["gres"]) if s.get("gres")
+        lines.append(sbatch_flag("gres", s.gres) if s.gres
                      else sbatch_flag("gpus-per-node", plan.procs_per_node))
     for key in ("cpus_per_task", "mem", "time", "partition", "account", "qos", "constraint"):
-        if s.get(key) is not None:
-            lines.append(sbatch_flag(key.replace("_", "-"), s[key]))
-    if s.get("exclusive"):
+        if getattr(s, key) is not None:
+            lines.append(sbatch_flag(key.replace("_", "-"), getattr(s, key)))
+    if s.exclusive:
         lines.append(sbatch_flag("exclusive"))
     lines += [
         sbatch_flag("output", _output_pattern(run_dir, "slurm-%j.out")),
         sbatch_flag("error", _output_pattern(run_dir, "slurm-%j.err")),
         # a requeued job reopens its logs: append, or the first attempt's log is lost
         sbatch_flag("open-mode", "append"),
-        sbatch_flag("requeue") if s.get("requeue", True) else sbatch_flag("no-requeue"),
+        sbatch_flag("requeue") if s.requeue else sbatch_flag("no-requeue"),
         # B: only the batch shell gets it (NCCL can swallow USR1 in the ranks)
-        sbatch_flag("signal", f"B:USR2@{int(s.get('signal_grace_s', 120))}"),
+        sbatch_flag("signal", f"B:USR2@{s.signal_grace_s}"),
     ]
-    for i, line in enumerate(s.get("extra_sbatch") or []):
+    for i, line in enumerate(s.extra_sbatch):
         lines.append(_extra_sbatch_line(f"{f}.extra_sbatch[{i}]", check_one_line(f"{f}.extra_sbatch[{i}]", line)))
     return lines
 
@@ -121,7 +119,7 @@ def render_sbatch_header(plan: Plan, run_dir: str) -> list[str]:
 def render_sbatch_env(plan: Plan) -> dict[str, str]:
     """Environment exported by the script: render_env (threads per rank on CPU, NCCL error
     handling on GPUs) plus cluster.slurm.env (which wins, e.g. GLOO_SOCKET_IFNAME)."""
-    extra = plan.job["cluster"]["slurm"].get("env") or {}
+    extra = plan.job.cluster.slurm.env
     for k, v in extra.items():
         if not _ENV_NAME.match(k):
             raise JobError(f"cluster.slurm.env: {k!r} is not a valid environment variable name")
@@ -131,14 +129,9 @@ def render_sbatch_env(plan: Plan) -> dict[str, str]:
 
 @lru_cache(maxsize=1)
 def _template():
-    from importlib.resources import files
+    from launcher.render.jinja import template
 
-    import jinja2
-
-    text = (files("launcher") / "templates" / TEMPLATE).read_text()
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
-                             trim_blocks=True, lstrip_blocks=True, autoescape=False)
-    return env.from_string(text)
+    return template(TEMPLATE, autoescape=False)
 
 
 def render_sbatch(
@@ -156,8 +149,8 @@ def render_sbatch(
         raise JobError(f"run dir: {run_dir!r} must be an absolute path (the nodes start elsewhere)")
     if "\\" in run_dir:
         raise JobError(f"run dir: {run_dir!r} contains a backslash, which turns off Slurm's %j in --output")
-    s = plan.job["cluster"]["slurm"]
-    setup = [check_one_line(f"cluster.slurm.setup[{i}]", line) for i, line in enumerate(s.get("setup") or [])]
+    s = plan.job.cluster.slurm
+    setup = [check_one_line(f"cluster.slurm.setup[{i}]", line) for i, line in enumerate(s.setup)]
     for i, a in enumerate(extra_train_args):
         check_one_line(f"train argument {i}", a)
 
@@ -167,10 +160,10 @@ def render_sbatch(
         torchrun=[python, "-m", "torch.distributed.run"], extra_train_args=list(extra_train_args),
     )
     srun = ["srun", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
-    if s.get("cpus_per_task"):
+    if s.cpus_per_task:
         # Slurm 22.05's srun does not inherit --cpus-per-task from sbatch: without this the
         # step (torchrun and all its ranks) is bound to one CPU where task/affinity or cgroup is on
-        srun.append(f"--cpus-per-task={int(s['cpus_per_task'])}")
+        srun.append(f"--cpus-per-task={s.cpus_per_task}")
     env = render_sbatch_env(plan)
     return _template().render(
         header=render_sbatch_header(plan, run_dir),
@@ -179,10 +172,12 @@ def render_sbatch(
         env=[f"export {k}={shlex.quote(v)}" for k, v in env.items()],
         port_base=PORT_BASE,
         port_span=PORT_SPAN,
-        stop=STOP_FILE,
-        preempted=PREEMPTED_FILE,
-        grace_s=int(s.get("signal_grace_s", 120)),
-        requeue=bool(s.get("requeue", True)),
+        stop=rundir.STOP,
+        preempted=rundir.PREEMPTED,
+        completed=rundir.COMPLETED,
+        sbatch=rundir.SBATCH,
+        grace_s=s.signal_grace_s,
+        requeue=s.requeue,
         step=_step_lines(srun, argv),
     )
 
@@ -203,4 +198,4 @@ def template_text() -> str:
 
 
 __all__ = ["render_sbatch", "render_sbatch_header", "render_sbatch_env", "shell_word", "shell_join",
-           "check_one_line", "sbatch_flag", "template_text", "STOP_FILE", "PREEMPTED_FILE"]
+           "check_one_line", "sbatch_flag", "template_text"]

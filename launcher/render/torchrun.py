@@ -43,7 +43,7 @@ def render_torchrun_argv(
             "--nnodes", nnodes or str(plan.nodes),
             "--rdzv-backend", "c10d",
             "--rdzv-endpoint", rdzv_endpoint,
-            "--rdzv-id", rdzv_id or plan.job["name"],
+            "--rdzv-id", rdzv_id or plan.job.name,
         ]
         if node_rank is not None:
             argv += ["--node-rank", node_rank]

@@ -1,54 +1,47 @@
 """Per-job report: throughput, MFU, energy (CodeCarbon), CO2 and cost, from the run directory.
 
-Public API (imports here stay light: no torch, matplotlib or codecarbon until used):
+Public API (imports here stay light: no torch, matplotlib, rich, jinja2 or codecarbon until used):
 
-    write_reports(run_dir) -> dict        report.json, report.md, report.html into the run dir
-    build_report(run_dir) -> dict         launcher.report.build
-    NodeEnergyTracker, read_node_energy, sum_energy      launcher.report.energy
-    model_flops_per_token, flops_per_token_from_config  launcher.report.flops
-    match_accelerator, ACCELERATORS                      launcher.report.hardware
-    render_markdown, render_html, render_table, render_csv, render_compare_*  launcher.report.render
+    build_report(run_dir) -> dict                 the report dict (report.json)      build
+    write_reports(run_dir, html=True) -> dict     report.json, .md, .html into the run dir
+    read_or_build_report(run_dir) -> dict         report.json if there, else built
+    what_changed(report) -> str | None            "what changed: eval loss ... -> ..."  format
+
+Rooms (each reads files, or formats, never both):
+
+    build.py    reads the run directory (typed plan and records, energy files), assembles the dict
+    compute.py  the run's sections (job, status, throughput, loss): pure functions of Plan and records
+    accounting.py  MFU, energy and cost sections: pure functions of those and the node summaries
+    energy.py   reads and sums emissions/<node>.json|csv (the tracker: launcher.train.energy)
+    series.py   reads what the plots draw: read_series, load_series, power_series
+    format.py   numbers and labels for people, headline, summary sections, comparison columns
+    plots.py    PNG plots of report dicts and series
+    render.py   Markdown, HTML, table, CSV and comparisons (templates: launcher/templates/*.j2)
+    flops.py, hardware.py   model FLOPs per token; accelerator peaks
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
-from launcher.report.build import build_report
+from launcher.report.build import build_report, read_or_build_report, write_reports
+from launcher.report.format import what_changed
 
-__all__ = ["write_reports", "build_report"]
-
-
-def write_reports(run_dir: str | os.PathLike, html: bool = True) -> dict:
-    """Build the report and write ``report.json``, ``report.md`` and (unless ``html=False``)
-    ``report.html`` into ``run_dir``, each atomically. Returns the report dict.
-
-    The trainer calls this on global rank 0 after the final save (and after the node energy
-    trackers stopped); ``launcher report RUN_DIR`` calls it again later to refresh."""
-    from launcher.report.render import render_html, render_markdown
-    from launcher.rundir import REPORT_HTML, REPORT_JSON, REPORT_MD, write_atomic, write_json
-
-    rd = Path(run_dir)
-    report = build_report(rd)
-    write_json(rd / REPORT_JSON, report)
-    write_atomic(rd / REPORT_MD, render_markdown(report))
-    if html:
-        write_atomic(rd / REPORT_HTML, render_html(report, rd))
-    return report
+__all__ = ["build_report", "read_or_build_report", "what_changed", "write_reports"]
 
 
 def __getattr__(name: str) -> Any:  # lazy re-exports
     mods = {
-        "NodeEnergyTracker": "energy", "read_node_energy": "energy", "sum_energy": "energy",
-        "job_gpu_ids": "energy", "default_node_name": "energy",
-        "model_flops_per_token": "flops", "flops_per_token_from_config": "flops",
-        "match_accelerator": "hardware", "ACCELERATORS": "hardware", "Accelerator": "hardware",
-        "render_markdown": "render", "render_html": "render", "render_table": "render", "render_csv": "render",
-        "render_compare_markdown": "render", "render_compare_html": "render", "render_compare_table": "render",
+        "read_node_energy": "report.energy", "sum_energy": "report.energy",
+        "NodeEnergyTracker": "train.energy", "job_gpu_ids": "train.energy", "default_node_name": "train.energy",
+        "read_series": "report.series", "load_series": "report.series", "power_series": "report.series",
+        "model_flops_per_token": "report.flops", "flops_per_token_from_config": "report.flops",
+        "match_accelerator": "report.hardware", "ACCELERATORS": "report.hardware", "Accelerator": "report.hardware",
+        "render_markdown": "report.render", "render_html": "report.render", "render_table": "report.render",
+        "render_csv": "report.render", "render_compare_markdown": "report.render",
+        "render_compare_html": "report.render", "render_compare_table": "report.render",
     }
     if name in mods:
         import importlib
 
-        return getattr(importlib.import_module(f"launcher.report.{mods[name]}"), name)
+        return getattr(importlib.import_module(f"launcher.{mods[name]}"), name)
     raise AttributeError(name)

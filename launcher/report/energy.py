@@ -1,170 +1,44 @@
-"""Energy and emissions per node with CodeCarbon, and job totals.
+"""Reading and summing the energy files of a run: no CodeCarbon here (the tracker that writes
+them runs in the ranks: :mod:`launcher.train.energy`).
 
-One tracker per **node**, started by local rank 0 only (a tracker measures the whole machine:
-one per rank would count the node once per rank). Each node writes
+Each node writes
 
     emissions/<node>.csv   CodeCarbon's own output (one cumulative row per flush and at stop)
     emissions/<node>.json  our summary: energy (cpu/gpu/ram/total, kWh), emissions (kg CO2e),
                            duration, PUE, country, and how each figure was obtained
 
 and the job's figures are the sum over the node files (:func:`read_node_energy`,
-:func:`sum_energy`).
-
-Measured or estimated (CodeCarbon 3.x)
---------------------------------------
-CodeCarbon picks one backend per component when the tracker starts and keeps the objects in
-``tracker._hardware`` (``RAM``, ``CPU``, ``GPU``, ``AppleSiliconChip``, ``Raspberry``); we
-read them after ``start()``:
-
-* CPU: ``CPU._mode`` is ``"intel_rapl"`` (Linux RAPL energy counters under
-  ``/sys/class/powercap/intel-rapl``), ``"windows_emi"`` or ``"intel_power_gadget"`` ->
-  *measured*; ``"cpu_load"`` (TDP of the detected model x psutil CPU load, floor 10% of TDP) or
-  ``"constant"`` (a fixed share of TDP) -> *estimated*. Apple ``powermetrics`` and the
-  Raspberry Pi PMIC are measured.
-* GPU: ``GPU.devices.devices`` are NVML (NVIDIA) or AMD SMI devices; a device whose total-energy
-  counter could be read (``_has_counter`` and not ``_use_power_fallback``) is *measured
-  (energy counter)*; otherwise CodeCarbon integrates NVML power readings (still measured, less
-  exact). No GPU object -> no GPU figure.
-* RAM: always a model (``RAM()``: a power per GB/DIMM estimate, or ``force_ram_power``) ->
-  *estimated*, except on a Raspberry Pi.
-
-These are private attributes; if a future CodeCarbon renames them the label becomes
-"unknown (...)" rather than a wrong claim. Each label starts with "measured", "estimated",
-"none" or "unknown".
+:func:`sum_energy`). Each component's label says how it was obtained; it starts with
+"measured", "estimated", "none" or "unknown" (:func:`launcher.train.energy.measurement_labels`).
 
 PUE
 ---
-We pass ``pue`` to CodeCarbon, which multiplies every component's power and energy by it
-*before* summing (``BaseEmissionsTracker._do_measurements``), so its energy and the emissions
-computed from it already include PUE. We therefore never multiply again: every ``energy_kwh``
-here is facility energy (PUE included), ``it_energy_kwh = total / pue`` is the IT energy, and
-the files say ``"pue_included": true``.
+The tracker passes ``pue`` to CodeCarbon, which multiplies every component's power and energy
+by it *before* summing (``BaseEmissionsTracker._do_measurements``), so its energy and the
+emissions computed from it already include PUE. We therefore never multiply again: every
+``energy_kwh`` here is facility energy (PUE included), ``it_energy_kwh = total / pue`` is the IT
+energy, and the files say ``"pue_included": true``.
 """
 from __future__ import annotations
 
 import csv
 import json
-import logging
 import os
-import re
-import socket
-import threading
-import time
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
-from launcher.rundir import EMISSIONS, write_json
-
-log = logging.getLogger(__name__)
+from launcher.rundir import EMISSIONS
 
 SCHEMA_VERSION = 1
 COMPONENTS = ("cpu", "gpu", "ram")
-
-GpuId = Union[int, str]
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def safe_node_name(name: str) -> str:
-    """A file-name-safe node name."""
-    s = re.sub(r"[^A-Za-z0-9._-]+", "_", name.strip()) or "node"
-    return s.lstrip(".") or "node"
-
-
-def default_node_name(node_rank: Optional[int] = None) -> str:
-    """``node<rank>-<hostname>``: unique per node even when two "nodes" share a hostname
-    (network namespaces on one machine). The rank comes from torchrun (``GROUP_RANK``), Slurm
-    (``SLURM_NODEID``) or ``NODE_RANK``, else 0."""
-    if node_rank is None:
-        for var in ("GROUP_RANK", "SLURM_NODEID", "NODE_RANK"):
-            v = os.environ.get(var, "")
-            if v.isdigit():
-                node_rank = int(v)
-                break
-        else:
-            node_rank = 0
-    host = socket.gethostname().split(".")[0] or "host"
-    return safe_node_name(f"node{node_rank}-{host}")
-
-
-def job_gpu_ids(local_world_size: int) -> list[GpuId]:
-    """The NVML ids of this node's job GPUs: the first ``local_world_size`` entries of
-    ``CUDA_VISIBLE_DEVICES`` (indices or UUIDs, as Slurm and users set it), else ``0..n-1``.
-
-    NVML ignores ``CUDA_VISIBLE_DEVICES`` and numbers GPUs in PCI bus order; CUDA's order matches
-    it when ``CUDA_DEVICE_ORDER=PCI_BUS_ID`` (Slurm's gres binding uses bus order)."""
-    cvd = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if cvd is not None and cvd.strip():
-        out: list[GpuId] = []
-        for part in cvd.split(","):
-            part = part.strip()
-            if not part:
-                continue
-            out.append(int(part) if part.isdigit() else part)
-        return out[:local_world_size]
-    return list(range(local_world_size))
 
 
 def is_measured(label: Optional[str]) -> bool:
     return bool(label) and str(label).startswith("measured")
 
 
-def _hw_kind(hw: Any) -> str:
-    return type(hw).__name__
-
-
-def measurement_labels(tracker: Any) -> dict[str, str]:
-    """How CodeCarbon obtains each component's energy, from a *started* tracker (see module doc)."""
-    labels = {"cpu": "none (no CPU tracked)", "gpu": "none (no GPU tracked)", "ram": "none (no RAM tracked)"}
-    try:
-        hardware = list(getattr(tracker, "_hardware"))
-    except Exception:  # noqa: BLE001 - private API changed
-        return {c: "unknown (CodeCarbon internals not recognised)" for c in COMPONENTS}
-    for hw in hardware:
-        kind = _hw_kind(hw)
-        try:
-            if kind == "CPU":
-                mode = getattr(hw, "_mode", None)
-                forced = getattr(tracker, "_force_cpu_power", None) is not None
-                labels["cpu"] = {
-                    "intel_rapl": "measured (RAPL)",
-                    "windows_emi": "measured (Windows EMI / RAPL)",
-                    "intel_power_gadget": "measured (Intel Power Gadget)",
-                    "cpu_load": "estimated (user-given CPU power x CPU load)" if forced
-                    else "estimated (TDP x CPU load)",
-                    "constant": "estimated (user-given CPU power)" if forced else "estimated (TDP constant)",
-                }.get(mode, f"unknown (CodeCarbon CPU mode {mode!r})")
-            elif kind == "GPU":
-                devices = list(getattr(hw.devices, "devices", []))
-                ids = getattr(hw, "gpu_ids", None)
-                if ids is not None:
-                    devices = [d for d in devices if getattr(d, "gpu_index", None) in ids]
-                if not devices:
-                    labels["gpu"] = "none (no GPU tracked)"
-                    continue
-                backend = "AMD SMI" if any("AMD" in type(d).__name__ for d in devices) else "NVML"
-                counters = all(getattr(d, "_has_counter", False) and not getattr(d, "_use_power_fallback", True)
-                               for d in devices)
-                labels["gpu"] = (f"measured ({backend} energy counter)" if counters
-                                 else f"measured ({backend} power readings, integrated)")
-            elif kind == "RAM":
-                forced = getattr(hw, "_force_ram_power", None) is not None
-                labels["ram"] = "estimated (user-given RAM power)" if forced else "estimated (RAM power model)"
-            elif kind == "AppleSiliconChip":
-                part = getattr(hw, "chip_part", "").lower()
-                if part in ("cpu", "gpu"):
-                    labels[part] = "measured (powermetrics)"
-            elif kind == "Raspberry":
-                part = getattr(hw, "chip_part", "").lower()
-                if part in ("cpu", "ram"):
-                    labels[part] = "measured (Raspberry Pi PMIC)"
-        except Exception as e:  # noqa: BLE001
-            log.debug("energy: cannot classify %s: %s", kind, e)
-    return labels
-
-
-def _num(x: Any) -> float:
+def num(x: Any) -> float:
+    """A CSV or JSON field as a float: missing, unreadable or NaN -> 0.0."""
     try:
         v = float(x)
     except (TypeError, ValueError):
@@ -173,7 +47,7 @@ def _num(x: Any) -> float:
 
 
 def read_emissions_csv(path: Union[str, os.PathLike]) -> list[dict]:
-    """Rows of a CodeCarbon CSV as dicts (numbers stay strings; use :func:`_num`)."""
+    """Rows of a CodeCarbon CSV as dicts (numbers stay strings; use :func:`num`)."""
     p = Path(path)
     if not p.is_file():
         return []
@@ -184,38 +58,41 @@ def read_emissions_csv(path: Union[str, os.PathLike]) -> list[dict]:
         return []
 
 
-def _session_from_row(row: dict) -> dict:
-    e = {c: _num(row.get(f"{c}_energy")) for c in COMPONENTS}
-    e["total"] = _num(row.get("energy_consumed")) or sum(e.values())
+def session_from_row(row: dict) -> dict:
+    """One tracker session (a CodeCarbon ``run_id``) from its last cumulative CSV row."""
+    e = {c: num(row.get(f"{c}_energy")) for c in COMPONENTS}
+    e["total"] = num(row.get("energy_consumed")) or sum(e.values())
     return {
         "run_id": row.get("run_id") or "",
-        "duration_s": _num(row.get("duration")),
+        "duration_s": num(row.get("duration")),
         "energy_kwh": e,
-        "emissions_kg": _num(row.get("emissions")),
-        "pue": _num(row.get("pue")) or 1.0,
+        "emissions_kg": num(row.get("emissions")),
+        "pue": num(row.get("pue")) or 1.0,
         "country_name": row.get("country_name") or None,
         "country_iso_code": row.get("country_iso_code") or None,
         "region": row.get("region") or None,
         "cpu_model": row.get("cpu_model") or None,
         "gpu_model": row.get("gpu_model") or None,
-        "gpu_count": int(_num(row.get("gpu_count"))),
+        "gpu_count": int(num(row.get("gpu_count"))),
         "timestamp": row.get("timestamp") or None,
     }
 
 
-def _merge_labels(labels: Sequence[str]) -> str:
+def merge_labels(labels: Sequence[str]) -> str:
+    """One label for several sessions or nodes: the label if they agree, else "mixed: a / b"."""
     uniq = list(dict.fromkeys(lb for lb in labels if lb))
     if not uniq:
         return "unknown"
     return uniq[0] if len(uniq) == 1 else "mixed: " + " / ".join(uniq)
 
 
-def _node_summary(node: str, sessions: list[dict], extra: dict) -> dict:
+def node_summary(node: str, sessions: list[dict], extra: dict) -> dict:
+    """A node's summary (the content of ``emissions/<node>.json``): its sessions summed."""
     energy = {c: sum(s["energy_kwh"].get(c, 0.0) for s in sessions) for c in (*COMPONENTS, "total")}
     pues = sorted({round(float(s.get("pue") or 1.0), 6) for s in sessions}) or [1.0]
     pue = pues[0] if len(pues) == 1 else None
     it = sum(s["energy_kwh"]["total"] / (s.get("pue") or 1.0) for s in sessions)
-    measured = {c: _merge_labels([s.get("measured", {}).get(c, "") for s in sessions]) for c in COMPONENTS}
+    measured = {c: merge_labels([s.get("measured", {}).get(c, "") for s in sessions]) for c in COMPONENTS}
     last = sessions[-1] if sessions else {}
     out = {
         "schema_version": SCHEMA_VERSION,
@@ -239,231 +116,6 @@ def _node_summary(node: str, sessions: list[dict], extra: dict) -> dict:
     }
     out.update(extra)
     return out
-
-
-# --------------------------------------------------------------------------- the tracker
-
-
-class NodeEnergyTracker:
-    """CodeCarbon's ``OfflineEmissionsTracker`` for one node, writing into the run directory.
-
-    Start it on **local rank 0 of each node only**::
-
-        tracker = NodeEnergyTracker(run_dir, node_name, country_iso_code="USA", region=None,
-                                    gpu_ids=job_gpu_ids(local_world_size), pue=1.2)
-        tracker.start()
-        try:
-            ... training ...
-        finally:
-            tracker.stop()   # writes emissions/<node>.csv and emissions/<node>.json
-
-    It never raises into the training loop: a CodeCarbon failure logs a warning and the node
-    simply has no energy figures. Every ``flush_every_s`` seconds a background thread flushes a
-    cumulative CSV row and refreshes the JSON (``"final": false``), so a killed job still leaves
-    figures up to its last flush; ``stop()`` writes the final ones. A resumed attempt (requeue)
-    adds a session to the same node file instead of overwriting it.
-
-    No network: offline tracker, CSV output only, grid intensity from CodeCarbon's bundled
-    data for ``country_iso_code`` (and ``region``, for US states / Canadian provinces).
-    """
-
-    def __init__(
-        self,
-        run_dir: Union[str, os.PathLike],
-        node_name: Optional[str] = None,
-        country_iso_code: str = "USA",
-        region: Optional[str] = None,
-        gpu_ids: Optional[list[GpuId]] = None,
-        pue: float = 1.0,
-        measure_power_secs: float = 5.0,
-        flush_every_s: Optional[float] = 60.0,
-    ):
-        self.run_dir = Path(run_dir)
-        self.node = safe_node_name(node_name) if node_name else default_node_name()
-        self.country_iso_code = country_iso_code
-        self.region = region
-        self.gpu_ids = list(gpu_ids) if gpu_ids is not None else None
-        self.pue = float(pue)
-        self.measure_power_secs = float(measure_power_secs)
-        self.flush_every_s = flush_every_s
-        self.dir = self.run_dir / EMISSIONS
-        self.csv_path = self.dir / f"{self.node}.csv"
-        self.json_path = self.dir / f"{self.node}.json"
-        self._tracker: Any = None
-        self._labels: dict[str, str] = {}
-        self._start_time: Optional[float] = None
-        self._stop_evt = threading.Event()
-        self._thread: Optional[threading.Thread] = None
-        self._lock = threading.Lock()
-        self.summary: Optional[dict] = None
-
-    @classmethod
-    def from_job(cls, job: Any, run_dir: Union[str, os.PathLike], node_name: Optional[str] = None,
-                 gpu_ids: Optional[list[GpuId]] = None, **kw: Any) -> "NodeEnergyTracker":
-        """Build from a ``JobSpec`` (or its dict): country, region and PUE from ``job.report``."""
-        rep = job["report"] if isinstance(job, dict) else job.report.model_dump()
-        return cls(run_dir, node_name, country_iso_code=rep.get("country_iso_code") or "USA",
-                   region=rep.get("region"), gpu_ids=gpu_ids, pue=rep.get("pue") or 1.0, **kw)
-
-    @property
-    def started(self) -> bool:
-        return self._tracker is not None
-
-    def start(self) -> bool:
-        """Start measuring. Returns False (and logs a warning) if CodeCarbon cannot run."""
-        if self._tracker is not None:
-            return True
-        try:
-            from codecarbon import OfflineEmissionsTracker
-            from codecarbon.output_methods.base_output import OutputMethod
-
-            # quiet before the constructor logs (its log_level applies only once it has run)
-            logging.getLogger("codecarbon").setLevel(logging.ERROR)
-
-            self.dir.mkdir(parents=True, exist_ok=True)
-            kwargs: dict[str, Any] = dict(
-                country_iso_code=self.country_iso_code,
-                output_dir=str(self.dir),
-                output_file=self.csv_path.name,
-                output_methods=[OutputMethod.CSV],
-                on_csv_write="append",
-                measure_power_secs=self.measure_power_secs,
-                log_level="error",
-                tracking_mode="machine",
-                pue=self.pue,
-                allow_multiple_runs=True,  # two "nodes" on one machine must not block each other
-                project_name="launcher",
-                experiment_name=self.node,
-            )
-            if self.region:
-                kwargs["region"] = self.region
-            if self.gpu_ids is not None:
-                kwargs["gpu_ids"] = self.gpu_ids
-            tracker = OfflineEmissionsTracker(**kwargs)
-            tracker.start()  # CodeCarbon swallows its own exceptions: check it really started
-            if getattr(tracker, "_start_time", None) is None:
-                raise RuntimeError("CodeCarbon did not start (see its log)")
-            self._labels = measurement_labels(tracker)
-            self._tracker = tracker
-            self._start_time = time.time()
-        except Exception as e:  # noqa: BLE001 - energy must never stop training
-            log.warning("energy: CodeCarbon tracker not started on %s: %s", self.node, e)
-            self._tracker = None
-            return False
-        if self.flush_every_s and self.flush_every_s > 0:
-            self._stop_evt.clear()
-            self._thread = threading.Thread(target=self._flush_loop, name=f"energy-{self.node}", daemon=True)
-            self._thread.start()
-        return True
-
-    def _flush_loop(self) -> None:
-        assert self.flush_every_s
-        while not self._stop_evt.wait(self.flush_every_s):
-            self.flush()
-
-    def flush(self) -> Optional[dict]:
-        """Append a cumulative CSV row and refresh the node JSON (not final)."""
-        with self._lock:
-            if self._tracker is None:
-                return None
-            try:
-                self._tracker.flush()
-                return self._write(final=False)
-            except Exception as e:  # noqa: BLE001
-                log.warning("energy: flush failed on %s: %s", self.node, e)
-                return None
-
-    def stop(self) -> Optional[dict]:
-        """Stop measuring, write ``emissions/<node>.json`` and return its content (None if never started)."""
-        self._stop_evt.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
-        with self._lock:
-            if self._tracker is None:
-                return self.summary
-            tracker, self._tracker = self._tracker, None
-            try:
-                tracker.stop()
-                return self._write(final=True, tracker=tracker)
-            except Exception as e:  # noqa: BLE001
-                log.warning("energy: stop failed on %s: %s", self.node, e)
-                return None
-
-    def __enter__(self) -> "NodeEnergyTracker":
-        self.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
-
-    # ----------------------------------------------------------------- internals
-
-    def _this_session(self, final: bool, tracker: Any = None) -> Optional[dict]:
-        tracker = tracker or self._tracker
-        run_id = str(getattr(tracker, "run_id", ""))
-        rows = [r for r in read_emissions_csv(self.csv_path) if r.get("run_id") == run_id]
-        if rows:
-            s = _session_from_row(rows[-1])
-        else:
-            data = getattr(tracker, "final_emissions_data", None)
-            if data is None:
-                return None
-            s = _session_from_row({k: getattr(data, k, None) for k in (
-                "run_id", "duration", "cpu_energy", "gpu_energy", "ram_energy", "energy_consumed",
-                "emissions", "pue", "country_name", "country_iso_code", "region", "cpu_model",
-                "gpu_model", "gpu_count", "timestamp")})
-        s.update(
-            run_id=run_id,
-            start_time=self._start_time,
-            end_time=time.time(),
-            measured=dict(self._labels),
-            final=final,
-            gpu_ids=self.gpu_ids,
-            measure_power_secs=self.measure_power_secs,
-        )
-        return s
-
-    def _refresh_labels(self, tracker: Any) -> None:
-        # A GPU whose energy counter failed at any point was (partly) integrated from power
-        # readings: keep the weaker label once seen.
-        new = measurement_labels(tracker)
-        for c, lb in new.items():
-            old = self._labels.get(c)
-            if old and "power readings" in old and "energy counter" in lb:
-                continue
-            self._labels[c] = lb
-
-    def _write(self, final: bool, tracker: Any = None) -> Optional[dict]:
-        self._refresh_labels(tracker or self._tracker)
-        session = self._this_session(final, tracker)
-        if session is None:
-            return None
-        sessions: list[dict] = []
-        if self.json_path.is_file():
-            try:
-                old = json.loads(self.json_path.read_text())
-                sessions = [s for s in old.get("sessions", []) if s.get("run_id") != session["run_id"]]
-            except (OSError, json.JSONDecodeError):
-                sessions = []
-        sessions.append(session)
-        try:
-            import codecarbon
-
-            version = getattr(codecarbon, "__version__", None)
-        except Exception:  # noqa: BLE001
-            version = None
-        summary = _node_summary(self.node, sessions, {
-            "hostname": socket.gethostname(),
-            "codecarbon_version": version,
-            "written_at": time.time(),
-        })
-        write_json(self.json_path, summary)
-        self.summary = summary
-        return summary
-
-
-# --------------------------------------------------------------------------- reading
 
 
 def read_node_energy(run_dir: Union[str, os.PathLike]) -> list[dict]:
@@ -495,32 +147,32 @@ def read_node_energy(run_dir: Union[str, os.PathLike]) -> list[dict]:
             last[r.get("run_id") or ""] = r  # rows are cumulative per run_id: keep the last
         sessions = []
         for r in last.values():
-            s = _session_from_row(r)
+            s = session_from_row(r)
             s["measured"] = {c: "unknown (no summary JSON: tracker never flushed or stopped)" for c in COMPONENTS}
             s["final"] = False
             sessions.append(s)
-        out.append(_node_summary(p.stem, sessions, {"rebuilt_from_csv": True}))
+        out.append(node_summary(p.stem, sessions, {"rebuilt_from_csv": True}))
     return out
 
 
 def sum_energy(nodes: Sequence[dict]) -> dict:
     """Job totals: the sum over node summaries (never re-applies PUE, see module doc)."""
-    energy = {c: sum(_num(n.get("energy_kwh", {}).get(c)) for n in nodes) for c in (*COMPONENTS, "total")}
+    energy = {c: sum(num(n.get("energy_kwh", {}).get(c)) for n in nodes) for c in (*COMPONENTS, "total")}
     pues = sorted({round(float(p), 6) for n in nodes for p in (n.get("pue_values") or [n.get("pue") or 1.0])})
     return {
         "nodes": len(nodes),
         "node_names": [n.get("node") for n in nodes],
         "energy_kwh": energy,
-        "it_energy_kwh": sum(_num(n.get("it_energy_kwh", _num(n.get("energy_kwh", {}).get("total"))
-                                      / (n.get("pue") or 1.0))) for n in nodes),
-        "emissions_kg": sum(_num(n.get("emissions_kg")) for n in nodes),
-        "duration_s": max((_num(n.get("duration_s")) for n in nodes), default=0.0),
-        "node_seconds": sum(_num(n.get("duration_s")) for n in nodes),
+        "it_energy_kwh": sum(num(n.get("it_energy_kwh", num(n.get("energy_kwh", {}).get("total"))
+                                     / (n.get("pue") or 1.0))) for n in nodes),
+        "emissions_kg": sum(num(n.get("emissions_kg")) for n in nodes),
+        "duration_s": max((num(n.get("duration_s")) for n in nodes), default=0.0),
+        "node_seconds": sum(num(n.get("duration_s")) for n in nodes),
         "pue": pues[0] if len(pues) == 1 else None,
         "pue_values": pues,
         "pue_included": True,
-        "measured": {c: _merge_labels([n.get("measured", {}).get(c, "") for n in nodes]) for c in COMPONENTS},
+        "measured": {c: merge_labels([n.get("measured", {}).get(c, "") for n in nodes]) for c in COMPONENTS},
         "final": bool(nodes) and all(n.get("final", False) for n in nodes),
-        "country_iso_code": _merge_labels([n.get("country_iso_code") or "" for n in nodes]) if nodes else None,
-        "region": _merge_labels([n.get("region") or "" for n in nodes]) if any(n.get("region") for n in nodes) else None,
+        "country_iso_code": merge_labels([n.get("country_iso_code") or "" for n in nodes]) if nodes else None,
+        "region": merge_labels([n.get("region") or "" for n in nodes]) if any(n.get("region") for n in nodes) else None,
     }

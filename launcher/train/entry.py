@@ -1,23 +1,11 @@
 """What each rank runs under torchrun: `launcher train RUN_DIR`."""
 from __future__ import annotations
 
-import json
 import os
+import time
 from datetime import timedelta
-from pathlib import Path
 
 from launcher import rundir
-
-
-def load_plan(run_dir: str | os.PathLike):
-    from launcher.plan import Plan
-
-    p = Path(run_dir) / rundir.PLAN_JSON
-    if not p.exists():
-        from launcher.errors import JobError
-
-        raise JobError(f"{run_dir}: not a run directory (no {rundir.PLAN_JSON}); make one with launcher run or launcher slurm")
-    return Plan(**json.loads(p.read_text()))
 
 
 def init_distributed(plan, timeout_s: int = 600):
@@ -36,26 +24,25 @@ def init_distributed(plan, timeout_s: int = 600):
 
 
 def main(run_dir: str, preflight_only: bool = False) -> int:
+    t_start = time.time()
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         from launcher.errors import JobError
 
         raise JobError("launcher train: runs once per rank under torchrun (RANK/WORLD_SIZE unset); "
                        f"start it with `launcher run {run_dir}` or the run directory's launch.sh")
-    plan = load_plan(run_dir)
+    plan = rundir.read_plan(run_dir)
     prepared = tok = None
     if not preflight_only:
         # tokenize (or read the cache) before any process group exists: slow preprocessing never
         # sits inside a collective with a timeout; a file lock serialises the ranks of a node
-        from transformers import AutoTokenizer
+        from pathlib import Path
 
-        from launcher.spec import JobSpec
-        from launcher.train.data import prepare_data
-        from launcher.train.loop import resolve_paths
+        from launcher.sources import job_paths
+        from launcher.train.data import prepare_data, read_tokenizer
 
-        spec = JobSpec.model_validate(plan.job)
-        _, tok_path, data_path = resolve_paths(spec)
-        tok = AutoTokenizer.from_pretrained(tok_path, trust_remote_code=spec.model.trust_remote_code)
-        prepared = prepare_data(spec, tok, data_path, Path(run_dir) / "cache")
+        paths = job_paths(plan.job)
+        tok = read_tokenizer(plan.job, paths.tokenizer)
+        prepared = prepare_data(plan.job, tok, paths.data, Path(run_dir) / rundir.CACHE)
     init_distributed(plan)
     from launcher.train.preflight import run_preflight
 
@@ -67,4 +54,4 @@ def main(run_dir: str, preflight_only: bool = False) -> int:
         return 0
     from launcher.train.loop import train_main
 
-    return train_main(run_dir, plan, prepared, tok)
+    return train_main(run_dir, plan, prepared, tok, t_start)

@@ -28,7 +28,6 @@ from typing import Any, Optional
 from launcher import rundir
 from launcher.errors import JobError
 
-PREFLIGHT_JSON = "preflight.json"
 # packages whose versions must agree on every rank (python is compared too)
 CHECKED_PACKAGES = ("torch", "deepspeed", "transformers")
 
@@ -116,7 +115,7 @@ def _unreachable_line(err: BaseException, rank: int, host: str, timeout_s: float
 
 
 def _write_report(run_dir: str | os.PathLike, report: dict) -> Path:
-    return rundir.write_json(Path(run_dir) / rundir.LOGS / PREFLIGHT_JSON, report)
+    return rundir.write_json(Path(run_dir) / rundir.LOGS / rundir.PREFLIGHT_JSON, report)
 
 
 def run_preflight(run_dir: str | os.PathLike, timeout_s: float = 60) -> list[dict]:

@@ -200,7 +200,7 @@ def run_two_nodes(base: Path, name: str, overrides: tuple[str, ...], nodes) -> t
 def _check_completed(run_dir: Path, rcs: list[int] | None = None) -> list[dict]:
     # success is the COMPLETED marker and the end record, not torchrun's exit code alone: gloo
     # teardown occasionally aborts after the job finished (DESIGN.md)
-    records = rundir.read_metrics(run_dir)
+    records = [r.model_dump() for r in rundir.read_metrics(run_dir)]
     ends = [r for r in records if r["kind"] == "end"]
     assert (run_dir / rundir.COMPLETED).exists(), f"no COMPLETED marker (exit codes {rcs}):\n{_logs(run_dir)}"
     assert ends and ends[-1]["status"] == "completed", ends
@@ -243,7 +243,7 @@ def _assert_same_losses(runs: dict, strategy: str, zero_stage) -> None:
     assert (plan["nodes"], plan["procs_per_node"], plan["world_size"]) == (2, 1, 2)
     assert (plan["micro_batch_size"], plan["grad_accum_steps"], plan["global_batch_size"]) == (2, 2, 8)
     # both ranks passed the preflight, one per node (node rank from torchrun's GROUP_RANK)
-    pre = json.loads((runs["multi"] / rundir.LOGS / "preflight.json").read_text())
+    pre = json.loads((runs["multi"] / rundir.LOGS / rundir.PREFLIGHT_JSON).read_text())
     assert pre["ok"] and pre["world_size"] == 2
     assert sorted(r["node_rank"] for r in pre["ranks"]) == [0, 1]
     l1, l2 = _losses(single), _losses(multi)

@@ -83,17 +83,15 @@ def epoch_run(tmp_path_factory) -> Path:
 
 def recount(run_dir: Path) -> dict:
     """Tokens and samples of every scheduled step, from the prepared data (not from the metrics)."""
-    from transformers import AutoTokenizer
-
+    from launcher.sources import job_paths
     from launcher.spec import JobSpec
-    from launcher.train.data import BatchSchedule, prepare_data
-    from launcher.train.loop import resolve_paths
+    from launcher.train.data import BatchSchedule, prepare_data, read_tokenizer
 
     plan = json.loads((run_dir / "plan.json").read_text())
     spec = JobSpec.model_validate(plan["job"])
-    _, tok_path, data_path = resolve_paths(spec)
-    tok = AutoTokenizer.from_pretrained(tok_path)
-    prepared = prepare_data(spec, tok, data_path, run_dir / "cache")
+    paths = job_paths(spec)
+    tok = read_tokenizer(spec, paths.tokenizer)
+    prepared = prepare_data(spec, tok, paths.data, run_dir / "cache")
     assert prepared.cache_hit, "the run's own tokenized cache must be found again"
     sched = BatchSchedule(len(prepared.train), plan["world_size"], plan["micro_batch_size"],
                           plan["grad_accum_steps"], spec.train.epochs, spec.train.seed)

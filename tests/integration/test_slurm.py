@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.cli.jobs import run_status
+from launcher.execute.status import run_status
 from launcher.execute.slurm import is_final, job_state, signal_batch
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm]

@@ -158,7 +158,8 @@ def test_lora_adapter_saved_gathered_and_reproduces_eval_loss(runs, layout):
 
     from launcher.spec import JobSpec
     from launcher.train.data import collate, pad_id_for, prepare_data
-    from launcher.train.loop import label_count, resolve_paths, token_loss_sum
+    from launcher.sources import job_paths
+    from launcher.train.loss import label_count, token_loss_sum
 
     d = runs.get(layout, "lora")
     adapter = d / "final" / "adapter_model.safetensors"
@@ -167,7 +168,8 @@ def test_lora_adapter_saved_gathered_and_reproduces_eval_loss(runs, layout):
         assert keys and all(st.get_tensor(k).numel() > 0 for k in keys)
         assert any("lora_B" in k and st.get_tensor(k).abs().sum() > 0 for k in keys), "B matrices trained"
     spec = JobSpec.model_validate(json.loads((d / "plan.json").read_text())["job"])
-    model_path, tok_path, data_path = resolve_paths(spec)
+    paths = job_paths(spec)
+    model_path, data_path = paths.model, paths.data
     tok = AutoTokenizer.from_pretrained(str(d / "final"))
     base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     model = PeftModel.from_pretrained(base, str(d / "final")).eval()

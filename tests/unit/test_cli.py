@@ -35,8 +35,9 @@ def test_help_imports_no_heavy_library(args):
 def test_top_level_help_lists_every_command_with_one_line():
     res = CliRunner().invoke(cli, ["--help"])
     assert res.exit_code == 0
-    for name in ("init", "plan", "ds-config", "run", "slurm", "report", "status"):
-        assert f"  {name} " in res.output
+    assert len(COMMANDS) == 10
+    for name, (_, _, line) in COMMANDS.items():
+        assert f"  {name} " in res.output and line.split()[0] in res.output
 
 
 def test_bad_job_exits_2_with_one_line_per_problem_and_no_traceback(tmp_path):
@@ -80,7 +81,7 @@ def test_plan_with_overrides_and_indivisible_batch(tmp_path):
 def test_plan_reads_a_local_model_config(tmp_path):
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.json").write_text(json.dumps({
-        "architectures": ["LlamaForCausalLM"], "hidden_size": 2048, "intermediate_size": 8192,
+        "model_type": "llama", "architectures": ["LlamaForCausalLM"], "hidden_size": 2048, "intermediate_size": 8192,
         "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64,
         "vocab_size": 128256, "tie_word_embeddings": True, "max_position_embeddings": 131072}))
     run_cli(["init", "job.yaml"], tmp_path)

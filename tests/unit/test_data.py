@@ -309,3 +309,84 @@ def test_prepare_data_eval_split_matches_raw_split(tok, tmp_path):
     kept = [r for r in ev_raw if len(r["prompt"]) < 40]
     assert [tok.decode([t for t in r["labels"] if t != IGNORE_INDEX][:-1]) for r in out.eval] == \
         [r["response"] for r in kept]
+
+
+def test_prepared_rows_are_memory_mapped_not_lists(tok, tmp_path):
+    """Every rank maps the cache and reads a row at a time: no rank holds the data set as lists."""
+    import numpy as np
+
+    rows = [{"text": "hello world " * (i % 5 + 1)} for i in range(40)]
+    p = write_jsonl(tmp_path / "d.jsonl", rows)
+    spec = JobSpec(data=DataSpec(format="text", max_seq_len=32, eval_fraction=0.1))
+    outs = [prepare_data(spec, tok, str(p), tmp_path / "cache") for _ in range(2)]
+    assert [o.cache_hit for o in outs] == [False, True]  # the process that builds it, one that finds it
+    for out in outs:
+        for split in (out.train, out.eval):
+            assert not isinstance(split, list) and len(split) > 0
+            arrays = split.arrays
+            assert set(arrays) == {"input_ids", "labels", "position_ids", "offsets", "n_docs"}
+            for a in arrays.values():
+                assert isinstance(a, np.memmap) and not a.flags.writeable
+                assert Path(a.filename).parent == Path(out.cache_path)
+            assert arrays["input_ids"].dtype == np.int32  # the char tokenizer's ids fit
+        row = out.train[0]
+        assert set(row) == {"input_ids", "labels", "position_ids", "n_docs"}
+        for k in ("input_ids", "labels", "position_ids"):
+            assert type(row[k]) is list and type(row[k][0]) is int
+        assert type(row["n_docs"]) is int
+
+
+def test_rows_slicing_and_equality(tmp_path):
+    from launcher.train.data import Rows
+    from launcher.train.data.rows import open_rows, write_rows
+
+    rows = pack(_docs([5, 3, 9, 1, 4, 8, 2, 6, 7]), 8)
+    rows[2]["input_ids"][1] = 2 ** 40  # too big for int32: that split is stored as int64
+    write_rows(tmp_path, "train", rows)
+    write_rows(tmp_path, "eval", [])
+    seq, empty = open_rows(tmp_path, "train"), open_rows(tmp_path, "eval")
+    assert isinstance(seq, Rows) and len(seq) == len(rows) > 4 and len(empty) == 0 and not empty
+    assert seq == rows and rows == seq and list(seq) == rows and empty == [] and seq != empty
+    assert seq[2]["input_ids"][1] == 2 ** 40 and seq[-1] == rows[-1] and seq[0] == rows[0]
+    for s in (slice(None, 1), slice(2, 5), slice(1, None, 2), slice(None, None, -1), slice(10, 20)):
+        assert seq[s] == rows[s] and len(seq[s]) == len(rows[s])
+    world = 3
+    assert [r for rank in range(world) for r in seq[rank::world]] == \
+        [r for rank in range(world) for r in rows[rank::world]]
+    assert seq[1::2][1:3] == rows[1::2][1:3] and seq[1::2][-1] == rows[1::2][-1]
+    with pytest.raises(IndexError):
+        seq[len(rows)]
+    with pytest.raises(TypeError):
+        seq[0] = rows[0]
+    changed = [dict(r) for r in rows]
+    changed[3] = {**changed[3], "labels": [IGNORE_INDEX] * len(changed[3]["labels"])}
+    assert seq != changed and seq != rows[:-1] and seq[:-1] == rows[:-1]
+    got = seq[0]
+    got["input_ids"].append(99)  # rows are fresh copies: the storage is read-only
+    assert seq[0] == rows[0] and seq[0]["input_ids"] != got["input_ids"]
+    assert sum(label_tokens(r) for r in seq) == sum(label_tokens(r) for r in rows)
+    a, b = collate(seq[3:6], pad_id=0), collate(rows[3:6], pad_id=0)
+    for k in ("input_ids", "labels", "position_ids", "attention_mask"):
+        assert a[k].tolist() == b[k].tolist()
+    assert {k: a[k] for k in ("n_tokens", "n_padding", "n_label_tokens", "n_docs", "packed")} == \
+        {k: b[k] for k in ("n_tokens", "n_padding", "n_label_tokens", "n_docs", "packed")}
+
+
+def test_prepare_data_rebuilds_a_torn_cache(tok, tmp_path):
+    rows = [{"text": "hello world " * (i % 5 + 1)} for i in range(40)]
+    p = write_jsonl(tmp_path / "d.jsonl", rows)
+    spec = JobSpec(data=DataSpec(format="text", max_seq_len=32, eval_fraction=0.1))
+    first = prepare_data(spec, tok, str(p), tmp_path / "cache")
+    expected = (list(first.train), list(first.eval), first.stats)
+    folder = Path(first.cache_path)
+    del first  # unmap before the files are cut
+    npy = folder / "train_input_ids.npy"
+    npy.write_bytes(npy.read_bytes()[:-40])
+    again = prepare_data(spec, tok, str(p), tmp_path / "cache")
+    assert not again.cache_hit and again.cache_path == str(folder)
+    assert (again.train, again.eval, again.stats) == expected
+    (folder / "stats.json").unlink()
+    assert not prepare_data(spec, tok, str(p), tmp_path / "cache").cache_hit
+    hit = prepare_data(spec, tok, str(p), tmp_path / "cache")
+    assert hit.cache_hit and (hit.train, hit.eval, hit.stats) == expected
+    assert sorted(x.name for x in (tmp_path / "cache").iterdir()) == [folder.name, folder.name + ".lock"]

@@ -60,7 +60,7 @@ def test_steps_from_train_rows_and_max_steps():
 
 
 def test_max_seq_len_over_model_limit():
-    info = read_model_info({"hidden_size": 64, "num_hidden_layers": 2, "vocab_size": 100,
+    info = read_model_info({"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "vocab_size": 100,
                             "num_attention_heads": 4, "max_position_embeddings": 512})
     spec = build_job({"data": {"max_seq_len": 1024}})
     with pytest.raises(JobError, match="data.max_seq_len: 1024 exceeds the model's limit"):
@@ -69,7 +69,7 @@ def test_max_seq_len_over_model_limit():
 
 def test_param_count_matches_llama_3_2_1b_config():
     # meta-llama/Llama-3.2-1B config.json: 1,235,814,400 parameters (tied embeddings)
-    cfg = {"hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
+    cfg = {"model_type": "llama", "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
            "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 128256, "tie_word_embeddings": True}
     assert read_model_info(cfg).n_params == 1_235_814_400
 
@@ -86,6 +86,6 @@ def test_lr_schedule_warmup_then_cosine_to_min():
 
 def test_fsdp_cpu_offload_needs_an_accelerator():
     spec = build_job({"parallel": {"strategy": "fsdp", "offload_params": "cpu"}})
-    assert plan_job(spec, device="cuda").fsdp["cpu_offload"] is True
+    assert plan_job(spec, device="cuda").fsdp.cpu_offload is True
     with pytest.raises(JobError, match="FSDP2 offloads from an accelerator"):
         plan_job(spec, device="cpu")

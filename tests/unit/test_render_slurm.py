@@ -22,24 +22,15 @@ from launcher.errors import JobError
 from launcher.plan import plan_job
 from launcher.render.slurm import render_sbatch, shell_word, template_text
 from launcher.spec import load_job
+from tests.helpers import GOLDEN, check_golden
 
 ROOT = Path(__file__).resolve().parents[2]
-GOLDEN = ROOT / "tests" / "golden"
 GOLDEN_RUN_DIR = "/scratch/runs/demo-20250101-000000"
 HOSTILE = "a b $(touch pwned) `touch pwned` it's \"q\" %j"
 
 
 def _plan(overrides=(), device="cuda", cpu_count=None):
     return plan_job(load_job(None, list(overrides)), device=device, cpu_count=cpu_count)
-
-
-def _check_golden(name: str, text: str) -> None:
-    path = GOLDEN / name
-    if os.environ.get("UPDATE_GOLDEN"):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    assert path.exists(), f"{path} missing: run with UPDATE_GOLDEN=1 to create it"
-    assert text == path.read_text(), f"{name} drifted from the golden file; if intended, rerun with UPDATE_GOLDEN=1"
 
 
 def _bash_n(tmp_path: Path, text: str) -> None:
@@ -51,7 +42,7 @@ def _bash_n(tmp_path: Path, text: str) -> None:
 
 def test_golden_single_node():
     plan = _plan(["cluster.slurm.partition=gpu"])
-    _check_golden("job_single_node.sbatch", render_sbatch(plan, GOLDEN_RUN_DIR))
+    check_golden("job_single_node.sbatch", render_sbatch(plan, GOLDEN_RUN_DIR))
 
 
 def test_golden_multi_node():
@@ -65,7 +56,7 @@ def test_golden_multi_node():
         "cluster.slurm.setup=['module load cuda/12.4', 'source /shared/venv/bin/activate']",
         "cluster.slurm.env={NCCL_SOCKET_IFNAME: ib0, NCCL_DEBUG: WARN}",
     ])
-    _check_golden("job_multi_node.sbatch", render_sbatch(plan, GOLDEN_RUN_DIR, python="/shared/venv/bin/python"))
+    check_golden("job_multi_node.sbatch", render_sbatch(plan, GOLDEN_RUN_DIR, python="/shared/venv/bin/python"))
 
 
 def test_golden_scripts_parse(tmp_path):

@@ -1,26 +1,14 @@
 """Golden files pin the torchrun argv and launch script. Regenerate after an intended change:
 UPDATE_GOLDEN=1 python -m pytest tests/unit/test_render_torchrun.py"""
-import os
 import shlex
 import subprocess
-from pathlib import Path
 
 import pytest
 
 from launcher.plan import plan_job
 from launcher.render.torchrun import render_env, render_launch_script, render_torchrun_argv
 from launcher.spec import build_job
-
-GOLDEN = Path(__file__).resolve().parent.parent / "golden"
-
-
-def check_golden(name: str, text: str):
-    path = GOLDEN / name
-    if os.environ.get("UPDATE_GOLDEN") == "1":
-        path.write_text(text)
-    assert path.exists(), f"{path} missing: run with UPDATE_GOLDEN=1"
-    assert text == path.read_text(), f"{name} drifted from its golden file (UPDATE_GOLDEN=1 to accept)"
-
+from tests.helpers import check_golden
 
 def _plan(nodes, device="cuda"):
     spec = build_job({"name": "golden", "cluster": {"nodes": nodes, "gpus_per_node": 8},

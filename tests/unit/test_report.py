@@ -1,5 +1,6 @@
 """Per-job report: FLOPs, accelerator peaks, report arithmetic, rendering and the CLI, on a
-synthetic run directory written by hand (no training, no CodeCarbon)."""
+synthetic run directory written as the launcher writes one (a real plan from ``plan_job``,
+complete typed records) but with made-up figures (no training, no CodeCarbon)."""
 from __future__ import annotations
 
 import base64
@@ -15,10 +16,12 @@ from click.testing import CliRunner
 
 from launcher.cli import cli
 from launcher.errors import JobError
-from launcher.report import build_report, write_reports
+from launcher.plan import plan_job
+from launcher.report import build_report, read_or_build_report, what_changed, write_reports
 from launcher.report.energy import read_node_energy, sum_energy
 from launcher.report.flops import flops_per_token_from_config, model_flops_per_token
 from launcher.report.hardware import ACCELERATORS, match_accelerator
+from launcher.rundir import CheckpointRecord, EndRecord, EvalRecord, StartRecord, TrainRecord, write_plan
 from launcher.spec import JobSpec
 
 T0 = 1_700_000_000.0
@@ -45,7 +48,7 @@ def job_dict(device="cuda", **report):
         "name": "demo",
         "model": {"path": "/models/tiny", "dtype": "bf16"},
         "data": {"max_seq_len": 2048, "packing": True},
-        "train": {"method": "full"},
+        "train": {"method": "full", "micro_batch_size": 4, "grad_accum_steps": 2, "max_steps": 4},
         "parallel": {"strategy": "zero", "zero_stage": 3},
         "cluster": {"nodes": 2, "gpus_per_node": 8, "device": device},
         "report": rep,
@@ -70,40 +73,42 @@ def node_file(run: Path, node: str, energy: dict, emissions: float, gpu_label="m
     }))
 
 
+def start_record(plan, time=T0, accelerator=H100, **kw) -> StartRecord:
+    """What the trainer writes once the model is built (launcher.train.metrics.start_record)."""
+    return StartRecord(
+        time=time, world_size=plan.world_size, nodes=plan.nodes, device=plan.device,
+        accelerator=accelerator if plan.device == "cuda" else "Intel(R) Xeon(R) Processor",
+        strategy=plan.strategy, zero_stage=plan.zero_stage, method=plan.job.train.method, dtype=plan.dtype,
+        seq_len=plan.seq_len, n_params=1_000_000_000, n_trainable_params=1_000_000_000, flops_per_token=FPT,
+        planned_steps=4, train_rows=512, train_samples=512, train_tokens=1_010_000, packed=plan.job.data.packing,
+        hostname="node0", **kw)
+
+
+def train_record(i: int, time: float) -> TrainRecord:
+    """Optimizer step ``i + 1`` of the made-up run."""
+    return TrainRecord(
+        time=time, step=i + 1, epoch=(i + 1) / 4, loss=LOSSES[i], lr=1e-4, grad_norm=1.0, samples=SAMPLES[i],
+        tokens=TOKENS[i], padding_tokens=PADDING[i], label_tokens=TOKENS[i] - SAMPLES[i],
+        step_time_s=STEP_TIMES[i], cum_samples=sum(SAMPLES[:i + 1]), cum_tokens=sum(TOKENS[:i + 1]))
+
+
 def make_run(tmp_path: Path, name="run-a", device="cuda", accelerator=H100, completed=True, end=True,
              torn=None, energy=True, steps=4, job=None, records_extra=()) -> Path:
     run = tmp_path / name
     run.mkdir()
-    job = job or job_dict(device=device)
-    world = 16 if device == "cuda" else 4
-    strategy = job["parallel"]["strategy"]
-    stage = job["parallel"]["zero_stage"] if strategy == "zero" else None
-    plan = {"job": job, "world_size": world, "nodes": 2, "procs_per_node": world // 2, "device": device,
-            "micro_batch_size": 4, "grad_accum_steps": 2, "global_batch_size": 128, "strategy": strategy,
-            "zero_stage": stage, "dtype": "bf16", "seq_len": 2048, "total_steps": 4}
-    (run / "plan.json").write_text(json.dumps(plan))
-    (run / "job.yaml").write_text("name: demo\n")
-    recs = [{"kind": "start", "time": T0, "world_size": world, "nodes": 2, "device": device,
-             "accelerator": accelerator if device == "cuda" else None, "strategy": strategy, "zero_stage": stage,
-             "method": "full", "dtype": "bf16", "seq_len": 2048, "n_params": 1_000_000_000,
-             "n_trainable_params": 1_000_000_000, "flops_per_token": FPT, "planned_steps": 4,
-             "train_rows": 512, "train_samples": 512, "train_tokens": 1_010_000, "resumed_from_step": None}]
-    cum_t = cum_s = 0
+    plan = plan_job(JobSpec.model_validate(job or job_dict(device=device)), device=device, train_rows=512)
+    write_plan(run, plan)
+    recs: list = [start_record(plan, accelerator=accelerator)]
     for i in range(steps):
-        cum_t += TOKENS[i]
-        cum_s += SAMPLES[i]
-        recs.append({"kind": "train", "step": i + 1, "epoch": (i + 1) / 4, "loss": LOSSES[i], "lr": 1e-4,
-                     "grad_norm": 1.0, "samples": SAMPLES[i], "tokens": TOKENS[i], "padding_tokens": PADDING[i],
-                     "step_time_s": STEP_TIMES[i], "time": T0 + STEP_END[i], "cum_samples": cum_s,
-                     "cum_tokens": cum_t})
+        recs.append(train_record(i, T0 + STEP_END[i]))
         if i + 1 in (2, 4):
-            recs.append({"kind": "eval", "step": i + 1, "eval_loss": 1.4 if i + 1 == 2 else 1.0,
-                         "eval_tokens": 5000, "time": T0 + STEP_END[i] + 2, "accuracy": 0.5 if i + 1 == 2 else 0.6})
+            recs.append(EvalRecord(step=i + 1, eval_loss=1.4 if i + 1 == 2 else 1.0, eval_tokens=5000,
+                                   time=T0 + STEP_END[i] + 2, accuracy=0.5 if i + 1 == 2 else 0.6))
     recs.extend(records_extra)
     if end:
-        recs.append({"kind": "checkpoint", "step": 4, "path": "checkpoints/step-4", "time": T0 + 95})
-        recs.append({"kind": "end", "time": T0 + 100, "steps": 4, "status": "completed", "final_path": "final"})
-    write_lines(run / "metrics.jsonl", recs, torn)
+        recs.append(CheckpointRecord(step=4, path="checkpoints/step-4", time=T0 + 95))
+        recs.append(EndRecord(time=T0 + 100, steps=4, status="completed", final_path="final"))
+    write_lines(run / "metrics.jsonl", [r.model_dump(mode="json") for r in recs], torn)
     if energy:
         node_file(run, "node0-a", NODE0, 0.12)
         node_file(run, "node1-b", NODE1, 0.13)
@@ -289,11 +294,9 @@ def test_incomplete_run_still_reports(tmp_path):
 
 def test_resumed_run_counts_redone_steps_once_and_bills_attempts(tmp_path):
     # attempt 2 starts 1000 s after attempt 1's last record and redoes steps 3 and 4
-    extra = [{"kind": "start", "time": T0 + 1100, "world_size": 16, "nodes": 2, "device": "cuda",
-              "accelerator": H100, "flops_per_token": FPT, "resumed_from_step": 2}]
-    for i in (2, 3):
-        extra.append({"kind": "train", "step": i + 1, "loss": LOSSES[i], "samples": SAMPLES[i], "tokens": TOKENS[i],
-                      "padding_tokens": PADDING[i], "step_time_s": STEP_TIMES[i], "time": T0 + 1100 + 10 * i})
+    plan = plan_job(JobSpec.model_validate(job_dict()), device="cuda", train_rows=512)
+    extra = [start_record(plan, time=T0 + 1100, resumed_from_step=2)]
+    extra += [train_record(i, T0 + 1100 + 10 * i) for i in (2, 3)]
     r = build_report(make_run(tmp_path, end=False, records_extra=extra))
     t = r["throughput"]
     assert t["steps"] == 4 and t["redone_steps"] == 2 and t["attempts"] == 2
@@ -322,6 +325,33 @@ def test_report_without_metrics(tmp_path):
     assert r["mfu"]["value"] is None
 
 
+def test_unreadable_lines_get_a_note_but_a_torn_last_line_does_not(tmp_path):
+    torn = make_run(tmp_path, name="torn", torn='{"kind": "end", "ste')
+    assert not [n for n in build_report(torn)["notes"] if "unreadable" in n]
+    run = make_run(tmp_path, torn='{"kind": "end", "ste')
+    lines = (run / "metrics.jsonl").read_text().splitlines(keepends=True)
+    lines[1:1] = ['{"kind": "train", "step": 9}\n', "not json\n"]  # a record of another version, garbage
+    (run / "metrics.jsonl").write_text("".join(lines))
+    r = build_report(run)
+    assert r["throughput"]["tokens"] == sum(TOKENS)
+    assert [n for n in r["notes"] if "unreadable" in n] == [
+        "metrics.jsonl: 2 line(s) unreadable (not JSON, or not a record this launcher version knows) were "
+        "left out of every figure"]
+
+
+def test_what_changed_and_read_or_build_report(tmp_path):
+    run = make_run(tmp_path)
+    r = read_or_build_report(run)  # no report.json yet: built, nothing written
+    assert not (run / "report.json").exists() and r["throughput"]["tokens"] == sum(TOKENS)
+    assert what_changed(r) == "what changed: eval loss 1.4000 (step 2) -> 1.0000 (step 4), task accuracy 50.0% -> 60.0%"
+    written = write_reports(run, html=False)
+    assert read_or_build_report(run)["generated_at"] == written["generated_at"]
+    one = {"loss": {"eval": [{"step": 0, "eval_loss": 2.0, "accuracy": None}]}}
+    assert what_changed(one) is None
+    one["loss"]["eval"].append({"step": 4, "eval_loss": 1.5, "accuracy": 0.25})
+    assert what_changed(one) == "what changed: eval loss 2.0000 (step 0) -> 1.5000 (step 4)"
+
+
 # --------------------------------------------------------------------------- rendering
 
 
@@ -345,7 +375,8 @@ def test_write_reports_and_html_inlines_pngs(tmp_path):
 
 
 def test_power_plot_from_csv_rows(tmp_path):
-    from launcher.report.render import power_series, render_html
+    from launcher.report.render import render_html
+    from launcher.report.series import power_series, read_series
 
     run = make_run(tmp_path)
     hdr = "timestamp,run_id,duration,energy_consumed,cpu_energy,gpu_energy,ram_energy,pue\n"
@@ -353,7 +384,7 @@ def test_power_plot_from_csv_rows(tmp_path):
     (run / "emissions" / "node0-a.csv").write_text(hdr + rows)
     xs, ys = power_series(run)["node0-a"]
     assert ys == pytest.approx([360.0, 360.0, 360.0])  # 0.001 kWh per 10 s = 360 W
-    assert "Power over time" in render_html(build_report(run), run)
+    assert "Power over time" in render_html(build_report(run), read_series(run))
 
 
 def test_csv_has_raw_numbers(tmp_path):

@@ -8,7 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from launcher.report.energy import NodeEnergyTracker, read_node_energy, sum_energy
+from launcher.plan import plan_job
+from launcher.report.energy import read_node_energy, sum_energy
+from launcher.spec import JobSpec
+from launcher.train.energy import NodeEnergyTracker, start_node_tracker
 
 
 def _rapl_expected() -> bool:
@@ -67,6 +70,19 @@ def test_tracker_failure_never_raises(tmp_path):
     blocker.write_text("")
     t = NodeEnergyTracker(blocker, "n")  # emissions/ cannot be made under a file
     assert t.start() is False
+    assert t.stop() is None
+
+
+@pytest.mark.parametrize("device,gpus,secs", [("cpu", [], 2.0), ("cuda", [3, 5], 5.0)])
+def test_start_node_tracker_follows_the_plan(tmp_path, monkeypatch, device, gpus, secs):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5,7")
+    spec = JobSpec.model_validate({"cluster": {"device": device, "gpus_per_node": 2},
+                                   "report": {"pue": 1.3, "country_iso_code": "FRA", "region": None}})
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    t = start_node_tracker(blocker, plan_job(spec, device=device))  # emissions/ cannot be made: not started
+    assert t is not None and not t.started
+    assert (t.gpu_ids, t.measure_power_secs, t.pue, t.country_iso_code) == (gpus, secs, 1.3, "FRA")
     assert t.stop() is None
 
 

@@ -1,4 +1,5 @@
 import pytest
+from pydantic import ValidationError
 
 from launcher.errors import JobError
 from launcher.spec import apply_overrides, build_job, load_job
@@ -13,7 +14,7 @@ def write(tmp_path, text, name="job.yaml"):
 def test_defaults_resolve_and_are_frozen():
     spec = build_job({"name": "x"})
     assert spec.train.method == "lora" and spec.parallel.zero_stage == 3
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         spec.name = "y"  # frozen
 
 

@@ -1,4 +1,6 @@
-"""Parallel strategies: a small Protocol, two implementations. The loop never asks which."""
+"""Parallel strategies: a small Protocol, two implementations (FSDP2, DeepSpeed ZeRO). The loop
+never asks which one it drives. To add one: a class with these members, and a branch in
+``build_strategy``."""
 from __future__ import annotations
 
 from typing import Any, Optional, Protocol
@@ -6,18 +8,25 @@ from typing import Any, Optional, Protocol
 
 class Strategy(Protocol):
     name: str
+    #: where the batches go (``model_inputs(batch, strategy.device)``)
+    device: Any
     #: the multiplier that turns "sum of token losses on this rank / tokens in the global batch"
     #: into what backward() must see, so the gradient is the exact global-batch mean
     loss_scale: float
 
     def forward(self, **batch: Any) -> Any: ...
 
-    def backward(self, loss, *, last_micro: bool) -> None: ...
+    def backward(self, loss, *, last_micro: bool) -> None:
+        """Accumulate gradients of one micro-batch; gradients are synchronised across ranks on
+        the last micro-batch of the optimizer step (``last_micro``), not before."""
 
     def step(self) -> Optional[float]:
-        """Clip, optimizer step, LR step, zero grads. Returns the pre-clip global grad norm."""
+        """The optimizer step, once per optimizer step after the last micro-batch's backward:
+        clip, step the optimizer and the LR schedule, zero the gradients. Returns the pre-clip
+        global gradient norm."""
 
-    def lr(self) -> float: ...
+    def lr(self) -> float:
+        """The learning rate the last step() applied."""
 
     def train(self) -> None: ...
 
@@ -44,12 +53,3 @@ def build_strategy(plan, model, lr_lambda) -> Strategy:
 
     return ZeroStrategy(plan, model, lr_lambda)
 
-
-def decoder_layers(model) -> list:
-    """The transformer blocks to wrap one by one: the classes HF lists in _no_split_modules."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    names = set(getattr(base, "_no_split_modules", None) or [])
-    layers = [m for m in model.modules() if type(m).__name__ in names]
-    if not layers:
-        raise RuntimeError(f"{type(base).__name__}: no decoder layers found (_no_split_modules={sorted(names)})")
-    return layers

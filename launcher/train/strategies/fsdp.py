@@ -3,9 +3,6 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-DTYPES = {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
-
-
 class FSDP2Strategy:
     name = "fsdp"
 
@@ -14,30 +11,29 @@ class FSDP2Strategy:
         import torch.distributed as dist
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
-        from launcher.train.strategies import decoder_layers
+        from launcher.train.model import decoder_layers
 
         self.plan = plan
         settings = plan.fsdp
-        param_dtype = getattr(torch, settings["param_dtype"])
-        mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=getattr(torch, settings["reduce_dtype"]))
-        kw: dict[str, Any] = {"mp_policy": mp, "reshard_after_forward": settings["reshard_after_forward"]}
-        if settings["cpu_offload"]:
+        param_dtype = getattr(torch, settings.param_dtype)
+        mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=getattr(torch, settings.reduce_dtype))
+        kw: dict[str, Any] = {"mp_policy": mp, "reshard_after_forward": settings.reshard_after_forward}
+        if settings.cpu_offload:
             kw["offload_policy"] = CPUOffloadPolicy()
         self.device = torch.device("cuda", torch.cuda.current_device()) if plan.device == "cuda" else torch.device("cpu")
-        if plan.device == "cuda" and not settings["cpu_offload"]:
+        if plan.device == "cuda" and not settings.cpu_offload:
             model.to(self.device)
         for layer in decoder_layers(model):
             fully_shard(layer, **kw)
         fully_shard(model, **kw)
         self.model = model
-        t = plan.job["train"]
+        t = plan.job.train
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(
-            params, lr=t["lr"], betas=tuple(t["adam_betas"]), eps=t["adam_eps"], weight_decay=t["weight_decay"],
-            foreach=True,
+            params, lr=t.lr, betas=tuple(t.adam_betas), eps=t.adam_eps, weight_decay=t.weight_decay, foreach=True,
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda)
-        self.max_grad_norm = float(t["max_grad_norm"])
+        self.max_grad_norm = float(t.max_grad_norm)
         # FSDP2 averages gradients over ranks (reduce-scatter with avg); accumulation sums
         self.loss_scale = float(dist.get_world_size())
 

@@ -31,12 +31,16 @@ class ZeroStrategy:
         return self.engine(**batch)
 
     def backward(self, loss, *, last_micro: bool) -> None:
+        # DeepSpeed wants engine.step() after every backward; before the accumulation boundary it
+        # only counts the micro-step. The boundary's step() is ours below, so the optimizer steps
+        # there, as the Protocol says.
         self.engine.backward(loss)
-        if last_micro:
-            self._lr = float(self.engine.get_lr()[0])  # the lr this step applies, before the scheduler moves
-        self.engine.step()  # a no-op until the accumulation boundary
+        if not last_micro:
+            self.engine.step()
 
     def step(self) -> Optional[float]:
+        self._lr = float(self.engine.get_lr()[0])  # the lr this step applies, before the scheduler moves
+        self.engine.step()  # the accumulation boundary: clip, optimizer and LR scheduler step
         norm = self.engine.get_global_grad_norm()
         return float(norm) if norm is not None else None
 

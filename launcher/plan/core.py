@@ -1,0 +1,130 @@
+"""``plan_job``: every derived value of a job, as a pure function of its arguments (no I/O, no
+torch), so that `launcher plan`, the renderers and the trainer see the same numbers."""
+from __future__ import annotations
+
+from typing import Optional
+
+from launcher.errors import JobError
+from launcher.plan.batch import resolve_batch
+from launcher.plan.engines import build_ds_config, build_fsdp_settings
+from launcher.plan.memory import estimate_model_state_memory
+from launcher.plan.schedule import steps_per_epoch as _steps_per_epoch
+from launcher.plan.schedule import total_steps as _total_steps
+from launcher.plan.types import ModelInfo, Plan
+from launcher.spec import JobSpec
+
+
+def procs_per_node(spec: JobSpec, device: str) -> int:
+    return spec.cluster.gpus_per_node if device == "cuda" else spec.cluster.cpu_procs_per_node
+
+
+def plan_job(
+    spec: JobSpec,
+    *,
+    device: str = "cuda",
+    model_info: Optional[ModelInfo] = None,
+    train_rows: Optional[int] = None,
+    cpu_count: Optional[int] = None,
+) -> Plan:
+    """Resolve every derived value of ``spec``. ``device`` is the resolved device ("auto" is
+    resolved by the caller, who may look at the hardware). ``train_rows`` (rows after
+    tokenization/packing) gives steps per epoch; ``cpu_count`` gives threads per rank on CPU."""
+    if device not in ("cuda", "cpu"):
+        raise JobError(f"cluster.device: must be cuda or cpu once resolved, got {device!r}")
+    c, t, p = spec.cluster, spec.train, spec.parallel
+    procs = procs_per_node(spec, device)
+    world = c.nodes * procs
+    backend = c.backend if c.backend != "auto" else ("nccl" if device == "cuda" else "gloo")
+    notes: list[str] = []
+    errors: list[str] = []
+    if device == "cpu" and backend == "nccl":
+        errors.append("cluster.backend: nccl needs GPUs; use gloo (or auto) on CPU")
+    if device == "cpu" and p.strategy == "fsdp" and p.offload_params == "cpu":
+        errors.append("parallel.offload_params: FSDP2 offloads from an accelerator to the host; on cpu the "
+                      "parameters are already in host memory: set parallel.offload_params=none")
+    if device == "cpu" and spec.model.dtype == "fp16":
+        errors.append("model.dtype: fp16 is not supported on CPU; use bf16 or fp32")
+    if model_info and model_info.max_position_embeddings and spec.data.max_seq_len > model_info.max_position_embeddings:
+        errors.append(
+            f"data.max_seq_len: {spec.data.max_seq_len} exceeds the model's limit "
+            f"max_position_embeddings={model_info.max_position_embeddings}; lower data.max_seq_len"
+        )
+    batch = None
+    try:
+        batch = resolve_batch(t.micro_batch_size, t.grad_accum_steps, t.global_batch_size, world)
+    except JobError as e:
+        errors.extend(e.lines)
+    if errors:  # every problem at once, the batch arithmetic's among them
+        raise JobError(*errors)
+    assert batch is not None
+    derivations = [
+        f"world_size = nodes {c.nodes} x procs_per_node {procs} = {world}"
+        + (" (cpu_procs_per_node: no GPU)" if device == "cpu" else " (gpus_per_node)"),
+        batch.derived,
+        f"tokens_per_step = global_batch_size {batch.global_batch_size} x max_seq_len {spec.data.max_seq_len} "
+        f"= {batch.global_batch_size * spec.data.max_seq_len}" + (" (packed: exact)" if spec.data.packing else " (padded: at most)"),
+    ]
+
+    ds_config = fsdp = None
+    if p.strategy == "zero":
+        hidden = model_info.hidden_size if (model_info and p.zero_buckets == "model") else None
+        if p.zero_buckets == "model" and not model_info:
+            notes.append("parallel.zero_buckets=model but the model's config is unknown: DeepSpeed defaults used")
+        ds_config = build_ds_config(
+            stage=p.zero_stage, micro_batch_size=batch.micro_batch_size, grad_accum_steps=batch.grad_accum_steps,
+            world_size=world, precision=spec.model.dtype, offload_optimizer=p.offload_optimizer,
+            offload_params=p.offload_params, nvme_path=p.nvme_path, hidden_size=hidden, lr=t.lr,
+            betas=t.adam_betas, eps=t.adam_eps, weight_decay=t.weight_decay, gradient_clipping=t.max_grad_norm,
+            torch_adam=device == "cpu",
+        )
+        derivations.append(
+            f"ds_config.train_batch_size = {ds_config['train_batch_size']} (= global_batch_size, checked)"
+        )
+    else:
+        fsdp = build_fsdp_settings(spec)
+
+    total = t.max_steps
+    memory = None
+    if model_info:
+        if t.method == "full":
+            n_trainable = model_info.n_params
+        elif model_info.n_trainable_params is not None:
+            n_trainable = model_info.n_trainable_params
+        else:
+            n_trainable = max(1, model_info.n_params // 100)
+            notes.append("memory estimate assumes LoRA adapters of about 1% of the parameters")
+        memory = estimate_model_state_memory(model_info.n_params, n_trainable, spec.model.dtype, p.strategy,
+                                             p.zero_stage if p.strategy == "zero" else 3, world,
+                                             p.offload_optimizer, p.offload_params)
+
+    threads = None
+    if device == "cpu" and cpu_count:
+        threads = max(1, cpu_count // procs)
+        derivations.append(f"threads_per_rank = cpu_count {cpu_count} // procs_per_node {procs} = {threads}")
+
+    plan = Plan(
+        job=spec, device=device, backend=backend, procs_per_node=procs, world_size=world,
+        micro_batch_size=batch.micro_batch_size, grad_accum_steps=batch.grad_accum_steps,
+        global_batch_size=batch.global_batch_size, ds_config=ds_config, fsdp=fsdp,
+        derivations=derivations, notes=notes, model=model_info, memory_gib_per_device=memory,
+        total_steps=total, threads_per_rank=threads,
+    )
+    return with_train_rows(plan, train_rows) if train_rows is not None else plan
+
+
+def with_train_rows(plan: Plan, train_rows: int) -> Plan:
+    """The plan completed with the steps that ``train_rows`` (rows after tokenizing and packing)
+    give: steps per epoch and total steps, with their derivations."""
+    t = plan.job.train
+    g = plan.global_batch_size
+    spe = _steps_per_epoch(train_rows, g, plan.world_size, plan.micro_batch_size, plan.grad_accum_steps)
+    total = _total_steps(spe, t.epochs, t.max_steps)
+    dropped = train_rows - spe * g
+    derivations = [
+        f"steps_per_epoch = train_rows {train_rows} // global_batch_size {g} = {spe}"
+        + (f" ({dropped} rows of the last partial batch unused per epoch)" if dropped else ""),
+        "total_steps = " + (f"min(max_steps {t.max_steps}, " if t.max_steps else "")
+        + f"steps_per_epoch {spe} x epochs {t.epochs}" + (")" if t.max_steps else "") + f" = {total}",
+    ]
+    return plan.model_copy(update={"train_rows": train_rows, "steps_per_epoch": spe, "total_steps": total,
+                                   "derivations": [*plan.derivations, *derivations]})

@@ -1,0 +1,133 @@
+"""Engine settings: the DeepSpeed config (every value concrete) and the FSDP2 settings."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict
+
+from launcher.errors import JobError
+from launcher.spec import DS_FLAG_NAMES, JobSpec, offload_problems
+
+TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+ZERO_DEFAULT_BUCKETS = {  # DeepSpeed's own defaults (runtime/zero/config.py)
+    "reduce_bucket_size": 500_000_000,
+    "stage3_prefetch_bucket_size": 50_000_000,
+    "stage3_param_persistence_threshold": 100_000,
+}
+
+
+def model_buckets(hidden_size: int) -> dict[str, int]:
+    """Bucket sizes as the Hugging Face integration fills its "auto" values
+    (transformers.integrations.deepspeed: hidden^2, 0.9 hidden^2, 10 hidden)."""
+    return {
+        "reduce_bucket_size": hidden_size * hidden_size,
+        "stage3_prefetch_bucket_size": int(0.9 * hidden_size * hidden_size),
+        "stage3_param_persistence_threshold": 10 * hidden_size,
+    }
+
+
+def build_ds_config(
+    *,
+    stage: int,
+    micro_batch_size: int,
+    grad_accum_steps: int,
+    world_size: int,
+    precision: str = "bf16",
+    offload_optimizer: str = "none",
+    offload_params: str = "none",
+    nvme_path: Optional[str] = None,
+    hidden_size: Optional[int] = None,
+    lr: float = 2e-4,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    gradient_clipping: float = 1.0,
+    torch_adam: bool = False,
+    steps_per_print: int = 100,
+) -> dict:
+    """A complete DeepSpeed config: every value concrete, nothing left "auto".
+
+    The optimizer is in the config, so raw ``deepspeed.initialize`` builds it (DeepSpeedCPUAdam
+    under CPU offload, as ZeRO-Offload requires). The LR schedule is not: the training loop owns
+    it, so that FSDP2 and ZeRO follow the very same schedule function.
+    """
+    if stage not in (0, 1, 2, 3):
+        raise JobError(f"--stage: must be 0, 1, 2 or 3, got {stage}")
+    problems = offload_problems("zero", stage, offload_optimizer, offload_params, nvme_path, DS_FLAG_NAMES)
+    if problems:
+        raise JobError(*problems)
+    if precision not in ("bf16", "fp16", "fp32"):
+        raise JobError(f"--precision: must be bf16, fp16 or fp32, got {precision!r}")
+
+    buckets = model_buckets(hidden_size) if hidden_size else dict(ZERO_DEFAULT_BUCKETS)
+    zero: dict[str, Any] = {"stage": stage}
+    if stage >= 1:
+        zero.update(
+            overlap_comm=stage >= 2,
+            contiguous_gradients=True,
+            reduce_scatter=True,
+            reduce_bucket_size=buckets["reduce_bucket_size"],
+            allgather_bucket_size=buckets["reduce_bucket_size"],
+        )
+    if stage == 3:
+        del zero["allgather_bucket_size"]
+        zero.update(
+            stage3_prefetch_bucket_size=buckets["stage3_prefetch_bucket_size"],
+            stage3_param_persistence_threshold=buckets["stage3_param_persistence_threshold"],
+            stage3_max_live_parameters=1_000_000_000,
+            stage3_max_reuse_distance=1_000_000_000,
+            stage3_gather_16bit_weights_on_model_save=True,
+        )
+    for key, dev in (("offload_optimizer", offload_optimizer), ("offload_param", offload_params)):
+        if dev != "none":
+            entry: dict[str, Any] = {"device": dev, "pin_memory": True}
+            if dev == "nvme":
+                entry["nvme_path"] = nvme_path
+            zero[key] = entry
+
+    opt_params: dict[str, Any] = {
+        "lr": lr,
+        "betas": list(betas),
+        "eps": eps,
+        "weight_decay": weight_decay,
+    }
+    if torch_adam and offload_optimizer == "none":
+        # on CPU, DeepSpeed's FusedAdam would JIT-compile an op; torch's AdamW is the same math
+        opt_params["torch_adam"] = True
+    cfg: dict[str, Any] = {
+        "train_batch_size": micro_batch_size * grad_accum_steps * world_size,
+        "train_micro_batch_size_per_gpu": micro_batch_size,
+        "gradient_accumulation_steps": grad_accum_steps,
+        "gradient_clipping": gradient_clipping,
+        "optimizer": {"type": "AdamW", "params": opt_params},
+        "zero_optimization": zero,
+        "steps_per_print": steps_per_print,
+        "wall_clock_breakdown": False,
+    }
+    if precision == "bf16":
+        cfg["bf16"] = {"enabled": True}
+    elif precision == "fp16":
+        cfg["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16,
+                       "loss_scale_window": 1000, "hysteresis": 2, "min_loss_scale": 1}
+    return cfg
+
+
+class FsdpSettings(BaseModel):
+    """What the FSDP2 strategy applies: one ``fully_shard`` per decoder layer, then the root."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    wrap: str = "fully_shard per decoder layer, then the root module"
+    reshard_after_forward: bool
+    param_dtype: str
+    reduce_dtype: str = "float32"
+    cpu_offload: bool
+    optimizer: str = "torch.optim.AdamW"
+
+
+def build_fsdp_settings(spec: JobSpec) -> FsdpSettings:
+    return FsdpSettings(reshard_after_forward=spec.parallel.reshard_after_forward,
+                        param_dtype=TORCH_DTYPES[spec.model.dtype],
+                        cpu_offload=spec.parallel.offload_params == "cpu")

@@ -1,0 +1,131 @@
+"""Preparation: from a validated job to a run directory on disk, between the CLI and the
+executors. Device resolution, model info, paths, counting the training rows, planning once,
+rendering the launch files and writing them. The CLI parses, calls these and prints.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+from launcher import rundir
+from launcher.errors import JobError
+
+
+def resolve_device(spec, requested: Optional[str] = None, *, probe: bool = False) -> str:
+    """cluster.device (or --device) with "auto" resolved. ``probe`` looks at this machine's
+    GPUs (imports torch: only `run` does that); otherwise auto means the cluster's GPUs."""
+    dev = requested or spec.cluster.device
+    if dev != "auto":
+        return dev
+    if not probe:
+        return "cuda"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_device_here(device: str) -> None:
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise JobError("cluster.device: cuda was asked for but this machine has no visible GPU; "
+                           "use cluster.device=cpu (gloo) or auto")
+
+
+def with_procs(spec, device: str, nproc: Optional[int]):
+    """The job with ``--nproc-per-node`` applied to the field the device uses."""
+    if nproc is None:
+        return spec
+    key = "gpus_per_node" if device == "cuda" else "cpu_procs_per_node"
+    return spec.model_copy(update={"cluster": spec.cluster.model_copy(update={key: nproc})})
+
+
+def plan_without_data(spec, device: str, *, cpu_count: Optional[int] = None):
+    """(job with absolute paths, its plan): everything but the steps, which need the data."""
+    from launcher.plan import plan_job
+    from launcher.sources import absolute_paths, model_info
+
+    spec = absolute_paths(spec)
+    return spec, plan_job(spec, device=device, model_info=model_info(spec), cpu_count=cpu_count)
+
+
+def count_rows(spec, cache_dir: Path) -> int:
+    """Tokenize (and pack) once into ``cache_dir``, before any process group exists: the
+    training rows the plan turns into steps. The ranks read the same cache."""
+    from launcher.train.data import prepare_data, read_tokenizer
+    from launcher.sources import job_paths
+
+    paths = job_paths(spec)
+    return len(prepare_data(spec, read_tokenizer(spec, paths.tokenizer), paths.data, cache_dir).train)
+
+
+def plan_run(spec, device: str, run_dir: Path, *, with_data: bool = True):
+    """The plan of a local run, data counted into RUN_DIR/cache (the batch arithmetic and the
+    job's other rules are checked first, before any file is read)."""
+    from launcher.plan import with_train_rows
+
+    spec, plan = plan_without_data(spec, device, cpu_count=os.cpu_count())
+    if with_data:
+        plan = with_train_rows(plan, count_rows(spec, Path(run_dir) / rundir.CACHE))
+    return plan
+
+
+def local_launch_files(plan, run_dir: Path) -> tuple[list[str], dict[str, str], dict[str, str]]:
+    """(torchrun argv, environment, files to write) of a run on this node."""
+    from launcher.render.torchrun import default_torchrun, render_env, render_launch_script, render_torchrun_argv
+
+    argv = render_torchrun_argv(plan, str(run_dir), torchrun=default_torchrun())
+    env = render_env(plan)
+    return argv, env, {**engine_files(plan), rundir.LAUNCH_SH: render_launch_script(argv, env)}
+
+
+def engine_files(plan) -> dict[str, str]:
+    """ds_config.json for ZeRO (what `launcher ds-config` writes for the job); nothing for FSDP2."""
+    from launcher.render.deepspeed import render_ds_config
+
+    return {rundir.DS_CONFIG: render_ds_config(plan.ds_config)} if plan.ds_config is not None else {}
+
+
+def host_names(hosts: str) -> list[str]:
+    names = [h.strip() for h in hosts.split(",") if h.strip()]
+    if not names:
+        raise JobError("--hosts: give at least one host name, e.g. --hosts node1,node2")
+    return names
+
+
+def _safe(host: str) -> str:
+    return "".join(c if c.isalnum() or c in "-._" else "_" for c in host)
+
+
+def hosts_launch_files(spec, device: str, names: Sequence[str], run_dir: Path):
+    """(plan, files): one launch script per host, c10d on the first, for ssh/pdsh clusters."""
+    from launcher.render.torchrun import default_torchrun, render_env, render_launch_script, render_torchrun_argv
+
+    spec = spec.model_copy(update={"cluster": spec.cluster.model_copy(update={"nodes": len(names),
+                                                                              "hosts": list(names)})})
+    spec, plan = plan_without_data(spec, device, cpu_count=os.cpu_count())
+    endpoint = f"{names[0]}:{spec.cluster.master_port}"
+    files = engine_files(plan)
+    for i, host in enumerate(names):
+        argv = render_torchrun_argv(plan, str(run_dir), rdzv_endpoint=endpoint, rdzv_id=run_dir.name,
+                                    node_rank=str(i), local_addr=host, torchrun=default_torchrun())
+        files[f"launch-{i}-{_safe(host)}.sh"] = render_launch_script(argv, render_env(plan))
+    return plan, files
+
+
+def slurm_files(spec, run_dir: str, *, python: str, extra_train_args: Sequence[str] = ()):
+    """(plan, files) of a Slurm run: job.sbatch and the engine config. "auto" means the cluster's
+    GPUs (this machine, a login node, says nothing about them); threads per rank on CPU come from
+    the CPUs the job asks for per node, not from this machine."""
+    from launcher.render.slurm import render_sbatch
+
+    spec, plan = plan_without_data(spec, resolve_device(spec), cpu_count=spec.cluster.slurm.cpus_per_task)
+    script = render_sbatch(plan, run_dir, python=python, extra_train_args=list(extra_train_args))
+    return plan, {**engine_files(plan), rundir.SBATCH: script}
+
+
+def latest_run_dir(spec) -> Optional[Path]:
+    runs = [p for p in Path(spec.output_dir).glob(f"{spec.name}-*") if rundir.is_run_dir(p)]
+    return max(runs, key=lambda p: p.stat().st_mtime).resolve() if runs else None

@@ -1,0 +1,159 @@
+"""metrics.jsonl: one typed record per line, keyed on ``kind``.
+
+Global rank 0 appends them (:class:`MetricsWriter`); the report, ``launcher status`` and the
+trainer's resume read them back (:func:`read_metrics`) as these models, never as loose dicts.
+A torn last line (a killed job) and lines this version cannot read are skipped and counted.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Iterator, Literal, Optional, TypeVar, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from launcher.rundir.files import write_atomic
+from launcher.rundir.names import METRICS
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    time: float = Field(default_factory=time.time, description="unix seconds when written")
+
+
+class StartRecord(_Record):
+    """One per attempt, written once the model is built and wrapped."""
+
+    kind: Literal["start"] = "start"
+    world_size: int
+    nodes: int
+    device: Literal["cuda", "cpu"]
+    accelerator: Optional[str] = None
+    strategy: Literal["zero", "fsdp"]
+    zero_stage: Optional[int] = None
+    method: Literal["lora", "full"]
+    dtype: Literal["bf16", "fp16", "fp32"]
+    seq_len: int
+    n_params: int
+    n_trainable_params: int
+    flops_per_token: Optional[float] = None
+    planned_steps: int
+    train_rows: int
+    train_samples: Optional[int] = None  # documents
+    train_tokens: Optional[int] = None
+    resumed_from_step: Optional[int] = None
+    setup_s: float = Field(0.0, description="process start to this record: counted in wall time and device-hours")
+    packed: bool = False
+    hostname: Optional[str] = None
+
+
+class TrainRecord(_Record):
+    """One per optimizer step (``step`` counts from 1)."""
+
+    kind: Literal["train"] = "train"
+    step: int
+    epoch: float
+    loss: float
+    lr: float
+    grad_norm: Optional[float] = None
+    samples: int  # documents in this step, all ranks
+    tokens: int  # non-padding tokens in this step, all ranks
+    padding_tokens: int
+    label_tokens: int  # tokens the loss was taken on, all ranks
+    step_time_s: float
+    cum_samples: int
+    cum_tokens: int
+
+
+class EvalRecord(_Record):
+    kind: Literal["eval"] = "eval"
+    step: int
+    eval_loss: float
+    eval_tokens: int
+    accuracy: Optional[float] = None
+
+
+class CheckpointRecord(_Record):
+    kind: Literal["checkpoint"] = "checkpoint"
+    step: int
+    path: str
+
+
+class EndRecord(_Record):
+    kind: Literal["end"] = "end"
+    steps: int
+    status: Literal["completed", "preempted", "failed"]
+    final_path: Optional[str] = None
+
+
+Record = Annotated[Union[StartRecord, TrainRecord, EvalRecord, CheckpointRecord, EndRecord],
+                   Field(discriminator="kind")]
+_ADAPTER: TypeAdapter = TypeAdapter(Record)
+STEP_KINDS = ("train", "eval", "checkpoint")  # records that belong to a step
+R = TypeVar("R", bound=_Record)
+
+
+class Metrics(list):
+    """The records of a metrics.jsonl in file order, and how many lines were skipped."""
+
+    skipped: int = 0
+
+    def of(self, cls: type[R]) -> list[R]:
+        return [r for r in self if isinstance(r, cls)]
+
+
+def parse_metrics(text: str) -> Metrics:
+    out = Metrics()
+    for line in text.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            out.append(_ADAPTER.validate_python(json.loads(line)))
+        except (json.JSONDecodeError, ValidationError, TypeError):
+            out.skipped += 1
+    return out
+
+
+def read_metrics(run_dir: str | os.PathLike) -> Metrics:
+    """Every readable record of RUN_DIR/metrics.jsonl (none when the file does not exist)."""
+    p = Path(run_dir) / METRICS
+    if not p.exists():
+        return Metrics()
+    return parse_metrics(p.read_text(errors="replace"))
+
+
+def dump(record: _Record) -> str:
+    return json.dumps(record.model_dump(mode="json"), sort_keys=True) + "\n"
+
+
+class MetricsWriter:
+    """Appends records to RUN_DIR/metrics.jsonl (one line each, flushed). Only the rank given
+    ``enabled=True`` (global rank 0) writes; on the others every call is a no-op."""
+
+    def __init__(self, run_dir: str | os.PathLike, enabled: bool):
+        self.path = Path(run_dir) / METRICS
+        self.enabled = enabled
+
+    def write(self, record: _Record) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(dump(record))
+            f.flush()
+
+    def truncate_after(self, step: int) -> None:
+        """On resume: drop the records of steps past ``step`` (the checkpoint's), so that no step
+        is counted twice."""
+        if not self.enabled or not self.path.exists():
+            return
+        keep = [r for r in read_metrics(self.path.parent)
+                if not (r.kind in STEP_KINDS and r.step > step)]
+        write_atomic(self.path, "".join(dump(r) for r in keep))
+
+
+def iter_kind(records: list, cls: type[R]) -> Iterator[R]:
+    return (r for r in records if isinstance(r, cls))

@@ -1,0 +1,28 @@
+"""Every file and marker name of a run directory, defined once. No other module spells them."""
+from __future__ import annotations
+
+JOB_YAML = "job.yaml"  # the resolved job (every default filled in)
+PLAN_JSON = "plan.json"  # the Plan (launcher.plan.Plan), written and read only through rundir
+DS_CONFIG = "ds_config.json"  # the DeepSpeed config (strategy zero only), no "auto" in it
+LAUNCH_SH = "launch.sh"  # the torchrun command(s) for this node (local runs)
+SBATCH = "job.sbatch"  # the Slurm batch script (Slurm runs)
+SLURM_JOB_ID = "slurm_job_id"  # written once submitted
+HASHES = "artifacts.sha256"  # hashes of the files above, written last
+LOGS = "logs"  # torchrun and rank logs, preflight.json, slurm-<id>.out/.err
+TORCHRUN_LOG = "torchrun.log"  # in logs/: what `launcher run` streamed to the terminal
+PREFLIGHT_JSON = "preflight.json"  # in logs/: the ranks' connectivity and versions
+METRICS = "metrics.jsonl"  # typed records, see launcher.rundir.metrics
+EMISSIONS = "emissions"  # <node>.csv (CodeCarbon) and <node>.json (our summary), one per node
+CHECKPOINTS = "checkpoints"  # step-N/: resumable checkpoints
+CHECKPOINT_PREFIX = "step-"
+TRAINER_STATE = "trainer_state.json"  # in a checkpoint: the step it holds
+FINAL = "final"  # the Hugging Face model or LoRA adapter
+CACHE = "cache"  # tokenized data, built before any process group exists
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
+
+# markers: a file's existence is the message
+STOP = "STOP"  # touched by the Slurm batch shell on USR2; every rank polls it each step
+PREEMPTED = "PREEMPTED"  # written by rank 0 after the stop checkpoint; the batch script requeues
+COMPLETED = "COMPLETED"  # written by rank 0 after the final save: the job succeeded

@@ -1,0 +1,99 @@
+"""Where a job's model, tokenizer and data come from: local paths, ``demo:`` assets built here,
+or Hugging Face Hub ids found in the local Hub cache. The one resolver every stage uses."""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from launcher.errors import JobError
+
+DEMO_PREFIX = "demo:"
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+\Z")
+
+
+@dataclass(frozen=True)
+class JobPaths:
+    """What the ranks open: folders and files (demo assets built, hub ids as given)."""
+
+    model: str
+    tokenizer: str
+    data: str
+
+
+def _absolute(p: Optional[str]) -> Optional[str]:
+    if p is None or p.startswith(DEMO_PREFIX):
+        return p
+    q = Path(p).expanduser()
+    return str(q.resolve()) if q.exists() else p
+
+
+def absolute_paths(spec):
+    """The job with model, tokenizer, data and NVMe paths that exist here made absolute, so the
+    run directory means the same thing from any working directory (and on every node of a
+    shared filesystem). Hub ids and demo: names are left as they are."""
+    model = spec.model.model_copy(update={"path": _absolute(spec.model.path),
+                                          "tokenizer": _absolute(spec.model.tokenizer)})
+    data = spec.data.model_copy(update={"path": _absolute(spec.data.path)})
+    parallel = spec.parallel.model_copy(update={"nvme_path": _absolute(spec.parallel.nvme_path)})
+    return spec.model_copy(update={"model": model, "data": data, "parallel": parallel,
+                                   "output_dir": str(Path(spec.output_dir).expanduser().resolve())})
+
+
+def job_paths(spec) -> JobPaths:
+    """demo: names resolved to the assets (built on first use); other paths unchanged."""
+    from launcher.demo import resolve_data_path, resolve_model_path
+
+    model = resolve_model_path(spec.model.path)
+    tok = resolve_model_path(spec.model.tokenizer) if spec.model.tokenizer else model
+    return JobPaths(model=model, tokenizer=tok, data=resolve_data_path(spec.data.path))
+
+
+def is_hub_id(path: str) -> bool:
+    return bool(_HUB_ID.match(path)) and not Path(path).expanduser().exists()
+
+
+def cached_hub_folder(repo_id: str, filename: str = "config.json") -> Optional[Path]:
+    """The snapshot folder of ``repo_id`` in the local Hub cache holding ``filename``, or None.
+    Nothing is downloaded."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    found = try_to_load_from_cache(repo_id, filename)
+    return Path(found).parent if isinstance(found, str) else None
+
+
+def model_config_source(spec) -> Union[dict, Path, None]:
+    """Where the plan reads the model's shape: the demo model's config (a dict), a folder holding
+    config.json (local, or a hub id in the local cache), or None when nothing here knows it."""
+    path = spec.model.path
+    if path.startswith(DEMO_PREFIX):
+        from launcher.demo import demo_model_config, resolve_model_path
+
+        resolve_model_path(path)  # an unknown demo name is an error here, not later
+        return demo_model_config()
+    folder = Path(path).expanduser()
+    if folder.is_dir():
+        cfg = folder / "config.json"
+        if not cfg.is_file():
+            return None
+        try:
+            json.loads(cfg.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            line = getattr(e, "lineno", None)
+            raise JobError(f"{cfg}{f':{line}' if line else ''}: not valid JSON "
+                           f"({getattr(e, 'msg', str(e))}); fix or replace the model's config.json") from None
+        return folder
+    if is_hub_id(path):
+        return cached_hub_folder(path)
+    return None
+
+
+def model_info(spec) -> Any:
+    """The job's ModelInfo (exact counts for its method), or None when the model is unknown here."""
+    from launcher.modelinfo import job_model_info
+
+    return job_model_info(spec, model_config_source(spec))

@@ -1,0 +1,205 @@
+"""The prepared-data cache: ``prepare_data`` loads, tokenizes, splits and packs once, under a key
+(``cache_key``) and a file lock, into a folder of flat arrays that every rank memory-maps
+(``launcher.train.data.rows``).
+
+numpy is imported inside functions: importing this module is cheap.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+from launcher.errors import JobError
+from launcher.train.data.load import load_rows
+from launcher.train.data.pack import _unpacked, pack, split_train_eval
+from launcher.train.data.rows import open_rows, write_rows
+from launcher.train.data.tokenize import _tokenize, label_tokens
+
+if TYPE_CHECKING:  # pragma: no cover
+    from launcher.spec import JobSpec
+
+# Bump when the cached layout or any tokenization rule changes: old cache files then miss.
+CACHE_VERSION = 2
+STATS_JSON = "stats.json"
+
+
+@dataclass
+class PreparedData:
+    """Rows ready for ``collate``: each has input_ids, labels, position_ids (lists) and n_docs.
+
+    ``train`` and ``eval`` are read-only ``Rows`` sequences over the memory-mapped cache
+    (``rows[i]`` gives the row dict, slices and ``==`` work as for a list).
+
+    stats: documents (examples kept after tokenizing), train_documents, eval_documents,
+    train_rows, eval_rows, train_tokens (real tokens in train rows), train_label_tokens
+    (``label_tokens`` summed over train rows), eval_tokens, truncated (examples cut to
+    max_seq_len), dropped (examples with nothing to train on after the cut), packed, max_seq_len.
+    """
+
+    train: Sequence[dict]
+    eval: Sequence[dict]
+    stats: dict = field(default_factory=dict)
+    cache_path: Optional[str] = None
+    cache_hit: bool = False
+
+
+def _hash_data_source(path: Path) -> str:
+    h = hashlib.sha256()
+    if path.is_dir():
+        for p in sorted(path.rglob("*")):
+            if p.is_file():
+                st = p.stat()
+                h.update(f"{p.relative_to(path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    else:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _tokenizer_fingerprint(tokenizer) -> str:
+    h = hashlib.sha256()
+    h.update(type(tokenizer).__name__.encode())
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and hasattr(backend, "to_str"):
+        h.update(backend.to_str().encode())
+    else:
+        h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    special = {k: str(v) for k, v in sorted(getattr(tokenizer, "special_tokens_map", {}).items())}
+    ids = {n: getattr(tokenizer, f"{n}_token_id", None) for n in ("bos", "eos", "pad", "unk")}
+    h.update(json.dumps({"special": special, "ids": ids}, sort_keys=True).encode())
+    tmpl = getattr(tokenizer, "chat_template", None)
+    h.update(json.dumps(tmpl, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def cache_key(spec: "JobSpec", tokenizer, data_path: str) -> str:
+    """sha256 over the data (file content, or a folder's names/sizes/mtimes), the tokenizer
+    (vocab, normalisation, special tokens, chat template), ``spec.data`` and ``train.seed``."""
+    parts = {
+        "version": CACHE_VERSION,
+        "data_source": _hash_data_source(Path(data_path)),
+        "tokenizer": _tokenizer_fingerprint(tokenizer),
+        "data_spec": spec.data.model_dump(mode="json"),
+        "seed": spec.train.seed,
+    }
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def _save_cache(path: Path, prepared: PreparedData) -> None:
+    """Write the cache folder under a temporary name beside ``path``, then rename it into place:
+    readers see all of it or nothing. A copy already at ``path`` (one ``_load_cache`` refused) is
+    removed first."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        write_rows(tmp, "train", prepared.train)
+        write_rows(tmp, "eval", prepared.eval)
+        (tmp / STATS_JSON).write_text(json.dumps(prepared.stats, sort_keys=True))
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        os.rename(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _open_cache(path: Path) -> PreparedData:
+    """The cache folder at ``path``, memory-mapped; raises when it is missing, torn or foreign."""
+    stats = json.loads((path / STATS_JSON).read_text())
+    train, ev = open_rows(path, "train"), open_rows(path, "eval")
+    if (len(train), len(ev)) != (stats.get("train_rows"), stats.get("eval_rows")):
+        raise ValueError(f"{path}: the row counts do not match {STATS_JSON}")
+    return PreparedData(train=train, eval=ev, stats=stats, cache_path=str(path), cache_hit=True)
+
+
+def _load_cache(path: Path) -> Optional[PreparedData]:
+    try:
+        return _open_cache(path)
+    except FileNotFoundError:
+        return None
+    except Exception:  # noqa: BLE001 - a torn or foreign folder: rebuild it
+        return None
+
+
+def _build(spec: "JobSpec", tokenizer, data_path: str) -> PreparedData:
+    data = spec.data
+    rows = load_rows(data, data_path)
+    # Split the raw rows (not the tokenized examples): load_rows + split_train_eval then gives the
+    # same eval rows as here, whatever tokenizing drops.
+    train_raw, eval_raw = split_train_eval(rows, data.eval_fraction, spec.train.seed)
+    train_ex, c_train = _tokenize(train_raw, tokenizer, data)
+    eval_ex, c_eval = _tokenize(eval_raw, tokenizer, data) if eval_raw else ([], {"truncated": 0, "dropped": 0})
+    counts = {k: c_train[k] + c_eval[k] for k in c_train}
+    if not train_ex:
+        raise JobError(f"data.path: {data_path}: no training example has a token to train on after "
+                       f"truncation to data.max_seq_len={data.max_seq_len} "
+                       f"({counts['dropped']} dropped); raise data.max_seq_len")
+    if data.packing:
+        train, ev = pack(train_ex, data.max_seq_len), pack(eval_ex, data.max_seq_len)
+    else:
+        train, ev = _unpacked(train_ex), _unpacked(eval_ex)
+    stats = {
+        "documents": len(train_ex) + len(eval_ex),
+        "train_documents": len(train_ex),
+        "eval_documents": len(eval_ex),
+        "train_rows": len(train),
+        "eval_rows": len(ev),
+        "train_tokens": sum(len(r["input_ids"]) for r in train),
+        "train_label_tokens": sum(label_tokens(r) for r in train),
+        "eval_tokens": sum(len(r["input_ids"]) for r in ev),
+        "truncated": counts["truncated"],
+        "dropped": counts["dropped"],
+        "packed": bool(data.packing),
+        "max_seq_len": data.max_seq_len,
+    }
+    return PreparedData(train=train, eval=ev, stats=stats)
+
+
+def prepare_data(spec: "JobSpec", tokenizer, data_path: str, cache_dir: Path) -> PreparedData:
+    """Load, tokenize, split and (with ``data.packing``) pack, cached in ``cache_dir``.
+
+    The cache is the folder ``cache_dir/data-<key>`` (``cache_key``; layout in
+    ``launcher.train.data.rows``), and the returned rows are read from it memory-mapped, by the
+    process that built it too. Safe to call from every rank at once: the first process to take
+    the ``fcntl`` lock beside the folder builds it (temp folder, then rename); the others block
+    on the lock, then map the folder. A torn or unreadable folder is rebuilt. No
+    torch.distributed call is made. (On a shared file system the lock needs working POSIX/flock
+    locking, as NFSv4 and Lustre with ``flock`` have; a node-local cache_dir avoids the question.)
+    """
+    import fcntl
+
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    key = cache_key(spec, tokenizer, data_path)[:32]
+    path = cache_dir / f"data-{key}"
+    if path.exists():
+        hit = _load_cache(path)
+        if hit is not None:
+            return hit
+    lock_path = cache_dir / f"data-{key}.lock"
+    with open(lock_path, "a+") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            if path.exists():
+                hit = _load_cache(path)
+                if hit is not None:
+                    return hit
+            _save_cache(path, _build(spec, tokenizer, data_path))
+            try:
+                prepared = _open_cache(path)
+            except Exception as e:  # noqa: BLE001 - e.g. a file system that cannot mmap
+                raise JobError(f"data cache: {path}: cannot read it back after writing it "
+                               f"({type(e).__name__}: {e})") from None
+            prepared.cache_hit = False
+            return prepared
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)

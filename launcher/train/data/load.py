@@ -1,0 +1,166 @@
+"""Reading the data set: ``load_rows`` and the checks that give every problem as one line naming
+the file and line (jsonl) or row (other formats).
+
+datasets is imported inside ``load_rows``: importing this module is cheap.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+from launcher.errors import JobError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from launcher.spec import DataSpec
+
+SUPPORTED = (".jsonl", ".json", ".parquet", ".csv")
+
+
+def _required_fields(data: "DataSpec") -> list[tuple[str, str]]:
+    """(field name in the rows, DataSpec option naming it) for the data format."""
+    if data.format == "text":
+        return [(data.text_field, "text_field")]
+    if data.format == "instruction":
+        return [(data.prompt_field, "prompt_field"), (data.response_field, "response_field")]
+    return [(data.messages_field, "messages_field")]
+
+
+def _jsonl_line_of(path: Path, row_index: int) -> Optional[int]:
+    """1-based line number of the ``row_index``-th (0-based) non-blank line of a jsonl file."""
+    seen = -1
+    with open(path, "rb") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                seen += 1
+                if seen == row_index:
+                    return lineno
+    return None
+
+
+def _first_bad_json_line(path: Path) -> Optional[tuple[int, str]]:
+    with open(path, "rb") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                return lineno, str(e).split("\n")[0]
+            if not isinstance(obj, dict):
+                return lineno, f"expected a JSON object, got {type(obj).__name__}"
+    return None
+
+
+def _has_content(path: Path) -> bool:
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 16), b""):
+            if chunk.strip():
+                return True
+    return False
+
+
+def _where(path: Path, kind: str, index: int) -> str:
+    """``file:line N`` for jsonl (1-based file line), ``file: row N`` (1-based) for the rest."""
+    if kind == "jsonl":
+        line = _jsonl_line_of(path, index)
+        if line is not None:
+            return f"{path}:{line}"
+    return f"{path}: row {index + 1}"
+
+
+def _check_row(row: dict, data: "DataSpec") -> Optional[str]:
+    """Why ``row`` cannot be used for ``data.format`` (None when it can)."""
+    for name, option in _required_fields(data):
+        value = row.get(name)
+        if value is None:
+            have = ", ".join(sorted(k for k, v in row.items() if v is not None)) or "none"
+            return (f"missing field {name!r} needed by data.format {data.format!r} "
+                    f"(fields present: {have}); rename it in the data or set data.{option}")
+        if data.format in ("text", "instruction"):
+            if not isinstance(value, str):
+                return f"field {name!r} must be a string, got {type(value).__name__}"
+        else:
+            if not isinstance(value, list) or not value:
+                return f"field {name!r} must be a non-empty list of {{role, content}} messages"
+            for i, m in enumerate(value):
+                if not isinstance(m, dict) or not isinstance(m.get("role"), str) \
+                        or not isinstance(m.get("content"), str):
+                    return (f"field {name!r}: message {i + 1} must have string 'role' and "
+                            f"'content', got {m!r:.80}")
+            if not any(m["role"] == "assistant" for m in value):
+                return f"field {name!r}: no assistant message, so nothing to train on"
+    return None
+
+
+def load_rows(data: "DataSpec", data_path: str) -> list[dict]:
+    """Rows of the data set at ``data_path`` (already resolved: no ``demo:`` names here).
+
+    Accepts .jsonl / .json (JSON lines or one JSON array), .parquet, .csv, or a folder written
+    by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` (its "train" split). Keeps the
+    first ``data.num_samples`` rows, then checks that every row has the fields that
+    ``data.format`` needs. Every problem is a one-line ``JobError`` naming the file and line
+    (jsonl) or row (other formats).
+    """
+    import datasets
+
+    datasets.disable_progress_bars()
+    path = Path(data_path)
+    if not path.exists():
+        raise JobError(f"data.path: {path} not found")
+    if path.is_dir():
+        kind = "folder"
+        try:
+            loaded = datasets.load_from_disk(str(path))
+        except Exception as e:  # noqa: BLE001 - anything here means "not a saved data set"
+            raise JobError(f"data.path: {path}: not a folder written by Dataset.save_to_disk "
+                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        if isinstance(loaded, datasets.DatasetDict):
+            if "train" not in loaded:
+                raise JobError(f"data.path: {path}: saved DatasetDict has no 'train' split "
+                               f"(splits: {', '.join(loaded)})")
+            loaded = loaded["train"]
+        ds = loaded
+    else:
+        ext = path.suffix.lower()
+        if ext not in SUPPORTED:
+            raise JobError(f"data.path: {path}: unsupported file type {ext or '(none)'!r}; use "
+                           ".jsonl, .json, .parquet, .csv or a folder saved with Dataset.save_to_disk")
+        if path.stat().st_size == 0:
+            raise JobError(f"data.path: {path}: the file is empty")
+        kind = {".jsonl": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv"}[ext]
+        builder = "json" if kind in ("jsonl", "json") else kind
+        level = datasets.logging.get_verbosity()
+        datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # we report errors ourselves
+        try:
+            ds = datasets.load_dataset(builder, data_files=str(path), split="train")
+        except Exception as e:  # noqa: BLE001
+            if kind == "jsonl":
+                bad = _first_bad_json_line(path)
+                if bad is not None:
+                    raise JobError(f"{path}:{bad[0]}: not valid JSON ({bad[1]}); "
+                                   "each line must be one JSON object") from None
+            if "corresponds to no data" in str(e) or isinstance(e, StopIteration) \
+                    or not _has_content(path):
+                raise JobError(f"data.path: {path}: the data set is empty (0 rows)") from None
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            cause = e.__cause__ or e.__context__
+            if cause is not None and str(cause).strip():
+                msg = f"{msg}: {str(cause).strip().splitlines()[0]}"
+            raise JobError(f"{path}: cannot read as {kind}: {msg}") from None
+        finally:
+            datasets.logging.set_verbosity(level)
+    if data.num_samples is not None and len(ds) > data.num_samples:
+        ds = ds.select(range(data.num_samples))
+    rows = ds.to_list()
+    if not rows:
+        raise JobError(f"data.path: {path}: the data set is empty (0 rows)")
+    for i, row in enumerate(rows):
+        problem = _check_row(row, data)
+        if problem is not None:
+            bad = _first_bad_json_line(path) if kind == "jsonl" else None
+            if bad is not None:
+                raise JobError(f"{path}:{bad[0]}: not valid JSON ({bad[1]}); "
+                               "each line must be one JSON object")
+            raise JobError(f"{_where(path, kind, i)}: {problem}")
+    return rows
