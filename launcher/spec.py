@@ -36,6 +36,8 @@ class ModelSpec(_Strict):
     dtype: Dtype = Field("bf16", description="Training precision: bf16, fp16 or fp32.")
     tokenizer: Optional[str] = Field(None, description="Tokenizer folder or id (default: model.path).")
     trust_remote_code: bool = False
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        "sdpa", description="Attention kernel: sdpa (PyTorch), eager, or flash_attention_2 (needs flash-attn).")
 
 
 class DataSpec(_Strict):
@@ -186,6 +188,9 @@ class ClusterSpec(_Strict):
     accelerator: Optional[str] = Field(None, description="GPU model for MFU, e.g. H100-SXM (default: detected).")
     hosts: list[str] = Field(default_factory=list, description="Hosts for ssh/pdsh launches (no Slurm).")
     master_port: int = Field(29500, ge=1024, le=65535)
+    interconnect_gbps: Optional[float] = Field(
+        None, gt=0, description="Network bandwidth per node between nodes, Gbit/s (e.g. 3200 for 8x400G "
+        "InfiniBand): the plan's lower bound on communication time per step.")
     slurm: SlurmSpec = SlurmSpec()
 
 

@@ -89,7 +89,35 @@ class EndRecord(_Record):
     final_path: Optional[str] = None
 
 
-Record = Annotated[Union[StartRecord, TrainRecord, EvalRecord, CheckpointRecord, EndRecord],
+class RankMemory(BaseModel):
+    """What one rank measured of its memory. Host figures are bytes of this process; the
+    baseline is the anonymous memory after the libraries were imported, before the model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rank: int
+    host: str
+    rss_anon_baseline_bytes: int
+    rss_anon_peak_bytes: int  # high-water of RssAnon, sampled (Linux keeps no anonymous high-water)
+    vm_hwm_bytes: int  # the kernel's RSS high-water (VmHWM): anonymous and file-backed pages
+    cuda_max_allocated_bytes: Optional[int] = None
+    cuda_max_reserved_bytes: Optional[int] = None
+    params_bytes: Optional[int] = None  # model states counted from this rank's tensors
+    grads_bytes: Optional[int] = None
+    optimizer_bytes: Optional[int] = None
+
+
+class MemoryRecord(_Record):
+    """Every rank's memory, gathered by rank 0: after setup (model built and wrapped) and at the
+    end (peaks over the whole run, model states with optimizer state allocated)."""
+
+    kind: Literal["memory"] = "memory"
+    phase: Literal["setup", "end"]
+    step: int
+    ranks: list[RankMemory]
+
+
+Record = Annotated[Union[StartRecord, TrainRecord, EvalRecord, CheckpointRecord, EndRecord, MemoryRecord],
                    Field(discriminator="kind")]
 _ADAPTER: TypeAdapter = TypeAdapter(Record)
 STEP_KINDS = ("train", "eval", "checkpoint")  # records that belong to a step
