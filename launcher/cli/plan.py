@@ -1,10 +1,92 @@
 from __future__ import annotations
 
 import json
+import re
+from typing import Optional
 
 import click
 
 from launcher.cli._common import job_argument, load_job_or_default, overrides_argument
+
+GIB = 1024 ** 3
+_UNITS = {"": GIB, "k": 1000, "m": 1000 ** 2, "g": 1000 ** 3, "t": 1000 ** 4, "kb": 1000, "mb": 1000 ** 2,
+          "gb": 1000 ** 3, "tb": 1000 ** 4, "kib": 1024, "mib": 1024 ** 2, "gib": GIB, "tib": 1024 ** 4}
+FIT_ROWS = 12  # rows of the fit table in the terminal (--json lists every fit)
+
+
+def parse_size(text: str) -> int:
+    """Bytes from "80GiB", "80GB", "141G" (decimal units: G, GB; binary: GiB) or a bare number of GiB."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?b?)?\s*", text.lower())
+    if not m or (m.group(2) or "") not in _UNITS:
+        raise click.BadParameter(f"{text!r}: give a size such as 80GiB, 80GB or 141G")
+    return int(float(m.group(1)) * _UNITS[m.group(2) or ""])
+
+
+def gib(n: Optional[float]) -> str:
+    return "n/a" if n is None else f"{n / GIB:,.2f}"
+
+
+def _num(x: Optional[float], fmt: str = ",.2f") -> str:
+    return "n/a" if x is None else format(x, fmt)
+
+
+def memory_rows(mem) -> list[tuple[str, str]]:
+    d, h = mem.per_device_bytes, mem.host_per_node
+    parts = [f"params {gib(d.params)}", f"grads {gib(d.grads)}", f"optimizer {gib(d.optimizer)}"]
+    if d.step_grads:
+        parts.append(f"step grads {gib(d.step_grads)}")
+    parts += [f"activations {gib(d.activations)}", f"logits {gib(d.logits)}", f"buffers {gib(d.buffers)}",
+              f"overhead {gib(d.overhead)}"]
+    rows = [("memory/device", f"{gib(d.total)} GiB: {', '.join(parts)} (model states {gib(d.model_states)})"),
+            ("host/node", f"{gib(mem.host_per_node_bytes)} GiB: runtime {gib(h.runtime)}, offload {gib(h.offload)}, "
+                          f"staging {gib(h.buffers)}, loading {gib(h.loading)}")]
+    if mem.nvme_per_node_bytes:
+        rows.append(("nvme/node", f"{gib(mem.nvme_per_node_bytes)} GiB"))
+    return rows
+
+
+def forecast_rows(plan) -> list[tuple[str, str]]:
+    f = plan.forecast
+    if f is None:
+        return []
+    label = "GPU-hours" if plan.device == "cuda" else "device-hours"
+    rows = [("forecast", (f"{f.steps:,} steps ({f.steps_source}), {f.tokens:,} tokens" if f.steps is not None
+                          else "steps unknown: launcher plan --with-data (or train.max_steps)"))]
+    if f.step_time_s is not None:
+        how = (f"calibrated on {f.calibration.run_dir}" if f.calibration and f.calibration.tokens_per_s_per_device
+               else f"MFU assumed {f.mfu_assumed:.0%} on {f.accelerator}, forecast {_num(f.mfu_forecast, '.1%')}")
+        rows.append(("time", f"{f.step_time_s:,.3g} s/step, {_num(f.tokens_per_s_per_device, ',.0f')} tokens/s per "
+                             f"device, {_num(f.hours, ',.3g')} h, {_num(f.gpu_hours, ',.4g')} {label} ({how})"))
+    if f.kwh is not None:
+        co2 = (f", {f.kg_co2e:,.4g} kgCO2e at {f.carbon_intensity_g_per_kwh:,.0f} g/kWh ({f.carbon_source})"
+               if f.kg_co2e is not None else "")
+        rows.append(("energy", f"{f.kwh:,.4g} kWh (PUE {f.pue:g}){co2}"))
+    if f.cost is not None:
+        rep = plan.job.report
+        parts = []
+        if f.compute_cost is not None:
+            if rep.gpu_hour_price is not None:
+                parts.append(f"{f.gpu_hours:,.4g} {label} x {rep.gpu_hour_price:g}")
+            else:
+                parts.append(f"{f.node_hours:,.4g} node-hours x {rep.node_hour_price:g}")
+        if f.energy_cost is not None:
+            parts.append(f"{f.kwh:,.4g} kWh x {rep.energy_price_per_kwh:g}")
+        rows.append(("cost", f"{f.cost:,.2f} {f.currency} = {' + '.join(parts)}"))
+    c = f.communication
+    if c is not None:
+        text = f"{c.bytes_per_gpu_per_step / 1e9:,.2f} GB per GPU per step"
+        if c.time_lower_bound_s is not None:
+            text += f", at least {c.time_lower_bound_s:,.3g} s at {c.interconnect_gbps:g} Gbit/s per node"
+        if c.bound == "communication":
+            text += f": COMMUNICATION-BOUND (compute {c.compute_s:,.3g} s per step)"
+        elif c.bound == "compute":
+            text += f": compute-bound ({c.compute_s:,.3g} s per step)"
+        else:
+            text += f" ({c.note})"
+        rows.append(("communication", text))
+    for m in f.missing:
+        rows.append(("forecast n/a", m))
+    return rows
 
 
 def plan_rows(plan) -> list[tuple[str, str]]:
@@ -36,18 +118,15 @@ def plan_rows(plan) -> list[tuple[str, str]]:
                                  f"reshard_after_forward={f.reshard_after_forward}, cpu_offload={f.cpu_offload}"))
     if plan.model:
         m = plan.model
-        trainable = f", {m.n_trainable_params:,} trainable" if m.n_trainable_params is not None else ""
-        rows.append(("model shape", f"{m.architecture}: {m.n_params / 1e6:.2f}M params{trainable}, hidden "
-                                    f"{m.hidden_size}, {m.n_layers} layers"))
-    if plan.memory_gib_per_device:
-        mem = plan.memory_gib_per_device
-        rows.append(("memory/device", f"{mem.total} GiB model states (params {mem.params}, grads {mem.grads}, "
-                                      f"optimizer {mem.optimizer}), activations not included"))
+        rows.append(("model shape", f"{m.architecture}: {m.n_params:,} params ({plan.params['trainable']:,} "
+                                    f"trainable), hidden {m.hidden_size}, {m.n_layers} layers, vocab {m.vocab_size}"))
+    if plan.memory:
+        rows += memory_rows(plan.memory)
+    rows += forecast_rows(plan)
     return rows
 
 
-def format_plan(plan) -> str:
-    """The plan for people: a rich key/value table, the derivations, notes and the ds_config."""
+def _grid(rows: list[tuple[str, str]]) -> list[str]:
     import io
 
     from rich.console import Console
@@ -56,12 +135,28 @@ def format_plan(plan) -> str:
     table = Table.grid(padding=(0, 2))
     table.add_column(no_wrap=True)
     table.add_column(overflow="fold")
-    for label, value in plan_rows(plan):
+    for label, value in rows:
         table.add_row(label, value)
     con = Console(file=io.StringIO(), width=200, color_system=None, highlight=False, emoji=False)
     con.print(table)
-    lines = [*con.file.getvalue().splitlines(), "derived:"]
+    return con.file.getvalue().splitlines()
+
+
+def format_plan(plan) -> str:
+    """The plan for people: a rich key/value table, the derivations, the memory formulas, the
+    forecast's assumptions, notes and the ds_config."""
+    lines = [*_grid(plan_rows(plan)), "derived:"]
     lines += [f"  - {d}" for d in plan.derivations]
+    if plan.memory:
+        lines.append("memory per device (bytes; docs/memory.md):")
+        lines += [f"  - {d}" for d in plan.memory.formulas]
+        lines += [f"  - assumed: {a}" for a in plan.memory.assumptions]
+    if plan.forecast and (plan.forecast.assumptions or plan.forecast.communication):
+        lines.append("forecast (launcher.plan.forecast):")
+        lines += [f"  - {a}" for a in plan.forecast.assumptions]
+        if plan.forecast.communication:
+            lines += [f"  - {c}" for c in plan.forecast.communication.collectives]
+            lines.append(f"  - {plan.forecast.communication.note}")
     if plan.notes:
         lines.append("notes:")
         lines += [f"  - {n}" for n in plan.notes]
@@ -71,21 +166,68 @@ def format_plan(plan) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+def format_fit(kept, tried: int, gpu_memory: int, margin: float, fits: bool, job_file: Optional[str]) -> str:
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=None, box=None, padding=(0, 1))
+    for col in ("#", "setting", "micro x accum", "ckpt", "GiB/GPU", "host GiB/node", "tok/s/GPU", "hours", "cost",
+                "bound"):
+        table.add_column(col, justify="right" if col not in ("setting", "ckpt", "bound") else "left", no_wrap=True)
+    for i, c in enumerate(kept[:FIT_ROWS], 1):
+        f = c.plan.forecast
+        bound = f.communication.bound if f and f.communication and f.communication.bound else "-"
+        table.add_row(str(i), c.label(), f"{c.plan.micro_batch_size} x {c.plan.grad_accum_steps}",
+                      "on" if c.plan.job.train.activation_checkpointing else "off", gib(c.total),
+                      gib(c.plan.memory.host_per_node_bytes), _num(f.tokens_per_s_per_device if f else None, ",.0f"),
+                      _num(f.hours if f else None, ",.3g"),
+                      _num(f.cost if f else None, ",.2f") + (f" {f.currency}" if f and f.cost is not None else ""),
+                      bound)
+    con = Console(file=io.StringIO(), width=200, color_system=None, highlight=False, emoji=False)
+    con.print(table)
+    head = (f"fit: {len(kept)} of {tried} configurations fit in {gib(gpu_memory)} GiB per GPU with a "
+            f"{margin:.0%} margin ({gib(gpu_memory * (1 - margin))} GiB), ranked by forecast tokens/s, then cost; "
+            f"the job as written {'fits' if fits else 'does NOT fit'}")
+    lines = [head, *con.file.getvalue().splitlines()]
+    if kept:
+        cmd = "launcher plan" + (f" {job_file}" if job_file else "")
+        lines.append(f"best: {cmd} {' '.join(kept[0].overrides)}")
+    else:
+        lines.append("nothing fits: more GPUs (cluster.nodes), a shorter data.max_seq_len, or LoRA (train.method=lora)")
+    return "\n".join(line.rstrip() for line in lines)
+
+
 @click.command()
 @job_argument
 @overrides_argument
-@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (params, memory, forecast; fits and fit "
+                                                      "with --gpu-memory).")
 @click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None,
               help="Plan for this device (default: cluster.device; auto means the cluster's GPUs).")
 @click.option("--with-data", is_flag=True,
               help="Tokenize the data (as launcher run would) to show rows, steps per epoch and total steps.")
-def plan(job_file, overrides, as_json, device, with_data):
+@click.option("--gpu-memory", "gpu_memory", default=None, metavar="SIZE",
+              help="Memory per GPU, e.g. 80GiB: list the strategy x stage x offload x micro batch x checkpointing "
+                   "settings that fit, best first, with the overrides of the best.")
+@click.option("--margin", type=click.FloatRange(0.0, 0.9), default=None,
+              help="Share of the GPU memory a fit leaves free (default 0.10).")
+@click.option("--calibrate", "calibrate", default=None, type=click.Path(file_okay=False, exists=True),
+              metavar="RUN_DIR", help="Forecast from an earlier run's measured tokens/s per device and energy per "
+                                      "token instead of the MFU and power assumptions.")
+def plan(job_file, overrides, as_json, device, with_data, gpu_memory, margin, calibrate):
     """Resolve JOB_FILE (default: the embedded demo job) with key.sub=value OVERRIDES and print
-    world size, batch arithmetic, steps, engine settings and what was derived from what."""
+    world size, batch arithmetic, steps, engine settings and what was derived from what; with the
+    model's config.json (a local folder, the demo, or a hub id in the local cache): parameters,
+    memory per device and per node, and the forecast of time, GPU-hours, kWh, kgCO2e and cost,
+    with its assumptions (docs/memory.md)."""
     import os
 
     from launcher import prepare
+    from launcher.errors import JobError
 
+    gpu_bytes = parse_size(gpu_memory) if gpu_memory else None
     spec = load_job_or_default(job_file, overrides)
     dev = prepare.resolve_device(spec, device)
     if with_data:
@@ -96,4 +238,33 @@ def plan(job_file, overrides, as_json, device, with_data):
             p = prepare.plan_run(spec, dev, Path(tmp))
     else:
         _, p = prepare.plan_without_data(spec, dev, cpu_count=os.cpu_count())
-    click.echo(json.dumps(p.to_dict(), indent=2, sort_keys=True) if as_json else format_plan(p))
+    extra: dict = {}
+    if calibrate:
+        from launcher.report.calibrate import read_calibration
+
+        extra["calibration"] = read_calibration(calibrate)
+    if calibrate or gpu_bytes or (p.forecast and p.forecast.kwh is not None):
+        from launcher.report.carbon import carbon_intensity
+
+        extra["carbon_intensity"], extra["carbon_source"] = carbon_intensity(spec.report.country_iso_code)
+    if extra:
+        from launcher.plan import with_forecast
+
+        p = with_forecast(p, **extra)
+    out = p.to_dict()
+    text = format_plan(p)
+    if gpu_bytes is not None:
+        from launcher.plan.fit import fit
+        from launcher.plan.memory import FIT_MARGIN
+
+        if p.model is None:
+            raise JobError("--gpu-memory: the model's shape is unknown here (model.path: a folder with config.json, "
+                           "demo:tiny-llama, or a hub id whose config.json is in the local cache)")
+        m = FIT_MARGIN if margin is None else margin
+        kept, tried = fit(p.job, dev, p.model, gpu_bytes, margin=m, train_rows=p.train_rows,
+                          global_batch_size=p.global_batch_size, world_size=p.world_size, **extra)
+        fits = p.memory.per_device_bytes.total <= gpu_bytes * (1 - m)
+        out.update(fits=fits, fit=[c.to_dict() for c in kept], fit_margin=m, gpu_memory_bytes=gpu_bytes,
+                   fit_tried=tried)
+        text += "\n" + format_fit(kept, tried, gpu_bytes, m, fits, job_file)
+    click.echo(json.dumps(out, indent=2, sort_keys=True) if as_json else text)

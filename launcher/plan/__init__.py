@@ -6,8 +6,10 @@ the renderers and the trainer see the same numbers and tests pin them exactly.
     batch.py     global = micro x accum x world, exactly
     schedule.py  steps per epoch, total steps, the LR multiplier
     engines.py   the DeepSpeed config and the FSDP2 settings
-    memory.py    memory per device
-    types.py     Plan and ModelInfo (frozen pydantic models)
+    memory.py    memory per device and per node (activations.py: activations and logits)
+    forecast.py  steps, time, energy, CO2, cost and communication per step
+    fit.py       the configurations that fit a GPU's memory, ranked by forecast throughput
+    types.py     Plan, ModelInfo, MemoryPlan, Forecast (frozen pydantic models)
     core.py      plan_job
 """
 from __future__ import annotations
@@ -18,12 +20,14 @@ from launcher.plan.batch import Batch, resolve_batch
 from launcher.plan.core import plan_job, procs_per_node, with_train_rows
 from launcher.plan.engines import ZERO_DEFAULT_BUCKETS, FsdpSettings, build_ds_config, build_fsdp_settings, model_buckets
 from launcher.plan.schedule import LrLambda, lr_factor, steps_per_epoch, total_steps
-from launcher.plan.types import MemoryEstimate, ModelInfo, Plan
+from launcher.plan.forecast import build_forecast, with_forecast
+from launcher.plan.types import Calibration, Forecast, MemoryPlan, ModelInfo, Plan
 
 __all__ = [
-    "Batch", "FsdpSettings", "LrLambda", "MemoryEstimate", "ModelInfo", "Plan", "ZERO_DEFAULT_BUCKETS",
-    "build_ds_config", "build_fsdp_settings", "lr_factor", "model_buckets", "plan_job", "procs_per_node",
-    "read_model_info", "resolve_batch", "steps_per_epoch", "total_steps", "with_train_rows",
+    "Batch", "Calibration", "Forecast", "FsdpSettings", "LrLambda", "MemoryPlan", "ModelInfo", "Plan",
+    "ZERO_DEFAULT_BUCKETS", "build_ds_config", "build_forecast", "build_fsdp_settings", "lr_factor", "model_buckets",
+    "plan_job", "procs_per_node", "read_model_info", "resolve_batch", "steps_per_epoch", "total_steps",
+    "with_forecast", "with_train_rows",
 ]
 
 

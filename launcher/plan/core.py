@@ -7,10 +7,11 @@ from typing import Optional
 from launcher.errors import JobError
 from launcher.plan.batch import resolve_batch
 from launcher.plan.engines import build_ds_config, build_fsdp_settings
-from launcher.plan.memory import estimate_model_state_memory
+from launcher.plan.forecast import build_forecast, with_forecast
+from launcher.plan.memory import estimate_memory, layout_of
 from launcher.plan.schedule import steps_per_epoch as _steps_per_epoch
 from launcher.plan.schedule import total_steps as _total_steps
-from launcher.plan.types import ModelInfo, Plan
+from launcher.plan.types import Calibration, ModelInfo, Plan
 from launcher.spec import JobSpec
 
 
@@ -25,10 +26,16 @@ def plan_job(
     model_info: Optional[ModelInfo] = None,
     train_rows: Optional[int] = None,
     cpu_count: Optional[int] = None,
+    carbon_intensity: Optional[float] = None,
+    carbon_source: Optional[str] = None,
+    calibration: Optional[Calibration] = None,
 ) -> Plan:
     """Resolve every derived value of ``spec``. ``device`` is the resolved device ("auto" is
     resolved by the caller, who may look at the hardware). ``train_rows`` (rows after
-    tokenization/packing) gives steps per epoch; ``cpu_count`` gives threads per rank on CPU."""
+    tokenization/packing) gives steps per epoch; ``cpu_count`` gives threads per rank on CPU.
+    ``carbon_intensity`` (gCO2e/kWh of ``report.country_iso_code``, read by the caller:
+    :func:`launcher.report.carbon.carbon_intensity`) and ``calibration`` (an earlier run's
+    measurements) feed the forecast."""
     if device not in ("cuda", "cpu"):
         raise JobError(f"cluster.device: must be cuda or cpu once resolved, got {device!r}")
     c, t, p = spec.cluster, spec.train, spec.parallel
@@ -84,18 +91,6 @@ def plan_job(
         fsdp = build_fsdp_settings(spec)
 
     total = t.max_steps
-    memory = None
-    if model_info:
-        if t.method == "full":
-            n_trainable = model_info.n_params
-        elif model_info.n_trainable_params is not None:
-            n_trainable = model_info.n_trainable_params
-        else:
-            n_trainable = max(1, model_info.n_params // 100)
-            notes.append("memory estimate assumes LoRA adapters of about 1% of the parameters")
-        memory = estimate_model_state_memory(model_info.n_params, n_trainable, spec.model.dtype, p.strategy,
-                                             p.zero_stage if p.strategy == "zero" else 3, world,
-                                             p.offload_optimizer, p.offload_params)
 
     threads = None
     if device == "cpu" and cpu_count:
@@ -106,10 +101,16 @@ def plan_job(
         job=spec, device=device, backend=backend, procs_per_node=procs, world_size=world,
         micro_batch_size=batch.micro_batch_size, grad_accum_steps=batch.grad_accum_steps,
         global_batch_size=batch.global_batch_size, ds_config=ds_config, fsdp=fsdp,
-        derivations=derivations, notes=notes, model=model_info, memory_gib_per_device=memory,
-        total_steps=total, threads_per_rank=threads,
+        derivations=derivations, notes=notes, model=model_info, total_steps=total, threads_per_rank=threads,
     )
-    return with_train_rows(plan, train_rows) if train_rows is not None else plan
+    if model_info:
+        if t.method == "lora" and model_info.n_trainable_params is None:
+            raise JobError("model info: LoRA adapters were not counted (a ModelInfo counted for full fine-tuning)")
+        plan = plan.model_copy(update={"memory": estimate_memory(model_info, layout_of(plan), plan.params["trainable"])})
+    if train_rows is not None:
+        plan = with_train_rows(plan, train_rows)
+    return plan.model_copy(update={"forecast": build_forecast(plan, carbon_intensity=carbon_intensity,
+                                                              carbon_source=carbon_source, calibration=calibration)})
 
 
 def with_train_rows(plan: Plan, train_rows: int) -> Plan:
@@ -126,5 +127,6 @@ def with_train_rows(plan: Plan, train_rows: int) -> Plan:
         "total_steps = " + (f"min(max_steps {t.max_steps}, " if t.max_steps else "")
         + f"steps_per_epoch {spe} x epochs {t.epochs}" + (")" if t.max_steps else "") + f" = {total}",
     ]
-    return plan.model_copy(update={"train_rows": train_rows, "steps_per_epoch": spe, "total_steps": total,
+    plan = plan.model_copy(update={"train_rows": train_rows, "steps_per_epoch": spe, "total_steps": total,
                                    "derivations": [*plan.derivations, *derivations]})
+    return with_forecast(plan) if plan.forecast is not None else plan

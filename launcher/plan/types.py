@@ -33,13 +33,105 @@ class ModelInfo(_Frozen):
     architecture: str = "unknown"
 
 
-class MemoryEstimate(_Frozen):
-    """Model-state memory per device in GiB (no activations)."""
+class DeviceMemory(_Frozen):
+    """Bytes per device (per rank on CPU) at the peak of a training step (launcher.plan.memory)."""
 
-    params: float
-    grads: float
-    optimizer: float
-    total: float
+    params: int  # parameters stored on this device (sharded where the strategy shards them)
+    grads: int  # gradient storage that persists across micro batches (accumulation buffers)
+    optimizer: int  # fp32 master weights (where kept apart from the parameters) and Adam's m and v
+    step_grads: int = 0  # the fp32 gradient partition DeepSpeed builds at the optimizer step
+    model_states: int  # params + grads + optimizer + step_grads
+    activations: int
+    logits: int  # the LM head's logits, their gradient and one fp32 loss chunk
+    buffers: int  # gathered parameters, reduce buckets, unsharded gradients
+    overhead: int  # CUDA context and allocator fragmentation (stated in MemoryPlan.assumptions)
+    total: int
+
+
+class HostMemory(_Frozen):
+    """Bytes of host memory per node."""
+
+    runtime: int  # the ranks' processes (Python, torch, CUDA and communication libraries)
+    offload: int  # offloaded parameters, gradients and optimizer states (pinned)
+    buffers: int  # pinned staging buffers of NVMe offload
+    loading: int  # the weights while loading (before training; not at the same time as offload)
+    total: int  # runtime + max(offload + buffers, loading)
+
+
+class MemoryPlan(_Frozen):
+    """Memory per device and per node, each term with its formula (docs/memory.md)."""
+
+    device: Literal["cuda", "cpu"]
+    per_device_bytes: DeviceMemory
+    host_per_node_bytes: int
+    host_per_node: HostMemory
+    nvme_per_node_bytes: int = 0
+    tokens_per_micro_batch: int
+    formulas: list[str] = []
+    assumptions: list[str] = []
+
+
+class Calibration(_Frozen):
+    """What an earlier run measured, to replace the forecast's assumptions (``--calibrate``)."""
+
+    run_dir: str
+    tokens_per_s_per_device: Optional[float] = None
+    energy_per_token_j: Optional[float] = None  # PUE included (as CodeCarbon reports it)
+    pue: float = 1.0
+    world_size: Optional[int] = None
+    strategy: Optional[str] = None
+    zero_stage: Optional[int] = None
+    accelerator: Optional[str] = None
+
+
+class Communication(_Frozen):
+    """Bytes each GPU sends (and receives) per optimizer step, and the inter-node lower bound."""
+
+    collectives: list[str]
+    bytes_per_gpu_per_step: int
+    interconnect_gbps: Optional[float] = None
+    time_lower_bound_s: Optional[float] = None
+    compute_s: Optional[float] = None
+    bound: Optional[Literal["compute", "communication"]] = None
+    note: str = ""
+
+
+class Forecast(_Frozen):
+    """Steps, time, energy, CO2 and money of a job before it runs (launcher.plan.forecast)."""
+
+    steps: Optional[int] = None
+    steps_source: str = ""
+    tokens: Optional[int] = None
+    tokens_per_step: int
+    flops_per_token: Optional[float] = None
+    accelerator: Optional[str] = None
+    peak_tflops: Optional[float] = None
+    mfu_assumed: Optional[float] = None
+    mfu_source: Optional[str] = None
+    mfu_forecast: Optional[float] = None  # model FLOPs over the peak, after recompute and waits
+    compute_s_per_step: Optional[float] = None
+    offload_s_per_step: Optional[float] = None
+    step_time_s: Optional[float] = None
+    tokens_per_s_per_device: Optional[float] = None
+    hours: Optional[float] = None
+    gpu_hours: Optional[float] = None  # device-hours on CPU
+    node_hours: Optional[float] = None
+    gpu_power_w: Optional[float] = None  # per device
+    host_power_w: Optional[float] = None  # per node
+    pue: float = 1.0
+    kwh: Optional[float] = None  # PUE included
+    country_iso_code: str = "USA"
+    carbon_intensity_g_per_kwh: Optional[float] = None
+    carbon_source: Optional[str] = None
+    kg_co2e: Optional[float] = None
+    compute_cost: Optional[float] = None
+    energy_cost: Optional[float] = None
+    cost: Optional[float] = None
+    currency: str = "USD"
+    calibration: Optional[Calibration] = None
+    communication: Optional[Communication] = None
+    assumptions: list[str] = []
+    missing: list[str] = []  # why a figure is None
 
 
 class Plan(_Frozen):
@@ -56,7 +148,8 @@ class Plan(_Frozen):
     derivations: list[str] = []
     notes: list[str] = []
     model: Optional[ModelInfo] = None
-    memory_gib_per_device: Optional[MemoryEstimate] = None
+    memory: Optional[MemoryPlan] = None
+    forecast: Optional[Forecast] = None
     train_rows: Optional[int] = None
     steps_per_epoch: Optional[int] = None
     total_steps: Optional[int] = None
@@ -95,15 +188,26 @@ class Plan(_Frozen):
         """At most; exactly this with packing."""
         return self.global_batch_size * self.job.data.max_seq_len
 
+    @computed_field
+    @property
+    def params(self) -> Optional[dict[str, int]]:
+        """The base model's parameters, the trainable ones, and the LoRA adapters among them."""
+        if self.model is None:
+            return None
+        m = self.model
+        lora = self.job.train.method == "lora"
+        trainable = m.n_trainable_params if m.n_trainable_params is not None else (0 if lora else m.n_params)
+        return {"total": m.n_params, "trainable": trainable, "adapters": trainable if lora else 0}
+
     @model_validator(mode="before")
     @classmethod
     def _drop_computed(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            return {k: v for k, v in data.items() if k not in _COMPUTED}
+        if isinstance(data, dict):  # and the model-state estimate of launcher <= 0.1 (memory_gib_per_device)
+            return {k: v for k, v in data.items() if k not in _COMPUTED and k != "memory_gib_per_device"}
         return data
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
 
-_COMPUTED = frozenset({"nodes", "strategy", "zero_stage", "dtype", "seq_len", "tokens_per_step"})
+_COMPUTED = frozenset({"nodes", "strategy", "zero_stage", "dtype", "seq_len", "tokens_per_step", "params"})

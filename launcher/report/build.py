@@ -20,8 +20,9 @@ from pathlib import Path
 from launcher.report import accounting as A
 from launcher.report import compute as C
 from launcher.report.energy import read_node_energy
-from launcher.rundir import (COMPLETED, METRICS, REPORT_HTML, REPORT_JSON, REPORT_MD, StartRecord, read_metrics,
-                             read_plan, require_run_dir, write_atomic, write_json)
+from launcher.report.forecast import forecast_section
+from launcher.rundir import (COMPLETED, METRICS, REPORT_HTML, REPORT_JSON, REPORT_MD, MemoryRecord, StartRecord,
+                             read_metrics, read_plan, require_run_dir, write_atomic, write_json)
 from launcher.rundir.metrics import parse_metrics
 
 SCHEMA_VERSION = 1
@@ -37,6 +38,33 @@ def _torn_last_line(run_dir: Path) -> int:
     if not text or text.endswith("\n"):
         return 0
     return parse_metrics(text.rsplit("\n", 1)[-1]).skipped
+
+
+def _completed_forecast(plan, starts, notes: list[str]):
+    """plan.json's forecast, completed where the plan could not know: the carbon intensity (from
+    CodeCarbon's data, when the plan was made without it) and the GPU kind (the start record's,
+    when the job names none)."""
+    fc = plan.forecast
+    if fc is None:
+        return None
+    detected = C.latest(starts, "accelerator") if starts and starts[-1].device == "cuda" else None
+    redo: dict = {}
+    if fc.carbon_intensity_g_per_kwh is None:
+        from launcher.report.carbon import carbon_intensity
+
+        ci, source = carbon_intensity(plan.job.report.country_iso_code)
+        if ci is not None:
+            redo.update(carbon_intensity=ci, carbon_source=source)
+    if fc.hours is None and fc.calibration is None and detected and not plan.job.cluster.accelerator:
+        redo["accelerator"] = detected
+    if not redo:
+        return fc
+    from launcher.plan.forecast import with_forecast
+
+    new = with_forecast(plan, **redo).forecast
+    if "accelerator" in redo and new.hours is not None:
+        notes.append(f"forecast: made at report time for the accelerator the run found ({detected})")
+    return new
 
 
 def build_report(run_dir: str | os.PathLike) -> dict:
@@ -62,6 +90,8 @@ def build_report(run_dir: str | os.PathLike) -> dict:
     mfu = A.mfu_section(job, thr, A.flops_per_token(plan, starts, job, notes))
     energy = A.energy_section(read_node_energy(rd), job, thr, notes)
     cost = A.cost_section(plan.job.report, thr, energy, notes)
+    forecast = forecast_section(_completed_forecast(plan, starts, notes), plan.memory, job["device"], thr, energy,
+                                cost, records.of(MemoryRecord))
     return {
         "schema_version": SCHEMA_VERSION,
         "run_dir": str(rd.resolve()),
@@ -74,6 +104,7 @@ def build_report(run_dir: str | os.PathLike) -> dict:
         "mfu": mfu,
         "energy": energy,
         "cost": cost,
+        "forecast": forecast,
         "loss": C.loss_section(records, steps),
         "checkpoints": C.checkpoints_section(records),
         "notes": notes,

@@ -194,6 +194,7 @@ def summary_sections(report: dict) -> list[tuple[str, list[tuple[str, str]]]]:
                       ("Per million tokens", fmt_money(c.get("per_million_tokens"), cur))]
     else:
         cost_rows = [("Cost", f"n/a ({c.get('reason', 'no prices')})")]
+    fc_rows = forecast_rows(report.get("forecast"))
     loss_rows = [
         ("Train loss first / last", f"{fmt_num(lo.get('first_train_loss'), 4)} / {fmt_num(lo.get('last_train_loss'), 4)}"),
         ("Train loss min", f"{fmt_num(lo.get('min_train_loss'), 4)}"
@@ -206,8 +207,47 @@ def summary_sections(report: dict) -> list[tuple[str, list[tuple[str, str]]]]:
         loss_rows.append(("Checkpoints", f"{report.get('checkpoints', {}).get('count', 0)}"
                           + (f" (last at step {report['checkpoints']['last_step']})"
                              if report.get("checkpoints", {}).get("last_step") is not None else "")))
-    return [("Job", job_rows), ("Throughput", thr_rows), ("MFU", mfu_rows), ("Energy and emissions", en_rows),
-            ("Cost", cost_rows), ("Loss", loss_rows)]
+    sections = [("Job", job_rows), ("Throughput", thr_rows), ("MFU", mfu_rows), ("Energy and emissions", en_rows),
+                ("Cost", cost_rows)]
+    if fc_rows:
+        sections.append(("Forecast vs actual", fc_rows))
+    return sections + [("Loss", loss_rows)]
+
+
+def fmt_bytes(x: Optional[float]) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x / 2**30:,.3g} GiB" if abs(x) >= 2**30 else f"{x / 2**20:,.4g} MiB"
+
+
+FORECAST_LABELS = {"time_s": "Time (training steps)", "kwh": "Energy", "kg_co2e": "Emissions", "cost": "Cost",
+                   "peak_memory_bytes": "Peak memory per device"}
+
+
+def forecast_rows(fc: Optional[dict]) -> list[tuple[str, str]]:
+    """Forecast against actual, one row per figure: forecast, actual and actual / forecast."""
+    if not fc or not fc.get("available"):
+        return []
+    rows = []
+    for key, label in FORECAST_LABELS.items():
+        r = fc.get("rows", {}).get(key)
+        if r is None:
+            continue
+        unit = r.get("unit", "")
+        show: Callable[[Any], str] = {
+            "time_s": fmt_dur, "kwh": fmt_kwh, "peak_memory_bytes": fmt_bytes,
+            "kg_co2e": lambda v: "n/a" if v is None else f"{fmt_num(v)} kgCO2e",
+            "cost": lambda v: fmt_money(v, unit),
+        }[key]
+        ratio = f"x{r['ratio']:.2f}" if r.get("ratio") is not None else "ratio n/a"
+        note = f" ({r['note']})" if r.get("note") else ""
+        rows.append((label, f"forecast {show(r.get('forecast'))} · actual {show(r.get('actual'))} · {ratio}{note}"))
+    src = f"calibrated on {fc['calibrated_from']}" if fc.get("calibrated_from") else "the plan's assumptions"
+    rows.append(("Forecast from", f"{src}; {fmt_num(fc.get('steps_done'))} of "
+                                  f"{fmt_num(fc.get('steps_forecast'))} forecast steps done"))
+    for m in fc.get("missing") or []:
+        rows.append(("Forecast n/a", m))
+    return rows
 
 
 # --------------------------------------------------------------------------- comparison columns

@@ -1,0 +1,221 @@
+"""The forecast of a job: steps, tokens, time, GPU-hours, kWh, kgCO2e and money, and the
+communication each step needs. Pure arithmetic on the Plan and the stated assumptions of
+:mod:`launcher.report.hardware`; the carbon intensity and an earlier run's measurements
+(``--calibrate``) are handed in by the caller, which reads them (:mod:`launcher.report.carbon`,
+:mod:`launcher.report.calibrate`).
+
+Time per optimizer step::
+
+    compute  = tokens_per_step x (flops_per_token + recompute) / (world x peak x MFU)
+    step     = max(compute, communication lower bound) + offload transfers and CPU optimizer
+
+``flops_per_token`` is the report's model-FLOPs convention (:mod:`launcher.report.flops`);
+``recompute`` is one more forward (``2 N + 4 L h s``) with activation checkpointing; MFU is the
+assumption for the GPU kind. Communication (bytes each GPU sends per step, ring collectives:
+all-reduce ``2 (N-1)/N M``, all-gather and reduce-scatter ``(N-1)/N M``; ZeRO paper section 7,
+FSDP paper, Zhao et al. 2023, section 3) can overlap compute, so the step is at least the larger
+of the two; across nodes a collective's bus bandwidth is at most the node's network bandwidth
+(nccl-tests doc/PERFORMANCE.md), so ``bytes / (interconnect_gbps / 8)`` bounds its time from
+below. Offload copies and the CPU optimizer are counted as not overlapped.
+
+Energy (PUE included, as CodeCarbon reports it): ``hours x (world x GPU power + nodes x host
+power) x PUE``; CO2 = kWh x the country's intensity; cost = GPU-hours x ``gpu_hour_price`` (or
+node-hours x ``node_hour_price``) + kWh x ``energy_price_per_kwh``.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from launcher.plan.memory import DTYPE_BYTES, Layout, layout_of
+from launcher.plan.types import Calibration, Communication, Forecast, Plan
+from launcher.report.flops import flops_per_token_from_config, matmul_params
+from launcher.report.hardware import GPU_POWER_SHARE, HOST, HOST_LINK_EFFICIENCY, match_accelerator, mfu_assumption
+
+
+def _g(n: float) -> str:
+    return f"{n / 1e9:,.2f} GB"
+
+
+def communication(lay: Layout, P: int, A: int, T: int) -> tuple[list[str], int]:
+    """(one line per collective, bytes each GPU sends per optimizer step)."""
+    N, b, k = lay.world, DTYPE_BYTES[lay.dtype], lay.grad_accum_steps
+    if N <= 1:
+        return ["one rank: no collectives"], 0
+    r = (N - 1) / N
+    lines: list[tuple[str, float]] = []
+    if lay.strategy == "zero":
+        s = lay.zero_stage
+        if s == 0:
+            lines.append((f"all-reduce gradients once per step: 2 x {r:.4f} x {b} B x {T:,}", 2 * r * b * T))
+        else:
+            per = k if s >= 2 else 1
+            lines.append((f"reduce-scatter gradients {per}x per step (every micro batch from ZeRO-2): "
+                          f"{per} x {r:.4f} x {b} B x {T:,}", per * r * b * T))
+            if s < 3:
+                lines.append((f"all-gather updated parameters once per step: {r:.4f} x {b} B x {T:,}", r * b * T))
+            else:
+                lines.append((f"all-gather parameters in forward and backward, {k} micro batch(es): 2 x {k} x "
+                              f"{r:.4f} x {b} B x {P + A:,}", 2 * k * r * b * (P + A)))
+    else:
+        passes = 2 if lay.reshard_after_forward else 1
+        lines.append((f"all-gather parameters ({'forward and backward' if passes == 2 else 'forward'}), {k} micro "
+                      f"batch(es): {passes} x {k} x {r:.4f} x {b} B x {P + A:,}", passes * k * r * b * (P + A)))
+        lines.append((f"reduce-scatter fp32 gradients once per step: {r:.4f} x 4 B x {T:,}", r * 4 * T))
+    total = int(sum(v for _, v in lines))
+    return [f"{text} = {_g(v)}" for text, v in lines], total
+
+
+def _offload_s(lay: Layout, P: int, A: int, T: int, link_gb_s: float) -> tuple[float, list[str]]:
+    """Seconds per step of host copies, the CPU optimizer and NVMe traffic (not overlapped)."""
+    N, b, k, g = lay.world, DTYPE_BYTES[lay.dtype], lay.grad_accum_steps, lay.procs_per_node
+    bw = link_gb_s * 1e9 * HOST_LINK_EFFICIENCY.value
+    pcie = nvme = 0.0
+    cpu_opt = 0.0
+    notes: list[str] = []
+    opt_off = lay.offload_optimizer != "none" or (lay.strategy == "fsdp" and lay.offload_params == "cpu")
+    if opt_off:
+        per = k if (lay.strategy == "zero" and lay.zero_stage >= 2) else 1
+        pcie += per * (4 if lay.strategy == "fsdp" else b) * T / N + b * T / N
+        cpu_opt = T / N * g / HOST.cpu_adam_params_per_s
+        notes.append(f"CPU optimizer: {T / N * g:,.0f} parameters per node at {HOST.cpu_adam_params_per_s:.0e}/s")
+    if lay.offload_params != "none":
+        stored = 4 if (lay.strategy == "fsdp" and lay.method == "full") else b
+        pcie += 2 * k * stored * (P + A) / N
+        if lay.offload_params == "nvme":
+            nvme += 2 * k * stored * (P + A) / N * g
+    if lay.offload_optimizer == "nvme":
+        nvme += 2 * 12 * T / N * g
+    if pcie:
+        notes.append(f"host link: {_g(pcie)} per GPU per step at {link_gb_s:g} GB/s x {HOST_LINK_EFFICIENCY.value}")
+    if nvme:
+        notes.append(f"NVMe: {_g(nvme)} per node per step at {HOST.nvme_gb_s:g} GB/s")
+    return pcie / bw + cpu_opt + nvme / (HOST.nvme_gb_s * 1e9), notes
+
+
+def _steps(plan: Plan) -> tuple[Optional[int], str]:
+    t = plan.job.train
+    if plan.train_rows is not None and plan.total_steps is not None:
+        return plan.total_steps, f"the data: {plan.train_rows:,} rows, {plan.steps_per_epoch} steps per epoch x {t.epochs}"
+    if t.max_steps is not None:
+        return t.max_steps, "train.max_steps (at most: the data may give fewer)"
+    return None, ""
+
+
+def build_forecast(plan: Plan, *, carbon_intensity: Optional[float] = None, carbon_source: Optional[str] = None,
+                   calibration: Optional[Calibration] = None, accelerator: Optional[str] = None) -> Forecast:
+    """The forecast of ``plan`` (``accelerator``: a GPU name when the job names none)."""
+    job = plan.job
+    rep = job.report
+    missing: list[str] = []
+    assumptions: list[str] = []
+    steps, steps_source = _steps(plan)
+    if steps is None:
+        missing.append("steps: the forecast needs the data's row count (launcher plan --with-data) or train.max_steps")
+    tps = plan.tokens_per_step
+    tokens = steps * tps if steps is not None else None
+    m = plan.model
+    lay = layout_of(plan)
+    P = m.n_params if m else 0
+    T = (plan.params or {}).get("trainable", 0) if m else 0
+    A = T if job.train.method == "lora" else 0
+    fpt = recompute = None
+    if m:
+        cfg = {"num_hidden_layers": m.n_layers, "hidden_size": m.hidden_size, "vocab_size": m.vocab_size,
+               "tie_word_embeddings": m.tie_word_embeddings}
+        fpt = flops_per_token_from_config(cfg, plan.seq_len, P + A, A if A else None, job.train.method)
+        if job.train.activation_checkpointing:
+            recompute = 2.0 * matmul_params(cfg, P + A) + 4.0 * m.n_layers * m.hidden_size * plan.seq_len
+    else:
+        missing.append("flops per token: the model's config.json is not known here")
+    name = job.cluster.accelerator or accelerator
+    accel = match_accelerator(name) if plan.device == "cuda" else None
+    mfu = mfu_assumption(accel)
+    peak = accel.peak_tflops(plan.dtype) if accel else None
+    if plan.device == "cuda" and accel is None:
+        missing.append("GPU kind: set cluster.accelerator (e.g. H100-SXM) for the time and energy forecast"
+                       if not name else f"GPU kind {name!r} is not in launcher.report.hardware")
+    elif plan.device == "cpu" and calibration is None:
+        missing.append("time: no published peak for a CPU; use --calibrate RUN_DIR with an earlier run")
+    comm_lines, comm_bytes = communication(lay, P, A, T) if m else ([], 0)
+    gbps = job.cluster.interconnect_gbps
+    comm_s = comm_bytes / (gbps / 8 * 1e9) if (gbps and plan.nodes > 1 and comm_bytes) else None
+    compute_s = offload_s = step_s = None
+    mfu_fc = None
+    if calibration and calibration.tokens_per_s_per_device:
+        step_s = tps / (calibration.tokens_per_s_per_device * plan.world_size)
+        assumptions.append(f"time: {calibration.tokens_per_s_per_device:,.1f} tokens/s per device measured in "
+                           f"{calibration.run_dir}")
+    elif fpt and peak and mfu:
+        compute_s = tps * (fpt + (recompute or 0)) / (plan.world_size * peak * 1e12 * mfu.value)
+        offload_s, off_notes = _offload_s(lay, P, A, T, accel.host_link_gb_s)
+        step_s = max(compute_s, comm_s or 0.0) + offload_s
+        mfu_fc = tps * fpt / (step_s * plan.world_size * peak * 1e12)
+        assumptions.append(f"MFU {mfu.value:.0%} on {accel.name} ({mfu.source})")
+        if recompute:
+            assumptions.append(f"activation checkpointing recomputes the forward: +{recompute:,.0f} FLOPs per token")
+        assumptions += off_notes
+    comm = None
+    if m and plan.world_size > 1:
+        if plan.nodes <= 1:
+            note = "one node: NVLink/PCIe between the GPUs is not modelled"
+        elif not gbps:
+            note = "cluster.interconnect_gbps unknown: no lower bound on communication time"
+        else:
+            note = (f"lower bound: {_g(comm_bytes)} per GPU at {gbps:g} Gbit/s per node (a collective's bus "
+                    "bandwidth across nodes is at most the node's network bandwidth)")
+        bound = None
+        if comm_s is not None and compute_s is not None:
+            bound = "communication" if comm_s > compute_s else "compute"
+        comm = Communication(collectives=comm_lines, bytes_per_gpu_per_step=comm_bytes, interconnect_gbps=gbps,
+                             time_lower_bound_s=comm_s, compute_s=compute_s, bound=bound, note=note)
+    hours = steps * step_s / 3600 if (steps is not None and step_s is not None) else None
+    gpu_hours = hours * plan.world_size if hours is not None else None
+    node_hours = hours * plan.nodes if hours is not None else None
+    gpu_w = host_w = kwh = None
+    if calibration and calibration.energy_per_token_j and tokens is not None:
+        kwh = tokens * calibration.energy_per_token_j / 3.6e6 * (rep.pue / (calibration.pue or 1.0))
+        assumptions.append(f"energy: {calibration.energy_per_token_j:.4g} J per token measured in "
+                           f"{calibration.run_dir} (PUE {calibration.pue:g} there, {rep.pue:g} here)")
+    elif accel is not None and hours is not None:
+        gpu_w = accel.tdp_w * GPU_POWER_SHARE.value
+        host_w = HOST.cpu_w + HOST.ram_w
+        kwh = hours * (plan.world_size * gpu_w + plan.nodes * host_w) / 1000 * rep.pue
+        assumptions.append(f"power: {gpu_w:g} W per GPU ({GPU_POWER_SHARE.source}); host {host_w:.0f} W per node "
+                           f"(CPU: {HOST.cpu_source}; RAM: {HOST.ram_source}); PUE {rep.pue:g}")
+    elif hours is not None or calibration:
+        missing.append("energy: no power figures for this device; --calibrate RUN_DIR gives energy per token")
+    kg = kwh * carbon_intensity / 1000 if (kwh is not None and carbon_intensity is not None) else None
+    if kwh is not None and carbon_intensity is None:
+        missing.append(f"CO2: no carbon intensity for {rep.country_iso_code} was handed in")
+    compute_cost = energy_cost = None
+    if rep.gpu_hour_price is not None and gpu_hours is not None:
+        compute_cost = gpu_hours * rep.gpu_hour_price
+    elif rep.node_hour_price is not None and node_hours is not None:
+        compute_cost = node_hours * rep.node_hour_price
+    if rep.energy_price_per_kwh is not None and kwh is not None:
+        energy_cost = kwh * rep.energy_price_per_kwh
+    parts = [c for c in (compute_cost, energy_cost) if c is not None]
+    cost = sum(parts) if parts else None
+    return Forecast(
+        steps=steps, steps_source=steps_source, tokens=tokens, tokens_per_step=tps, flops_per_token=fpt,
+        accelerator=accel.name if accel else name, peak_tflops=peak, mfu_assumed=mfu.value if mfu else None,
+        mfu_source=mfu.source if mfu else None, mfu_forecast=mfu_fc, compute_s_per_step=compute_s,
+        offload_s_per_step=offload_s, step_time_s=step_s,
+        tokens_per_s_per_device=tps / step_s / plan.world_size if step_s else None, hours=hours, gpu_hours=gpu_hours,
+        node_hours=node_hours, gpu_power_w=gpu_w, host_power_w=host_w, pue=rep.pue, kwh=kwh,
+        country_iso_code=rep.country_iso_code, carbon_intensity_g_per_kwh=carbon_intensity, carbon_source=carbon_source,
+        kg_co2e=kg, compute_cost=compute_cost, energy_cost=energy_cost, cost=cost, currency=rep.currency,
+        calibration=calibration, communication=comm, assumptions=assumptions, missing=missing,
+    )
+
+
+def with_forecast(plan: Plan, **kw) -> Plan:
+    """``plan`` with its forecast made again (after the steps, the intensity or a calibration
+    changed); what the old forecast was handed in is kept unless ``kw`` replaces it."""
+    old = plan.forecast
+    args = {"carbon_intensity": old.carbon_intensity_g_per_kwh if old else None,
+            "carbon_source": old.carbon_source if old else None,
+            "calibration": old.calibration if old else None,
+            "accelerator": old.accelerator if old else None}
+    args.update(kw)
+    return plan.model_copy(update={"forecast": build_forecast(plan, **args)})
