@@ -11,7 +11,7 @@ import click
 # name -> (module, attribute, one-line help shown by `launcher --help` without importing it)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "init": ("launcher.cli.init", "init", "Write a commented starter job file."),
-    "plan": ("launcher.cli.plan", "plan", "Resolve a job: world size, batch arithmetic, engine settings."),
+    "plan": ("launcher.cli.plan", "plan", "Resolve a job: batch arithmetic, engines, memory, forecast; what fits."),
     "ds-config": ("launcher.cli.ds_config", "ds_config", "Write a DeepSpeed ZeRO config with no 'auto' in it."),
     "run": ("launcher.cli.run", "run", "Fine-tune on this node with torchrun (default: the embedded demo job)."),
     "train": ("launcher.cli.train", "train", "Per-rank training entry point (started by torchrun)."),

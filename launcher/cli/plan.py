@@ -221,7 +221,18 @@ def plan(job_file, overrides, as_json, device, with_data, gpu_memory, margin, ca
     world size, batch arithmetic, steps, engine settings and what was derived from what; with the
     model's config.json (a local folder, the demo, or a hub id in the local cache): parameters,
     memory per device and per node, and the forecast of time, GPU-hours, kWh, kgCO2e and cost,
-    with its assumptions (docs/memory.md)."""
+    with its assumptions (docs/memory.md).
+
+    The forecast needs the GPU kind (cluster.accelerator, e.g. H100-SXM) and the steps
+    (train.max_steps, or --with-data); cluster.interconnect_gbps (per node, between nodes) gives
+    a lower bound on the communication time per step.
+
+    \b
+    Examples:
+      launcher plan job.yaml cluster.accelerator=H100-SXM --gpu-memory 80GiB
+      launcher plan job.yaml --with-data --json | jq .forecast
+      launcher plan job.yaml --calibrate runs/my-job-20260101-120000
+    """
     import os
 
     from launcher import prepare
