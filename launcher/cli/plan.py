@@ -30,14 +30,20 @@ def _num(x: Optional[float], fmt: str = ",.2f") -> str:
     return "n/a" if x is None else format(x, fmt)
 
 
+def _in(unit: int):
+    return lambda n: f"{n / unit:,.2f}"
+
+
 def memory_rows(mem) -> list[tuple[str, str]]:
     d, h = mem.per_device_bytes, mem.host_per_node
-    parts = [f"params {gib(d.params)}", f"grads {gib(d.grads)}", f"optimizer {gib(d.optimizer)}"]
+    name, unit = ("GiB", GIB) if d.total >= GIB else ("MiB", 2 ** 20)
+    u = _in(unit)
+    parts = [f"params {u(d.params)}", f"grads {u(d.grads)}", f"optimizer {u(d.optimizer)}"]
     if d.step_grads:
-        parts.append(f"step grads {gib(d.step_grads)}")
-    parts += [f"activations {gib(d.activations)}", f"logits {gib(d.logits)}", f"buffers {gib(d.buffers)}",
-              f"overhead {gib(d.overhead)}"]
-    rows = [("memory/device", f"{gib(d.total)} GiB: {', '.join(parts)} (model states {gib(d.model_states)})"),
+        parts.append(f"step grads {u(d.step_grads)}")
+    parts += [f"activations {u(d.activations)}", f"logits {u(d.logits)}", f"buffers {u(d.buffers)}",
+              f"overhead {u(d.overhead)}"]
+    rows = [("memory/device", f"{u(d.total)} {name}: {', '.join(parts)} (model states {u(d.model_states)})"),
             ("host/node", f"{gib(mem.host_per_node_bytes)} GiB: runtime {gib(h.runtime)}, offload {gib(h.offload)}, "
                           f"staging {gib(h.buffers)}, loading {gib(h.loading)}")]
     if mem.nvme_per_node_bytes:

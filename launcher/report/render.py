@@ -128,6 +128,14 @@ CSV_FIELDS: list[tuple[str, tuple[str, ...]]] = [
     ("first_train_loss", ("loss", "first_train_loss")), ("last_train_loss", ("loss", "last_train_loss")),
     ("min_train_loss", ("loss", "min_train_loss")), ("last_eval_loss", ("loss", "last_eval_loss")),
     ("last_accuracy", ("loss", "last_accuracy")),
+    ("forecast_time_s", ("forecast", "rows", "time_s", "forecast")),
+    ("forecast_time_ratio", ("forecast", "rows", "time_s", "ratio")),
+    ("forecast_kwh", ("forecast", "rows", "kwh", "forecast")), ("forecast_kwh_ratio", ("forecast", "rows", "kwh", "ratio")),
+    ("forecast_kg_co2e", ("forecast", "rows", "kg_co2e", "forecast")),
+    ("forecast_cost", ("forecast", "rows", "cost", "forecast")), ("forecast_cost_ratio", ("forecast", "rows", "cost", "ratio")),
+    ("planned_peak_memory_bytes", ("forecast", "rows", "peak_memory_bytes", "forecast")),
+    ("peak_memory_bytes", ("forecast", "rows", "peak_memory_bytes", "actual")),
+    ("peak_memory_ratio", ("forecast", "rows", "peak_memory_bytes", "ratio")),
 ]
 
 

@@ -300,6 +300,17 @@ def test_hub_id_in_the_local_cache_gives_the_shape(tmp_path):
     assert out["forecast"]["mfu_assumed"] == 0.45 and out["forecast"]["kg_co2e"] > 0
 
 
+def test_fit_keeps_packed_flash_attention_at_micro_batch_1():
+    from launcher.plan.fit import fit
+
+    spec = _spec(model={"attn_implementation": "flash_attention_2"})
+    kept, _ = fit(spec, "cuda", TINY, 80 * 2**30, global_batch_size=64, world_size=16)
+    assert kept and {c.plan.micro_batch_size for c in kept} == {1}
+    padded = _spec(model={"attn_implementation": "flash_attention_2"}, data={"packing": False})
+    kept, _ = fit(padded, "cuda", TINY, 80 * 2**30, global_batch_size=64, world_size=16)
+    assert {c.plan.micro_batch_size for c in kept} == {1, 2, 4}
+
+
 def test_gpu_memory_needs_a_known_model(tmp_path):
     (tmp_path / "job.yaml").write_text("model: {path: ./nowhere}\n")
     res = CliRunner().invoke(cli, ["plan", str(tmp_path / "job.yaml"), "--gpu-memory", "80GiB"])
@@ -354,6 +365,14 @@ def test_report_puts_forecast_against_actual_with_memory_records(tmp_path):
     assert r2["forecast"]["rows"]["kg_co2e"]["forecast"] == pytest.approx(f.kwh * ci / 1000)
     md = render_markdown(r2)
     assert "## Forecast vs actual" in md and "Peak memory per device | forecast" in md
+    from launcher.report.render import render_csv, render_html
+
+    assert "Forecast vs actual" in render_html(r2, None)
+    import csv
+    import io
+
+    row = next(csv.DictReader(io.StringIO(render_csv(r2))))
+    assert float(row["peak_memory_ratio"]) == 1.0 and float(row["forecast_cost_ratio"]) > 0
 
 
 def test_calibrate_from_an_earlier_run(tmp_path):
