@@ -42,13 +42,60 @@ def with_procs(spec, device: str, nproc: Optional[int]):
     return spec.model_copy(update={"cluster": spec.cluster.model_copy(update={key: nproc})})
 
 
-def plan_without_data(spec, device: str, *, cpu_count: Optional[int] = None):
-    """(job with absolute paths, its plan): everything but the steps, which need the data."""
+def plan_without_data(spec, device: str, *, cpu_count: Optional[int] = None, **plan_kw):
+    """(job with absolute paths, its plan): everything but the steps, which need the data. The
+    forecast's carbon intensity is CodeCarbon's for the job's country; ``plan_kw`` go to plan_job
+    (``calibration``)."""
     from launcher.plan import plan_job
     from launcher.sources import absolute_paths, model_info
 
+    from launcher.report.carbon import carbon_intensity
+
     spec = absolute_paths(spec)
-    return spec, plan_job(spec, device=device, model_info=model_info(spec), cpu_count=cpu_count)
+    intensity, source = carbon_intensity(spec.report.country_iso_code)
+    plan = plan_job(spec, device=device, model_info=model_info(spec), cpu_count=cpu_count,
+                    carbon_intensity=intensity, carbon_source=source, **plan_kw)
+    check_attention(plan)
+    return spec, plan
+
+
+def check_attention(plan) -> None:
+    """Before any rank starts: the attention kernel is installed, and a packed run keeps its
+    documents apart with it (launcher.train.data.packing_problem)."""
+    impl = plan.job.model.attn_implementation
+    if impl.startswith("flash_attention"):
+        from transformers.utils import is_flash_attn_2_available
+
+        if not is_flash_attn_2_available():
+            raise JobError(f"model.attn_implementation: {impl} needs the flash-attn package and a CUDA GPU, "
+                           "and this machine has not both; use sdpa (the default)")
+    if plan.job.data.packing:
+        from launcher.train.data import packing_problem
+
+        problem = packing_problem(impl, plan.micro_batch_size)
+        if problem:
+            raise JobError(problem)
+
+
+def check_resume(run_dir: Path, plan) -> Optional[str]:
+    """A run directory resumed with another world size: FSDP2 reshards its checkpoint
+    (torch.distributed.checkpoint), and the note says so; a ZeRO checkpoint is refused before
+    any rank starts, naming both sizes. Never a silent change of plan.json."""
+    from launcher.train.checkpoint import latest_checkpoint
+
+    if not rundir.is_run_dir(run_dir) or latest_checkpoint(run_dir) is None:
+        return None
+    before = rundir.read_plan(run_dir)
+    if before.world_size == plan.world_size:
+        return None
+    if plan.strategy != "fsdp" or before.strategy != "fsdp":
+        key = "cluster.gpus_per_node" if plan.device == "cuda" else "cluster.cpu_procs_per_node"
+        raise JobError(f"world size: {run_dir} holds a checkpoint written by {before.world_size} ranks and this "
+                       f"launch has {plan.world_size}; DeepSpeed ZeRO checkpoints are not resharded here: "
+                       f"resume with {before.world_size} ranks ({key}, cluster.nodes or --nproc-per-node)")
+    return (f"world size {before.world_size} -> {plan.world_size}: FSDP2 reshards the checkpoint "
+            f"(global batch {plan.global_batch_size} unchanged: micro {plan.micro_batch_size} x accum "
+            f"{plan.grad_accum_steps} x {plan.world_size})")
 
 
 def count_rows(spec, cache_dir: Path) -> int:

@@ -255,19 +255,15 @@ def plan(job_file, overrides, as_json, device, with_data, gpu_memory, margin, ca
             p = prepare.plan_run(spec, dev, Path(tmp))
     else:
         _, p = prepare.plan_without_data(spec, dev, cpu_count=os.cpu_count())
-    extra: dict = {}
+    # the carbon intensity came with the plan (prepare reads CodeCarbon's data for the country)
+    extra: dict = ({"carbon_intensity": p.forecast.carbon_intensity_g_per_kwh,
+                    "carbon_source": p.forecast.carbon_source} if p.forecast else {})
     if calibrate:
+        from launcher.plan import with_forecast
         from launcher.report.calibrate import read_calibration
 
         extra["calibration"] = read_calibration(calibrate)
-    if calibrate or gpu_bytes or (p.forecast and p.forecast.kwh is not None):
-        from launcher.report.carbon import carbon_intensity
-
-        extra["carbon_intensity"], extra["carbon_source"] = carbon_intensity(spec.report.country_iso_code)
-    if extra:
-        from launcher.plan import with_forecast
-
-        p = with_forecast(p, **extra)
+        p = with_forecast(p, calibration=extra["calibration"])
     out = p.to_dict()
     text = format_plan(p)
     if gpu_bytes is not None:

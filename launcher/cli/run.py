@@ -28,9 +28,10 @@ def run(job_file, overrides, run_dir, resume, dry_run, nproc_per_node, device, h
     process per GPU (gloo processes on CPU), streams logs to the terminal and RUN_DIR/logs, and
     exits with the job's status. Re-running on an existing run directory resumes it."""
     from launcher import prepare, rundir
-    from launcher.cli._common import load_job_or_default
+    from launcher.cli._common import load_job_or_default, split_job_file
     from launcher.errors import JobError
 
+    job_file, overrides = split_job_file(job_file, overrides)
     if job_file and rundir.is_run_dir(job_file):  # `launcher run RUN_DIR` resumes that run
         run_dir, job_file = job_file, str(Path(job_file) / rundir.JOB_YAML)
     spec = load_job_or_default(job_file, overrides)
@@ -74,9 +75,12 @@ def run(job_file, overrides, run_dir, resume, dry_run, nproc_per_node, device, h
 
             shutil.rmtree(target, ignore_errors=True)
         raise
+    note = prepare.check_resume(target, plan) if resuming else None
     argv, env, files = prepare.local_launch_files(plan, target)
     rundir.write_run_dir(target, plan, files)
     click.echo(f"{'resuming' if resuming else 'run directory'}: {target}")
+    if note:
+        click.echo(f"note: {note}")
     click.echo(f"{plan.world_size} x {plan.device} ({plan.backend}), {plan.strategy}"
                f"{'-' + str(plan.zero_stage) if plan.zero_stage is not None else ''}, {plan.total_steps} steps of "
                f"{plan.global_batch_size} rows")

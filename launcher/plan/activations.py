@@ -26,11 +26,10 @@ backward recomputes one layer at a time. Both ways we add one layer's worth for 
 the layer being back-propagated.
 
 Logits: the LM head writes ``tokens x vocab`` in the compute dtype. The loss
-(``launcher/train/loss.py``) is taken in pieces of ``LOSS_CHUNK_TOKENS`` positions of one row,
-each under checkpointing, so fp32 exists for one piece at a time: its upcast, log-softmax and
-gradient (3 x 4 bytes x vocab x piece). In the backward the logits are still held while their
-gradient accumulates, and autograd's backward of each slice makes a zero tensor of the whole
-logits before adding it: three logits-sized tensors in the compute dtype at the peak.
+(``launcher/train/loss.py``) is taken in pieces of ``LOSS_CHUNK_TOKENS`` positions of one row
+by one autograd function, so fp32 exists for one piece at a time, forward and backward: its
+upcast and softmax (2 x 4 bytes x vocab x piece). The backward writes the logits' gradient into
+one tensor of their size and dtype: two logits-sized tensors in the compute dtype at the peak.
 """
 from __future__ import annotations
 
@@ -39,7 +38,7 @@ from typing import Optional
 
 from launcher.plan.types import ModelInfo
 
-LOSS_CHUNK_TOKENS = 1024  # tokens per fp32 cross-entropy chunk (the trainer's chunk size)
+LOSS_CHUNK_TOKENS = 256  # tokens per fp32 cross-entropy piece (the trainer's): 128 MiB at vocab 128k
 _LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
@@ -140,13 +139,13 @@ def estimate_activations(info: ModelInfo, x: ActivationInputs, chunk_tokens: Opt
         how = f"({L} layers + 1 for the gradients of the layer in backward) x {per_layer} x {tokens} tokens"
     activations = kept + (final_norm + rope) * tokens + mask
     chunk = min(x.seq_len, chunk_tokens or LOSS_CHUNK_TOKENS)
-    logits = 3 * b * V * tokens + 3 * 4 * V * chunk
+    logits = 2 * b * V * tokens + 2 * 4 * V * chunk
     formulas = (
         f"activations per layer per token: {layer_text} bytes",
         f"activations = {how} + final norm and rotary {final_norm + rope} x {tokens}"
         + (f" + mask {x.micro_batch_size}x{x.seq_len}x{x.seq_len}" if mask else "") + f" = {activations:,} bytes",
-        f"logits = 3 (logits, their gradient, one slice's full-size gradient) x {b} x vocab {V} x {tokens} tokens "
-        f"+ 3 x 4 x {V} x {chunk} (one fp32 loss piece: upcast, log-softmax, gradient) = {logits:,} bytes",
+        f"logits = 2 (the logits and their gradient) x {b} x vocab {V} x {tokens} tokens "
+        f"+ 2 x 4 x {V} x {chunk} (one fp32 loss piece: upcast, softmax) = {logits:,} bytes",
     )
     return ActivationEstimate(activations=activations, logits=logits, per_layer_per_token=per_layer,
                               formulas=formulas)

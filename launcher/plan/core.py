@@ -51,6 +51,9 @@ def plan_job(
                       "parameters are already in host memory: set parallel.offload_params=none")
     if device == "cpu" and spec.model.dtype == "fp16":
         errors.append("model.dtype: fp16 is not supported on CPU; use bf16 or fp32")
+    elif p.strategy == "fsdp" and spec.model.dtype == "fp16":
+        errors.append("model.dtype: fp16 under FSDP2 needs a gradient scaler for sharded gradients, which "
+                      "launcher does not run; use bf16, or parallel.strategy=zero (DeepSpeed scales fp16 losses)")
     if model_info and model_info.max_position_embeddings and spec.data.max_seq_len > model_info.max_position_embeddings:
         errors.append(
             f"data.max_seq_len: {spec.data.max_seq_len} exceeds the model's limit "
@@ -80,13 +83,22 @@ def plan_job(
         ds_config = build_ds_config(
             stage=p.zero_stage, micro_batch_size=batch.micro_batch_size, grad_accum_steps=batch.grad_accum_steps,
             world_size=world, precision=spec.model.dtype, offload_optimizer=p.offload_optimizer,
-            offload_params=p.offload_params, nvme_path=p.nvme_path, hidden_size=hidden, lr=t.lr,
+            offload_params=p.offload_params, nvme_path=p.nvme_path, hidden_size=hidden,
+            n_params=model_info.n_params if model_info else None,
+            n_trainable=(model_info.n_trainable_params if t.method == "lora" else model_info.n_params)
+            if model_info else None, lr=t.lr,
             betas=t.adam_betas, eps=t.adam_eps, weight_decay=t.weight_decay, gradient_clipping=t.max_grad_norm,
             torch_adam=device == "cpu",
         )
         derivations.append(
             f"ds_config.train_batch_size = {ds_config['train_batch_size']} (= global_batch_size, checked)"
         )
+        if p.zero_stage == 3 and model_info:
+            z = ds_config["zero_optimization"]
+            derivations.append(
+                f"stage3_max_live_parameters = min(1e9, n_params {model_info.n_params:,} / 20) = "
+                f"{z['stage3_max_live_parameters']:,} (DeepSpeed's 1e9 would keep a model under 1B "
+                "parameters gathered whole)")
     else:
         fsdp = build_fsdp_settings(spec)
 

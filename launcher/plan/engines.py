@@ -39,6 +39,8 @@ def build_ds_config(
     offload_params: str = "none",
     nvme_path: Optional[str] = None,
     hidden_size: Optional[int] = None,
+    n_params: Optional[int] = None,
+    n_trainable: Optional[int] = None,
     lr: float = 2e-4,
     betas: tuple[float, float] = (0.9, 0.999),
     eps: float = 1e-8,
@@ -52,6 +54,13 @@ def build_ds_config(
     The optimizer is in the config, so raw ``deepspeed.initialize`` builds it (DeepSpeedCPUAdam
     under CPU offload, as ZeRO-Offload requires). The LR schedule is not: the training loop owns
     it, so that FSDP2 and ZeRO follow the very same schedule function.
+
+    ``n_params`` (the model's, when known) caps the buckets and what ZeRO-3 keeps gathered at a
+    twentieth of the model (``live_parameter_cap``), and ``n_trainable`` caps the gradient bucket.
+    DeepSpeed's defaults are sized for models of tens of billions of parameters: 1e9 live
+    parameters and reuse distance keep every parameter of a model under 1B gathered through
+    forward and backward (the whole model on every rank), and a 5e8-element reduce bucket is
+    larger than such a model (and than any LoRA adapter's gradients).
     """
     if stage not in (0, 1, 2, 3):
         raise JobError(f"--stage: must be 0, 1, 2 or 3, got {stage}")
@@ -62,6 +71,10 @@ def build_ds_config(
         raise JobError(f"--precision: must be bf16, fp16 or fp32, got {precision!r}")
 
     buckets = model_buckets(hidden_size) if hidden_size else dict(ZERO_DEFAULT_BUCKETS)
+    cap = live_parameter_cap(n_params)
+    buckets = {k: min(v, cap) if k != "stage3_param_persistence_threshold" else v for k, v in buckets.items()}
+    if n_trainable:  # a gradient bucket larger than all the gradients is memory for nothing (LoRA)
+        buckets["reduce_bucket_size"] = max(1, min(buckets["reduce_bucket_size"], n_trainable))
     zero: dict[str, Any] = {"stage": stage}
     if stage >= 1:
         zero.update(
@@ -76,8 +89,8 @@ def build_ds_config(
         zero.update(
             stage3_prefetch_bucket_size=buckets["stage3_prefetch_bucket_size"],
             stage3_param_persistence_threshold=buckets["stage3_param_persistence_threshold"],
-            stage3_max_live_parameters=1_000_000_000,
-            stage3_max_reuse_distance=1_000_000_000,
+            stage3_max_live_parameters=min(ZERO3_MAX_LIVE_PARAMETERS, cap),
+            stage3_max_reuse_distance=min(ZERO3_MAX_LIVE_PARAMETERS, cap),
             stage3_gather_16bit_weights_on_model_save=True,
         )
     for key, dev in (("offload_optimizer", offload_optimizer), ("offload_param", offload_params)):
@@ -112,6 +125,15 @@ def build_ds_config(
         cfg["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16,
                        "loss_scale_window": 1000, "hysteresis": 2, "min_loss_scale": 1}
     return cfg
+
+
+ZERO3_MAX_LIVE_PARAMETERS = 1_000_000_000  # DeepSpeed's default, and its reuse distance's
+
+
+def live_parameter_cap(n_params: Optional[int]) -> int:
+    """What ZeRO-3 may keep gathered on a rank: a twentieth of the model's parameters (about one
+    decoder layer ahead; no cap when the model is unknown)."""
+    return max(1, n_params // 20) if n_params else ZERO3_MAX_LIVE_PARAMETERS
 
 
 class FsdpSettings(BaseModel):

@@ -36,6 +36,7 @@ from launcher.rundir.metrics import (
     EvalRecord,
     MemoryRecord,
     Metrics,
+    RankMemory,
     MetricsWriter,
     StartRecord,
     TrainRecord,
@@ -44,7 +45,7 @@ from launcher.rundir.metrics import (
 from launcher.rundir.names import *  # noqa: F403 - the names are the contract
 
 __all__ = [
-    "CheckpointRecord", "EndRecord", "EvalRecord", "MemoryRecord", "Metrics", "MetricsWriter", "StartRecord", "TrainRecord",
+    "CheckpointRecord", "EndRecord", "EvalRecord", "MemoryRecord", "Metrics", "RankMemory", "MetricsWriter", "StartRecord", "TrainRecord",
     "hash_files", "is_run_dir", "new_run_dir", "read_metrics", "read_plan", "require_run_dir", "write_atomic",
     "write_json", "write_plan", "write_run_dir",
 ]

@@ -118,7 +118,7 @@ def save_final(run: Path, strategy, method: str, tokenizer) -> Path:
     checked to hold non-empty tensors). Collective."""
     import torch.distributed as dist
 
-    sd = strategy.full_state_dict()  # collective
+    sd = strategy.full_state_dict(trainable_only=method == "lora")  # collective
     final = run / rundir.FINAL
     if dist.get_rank() == 0:
         tmp = run / f".tmp-{rundir.FINAL}"

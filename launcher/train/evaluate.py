@@ -57,18 +57,21 @@ def accuracy(model, tokenizer, spec, data_path: str) -> Optional[float]:
     return exact_match_accuracy(model, tokenizer, rows) if rows else None
 
 
-def accuracy_of_final(final: Path, spec, data_path: str) -> Optional[float]:
-    """Task accuracy of the saved model, loaded back as a user would (from_pretrained)."""
+def accuracy_of_model(folder, tokenizer_folder, spec, data_path: str) -> Optional[float]:
+    """Task accuracy of a saved model (the base before training, ``final/`` after), loaded on
+    its own as a user would (from_pretrained, a LoRA adapter on its base), then freed. Rank 0
+    only: the trained model is sharded and cannot generate on one rank."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from launcher.train.data import read_tokenizer
 
-    tok = read_tokenizer(spec, str(final))
-    if spec.train.method == "lora":
+    folder = str(folder)
+    tok = read_tokenizer(spec, str(tokenizer_folder))
+    if (Path(folder) / "adapter_config.json").exists():
         from peft import AutoPeftModelForCausalLM
 
-        model = AutoPeftModelForCausalLM.from_pretrained(str(final), dtype=torch.float32)
+        model = AutoPeftModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     else:
-        model = AutoModelForCausalLM.from_pretrained(str(final), dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     return accuracy(model, tok, spec, data_path)

@@ -11,9 +11,10 @@ from launcher import rundir
 from launcher.plan.schedule import LrLambda, warmup_steps
 from launcher.train import checkpoint as ckpts
 from launcher.train.control import install_stop_handler, stop_requested
-from launcher.train.evaluate import accuracy, accuracy_of_final, eval_loss
+from launcher.train.evaluate import accuracy_of_model, eval_loss
 from launcher.train.loss import label_count, model_inputs, token_loss_sum
-from launcher.train.metrics import StepSums, progress_line, start_record
+from launcher.train.memory import MemoryMonitor, gather_memory, release_free_memory
+from launcher.train.metrics import StepSums, progress_line, reduce_step, start_record
 
 
 def log0(msg: str) -> None:
@@ -55,15 +56,18 @@ def train_main(run_dir: str, plan, prepared, tokenizer, t_start: float) -> int:
                          spec.train.lr_scheduler, spec.train.min_lr_ratio)
 
     hf_logging.disable_progress_bar()
+    monitor = MemoryMonitor()  # baseline: the libraries and the data, no model yet
+    acc_before = None
+    latest = ckpts.latest_checkpoint(run)
+    if spec.train.eval_accuracy_samples and rank == 0 and latest is None:
+        acc_before = accuracy_of_model(paths.model, paths.tokenizer, spec, paths.data)  # loaded alone, then freed
     ckpts.seed_everything(spec.train.seed)
-    model = build_model(spec, paths.model)
+    model = build_model(plan, paths.model)
     check_packing(model, plan.micro_batch_size, bool(prepared.stats.get("packed")))
     n_params, n_trainable = count_params(model)
-    latest = ckpts.latest_checkpoint(run)
-    acc_before = None
-    if spec.train.eval_accuracy_samples and rank == 0 and latest is None:
-        acc_before = accuracy(model, tokenizer, spec, paths.data)
-    strategy = build_strategy(plan, model, lr_lambda)
+    strategy = build_strategy(plan, model, lr_lambda, paths.model)
+    monitor.sample()
+    release_free_memory()  # what loading left free
 
     start_step = 0
     if latest is not None:
@@ -78,6 +82,7 @@ def train_main(run_dir: str, plan, prepared, tokenizer, t_start: float) -> int:
     metrics.write(start_record(plan, world=world, n_params=n_params, n_trainable=n_trainable,
                                flops_per_token=flops_tok, planned_steps=total_steps, stats=prepared.stats,
                                train_rows=len(prepared.train), resumed_from=start_step, t_start=t_start))
+    _memory_record(metrics, monitor, strategy, "setup", start_step)
     has_eval = len(prepared.eval) > 0
     if start_step == 0 and has_eval and (spec.train.eval_every_steps or spec.train.eval_accuracy_samples):
         # the baseline: eval loss (collective, every rank) and task accuracy (rank 0) before training
@@ -102,11 +107,10 @@ def train_main(run_dir: str, plan, prepared, tokenizer, t_start: float) -> int:
             lsum = token_loss_sum(out.logits, batch["labels"])
             strategy.backward(lsum * (strategy.loss_scale / max(1, global_labels)),
                               last_micro=micro == plan.grad_accum_steps - 1)
-            sums.loss_sum += float(lsum.detach().double().cpu())
-            sums.add(batch, rows)
+            sums.add(lsum, batch, rows)
         grad_norm = strategy.step()
         lr_used = strategy.lr()
-        total, stop_now = sums.all_reduce(stop_requested(run), plan)
+        total = reduce_step(sums, grad_norm, stop_requested(run), strategy.device)
         now = time.time()
         step_time, t_last = now - t_last, now
         cum_samples += total.docs
@@ -114,7 +118,7 @@ def train_main(run_dir: str, plan, prepared, tokenizer, t_start: float) -> int:
         done = step + 1
         loss = total.loss_sum / max(1, global_labels)
         metrics.write(rundir.TrainRecord(
-            step=done, epoch=sched.epoch_float(done), loss=loss, lr=lr_used, grad_norm=grad_norm,
+            step=done, epoch=sched.epoch_float(done), loss=loss, lr=lr_used, grad_norm=total.grad_norm,
             samples=total.docs, tokens=total.tokens, padding_tokens=total.padding, label_tokens=global_labels,
             step_time_s=step_time, cum_samples=cum_samples, cum_tokens=cum_tokens))
         if rank == 0 and (done % spec.train.log_every_steps == 0 or done == total_steps):
@@ -123,7 +127,9 @@ def train_main(run_dir: str, plan, prepared, tokenizer, t_start: float) -> int:
             metrics.write(rundir.EvalRecord(step=done, eval_loss=eval_loss(strategy, prepared.eval, pad_id, plan),
                                             eval_tokens=label_count(prepared.eval)))
             t_last = time.time()
-        if stop_now:
+        monitor.sample()
+        release_free_memory()
+        if total.stop:
             ckpts.save_checkpoint(run, strategy, done, spec.train.keep_last_checkpoints, metrics)
             status = "preempted"
             log0(f"stop requested: checkpoint at step {done} saved; the job can resume from it")
@@ -136,12 +142,21 @@ def train_main(run_dir: str, plan, prepared, tokenizer, t_start: float) -> int:
     if status == "completed":
         final = ckpts.save_final(run, strategy, spec.train.method, tokenizer)
         if has_eval:
-            acc = accuracy_of_final(final, spec, paths.data) if spec.train.eval_accuracy_samples and rank == 0 else None
+            acc = accuracy_of_model(final, final, spec, paths.data) if spec.train.eval_accuracy_samples and rank == 0 else None
             metrics.write(rundir.EvalRecord(step=total_steps, eval_loss=eval_loss(strategy, prepared.eval, pad_id, plan),
                                             eval_tokens=label_count(prepared.eval), accuracy=acc))
+    _memory_record(metrics, monitor, strategy, "end", done)
+    monitor.stop()
     metrics.write(rundir.EndRecord(steps=done, status=status, final_path=str(final) if final else None))
     _finish(run, rank, status, done, tracker, strategy)
     return 0
+
+
+def _memory_record(metrics, monitor, strategy, phase: str, step: int) -> None:
+    """Every rank's memory, gathered on rank 0 (collective)."""
+    ranks = gather_memory(monitor, strategy.states.counts)
+    if ranks is not None:
+        metrics.write(rundir.MemoryRecord(phase=phase, step=step, ranks=[rundir.RankMemory(**r) for r in ranks]))
 
 
 def _finish(run: Path, rank: int, status: str, done: int, tracker, strategy) -> None:

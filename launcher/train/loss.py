@@ -5,14 +5,67 @@ from __future__ import annotations
 from typing import Any
 
 
-def token_loss_sum(logits, labels):
-    """Sum of next-token cross-entropy over label tokens (HF's shift: logits[t] predicts labels[t+1])."""
+from launcher.plan.activations import LOSS_CHUNK_TOKENS as CHUNK_TOKENS  # the plan counts one fp32 piece
+
+
+def _pieces(shape, chunk: int):
+    """(row, first position, last position + 1) of each piece; position t predicts label t+1."""
+    length = shape[1] - 1
+    for b in range(shape[0]):
+        for t0 in range(0, length, chunk):
+            yield b, t0, min(t0 + chunk, length)
+
+
+def _chunked_cross_entropy():
+    import torch
     import torch.nn.functional as F
 
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = labels[:, 1:].to(shift_logits.device)
-    return F.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)), shift_labels.reshape(-1),
-                           ignore_index=-100, reduction="sum")
+    class ChunkedCrossEntropy(torch.autograd.Function):
+        """Summed next-token cross-entropy, one piece of the logits in fp32 at a time, forward and
+        backward; the gradient is written into one tensor of the logits' size and dtype."""
+
+        @staticmethod
+        def forward(ctx, logits, labels, chunk: int):
+            total = torch.zeros((), dtype=torch.float32, device=logits.device)
+            for b, t0, t1 in _pieces(logits.shape, chunk):
+                total += F.cross_entropy(logits[b, t0:t1].float(), labels[b, t0 + 1:t1 + 1], ignore_index=-100,
+                                         reduction="sum")
+            ctx.save_for_backward(logits, labels)
+            ctx.chunk = chunk
+            return total
+
+        @staticmethod
+        def backward(ctx, grad_out):
+            logits, labels = ctx.saved_tensors
+            grad = torch.zeros_like(logits)
+            for b, t0, t1 in _pieces(logits.shape, ctx.chunk):
+                g = torch.softmax(logits[b, t0:t1].float(), dim=-1)  # d(sum CE)/d logits = softmax - one-hot
+                target = labels[b, t0 + 1:t1 + 1]
+                keep = target != -100
+                rows = torch.arange(g.size(0), device=g.device)[keep]
+                g[rows, target[keep]] -= 1.0
+                g[~keep] = 0.0
+                grad[b, t0:t1] = (g * grad_out).to(grad.dtype)
+            return grad, None, None
+
+    return ChunkedCrossEntropy
+
+
+_CE = None
+
+
+def token_loss_sum(logits, labels, chunk_tokens: int = CHUNK_TOKENS):
+    """Sum of next-token cross-entropy over label tokens (HF's shift: logits[t] predicts labels[t+1]).
+
+    Computed in pieces of ``chunk_tokens`` positions of one row, forward and backward: the fp32
+    copy of the logits (and the softmax the backward needs) exists for one piece at a time, never
+    for the whole [tokens x vocab] tensor (vocab 128k x 4096 tokens would be 2 GiB per micro-batch
+    in fp32), and the backward writes one gradient of the logits' size. The sum equals the
+    whole-tensor loss up to the order of floating-point additions (tests/unit/test_loss.py)."""
+    global _CE
+    if _CE is None:
+        _CE = _chunked_cross_entropy()
+    return _CE.apply(logits, labels.to(logits.device), chunk_tokens)
 
 
 def label_count(rows) -> int:

@@ -6,6 +6,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Optional
 
 from launcher import rundir
 
@@ -40,31 +41,47 @@ def start_record(plan, *, world: int, n_params: int, n_trainable: int, flops_per
 
 @dataclass
 class StepSums:
-    """One optimizer step's sums on this rank, reduced over ranks in one all-reduce."""
+    """One optimizer step's sums on this rank. The loss stays on the device (a tensor) until
+    the step's one collective: no host sync per micro-batch."""
 
-    loss_sum: float = 0.0
+    loss_sum: Any = 0.0
     tokens: int = 0
     padding: int = 0
     docs: int = 0
 
-    def add(self, batch: dict, rows) -> None:
+    def add(self, loss_sum, batch: dict, rows) -> None:
+        self.loss_sum = self.loss_sum + loss_sum.detach()
         self.tokens += batch["n_tokens"]
         self.padding += batch["n_padding"]
         self.docs += sum(int(r.get("n_docs", 1)) for r in rows)
 
-    def all_reduce(self, stop_vote: bool, plan) -> tuple["StepSums", bool]:
-        """The sums over all ranks, and whether any rank asked to stop: one collective per step
-        carries both, so every rank agrees on the stop step."""
-        import torch
-        import torch.distributed as dist
 
-        t = torch.tensor([self.loss_sum, self.tokens, self.padding, self.docs, 1.0 if stop_vote else 0.0],
-                         dtype=torch.float64)
-        if plan.backend == "nccl":
-            t = t.to("cuda")
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        c = t.cpu().tolist()
-        return StepSums(c[0], int(c[1]), int(c[2]), int(c[3])), c[4] > 0
+@dataclass
+class StepTotals:
+    loss_sum: float
+    tokens: int
+    padding: int
+    docs: int
+    grad_norm: Optional[float]
+    stop: bool
+
+
+def reduce_step(sums: StepSums, grad_norm: Any, stop_vote: bool, device: Any) -> StepTotals:
+    """The step's sums over all ranks and whether any rank asked to stop, in one all-reduce,
+    brought to the host in one transfer together with the gradient norm (a tensor under FSDP2,
+    the same on every rank)."""
+    import torch
+    import torch.distributed as dist
+
+    loss = sums.loss_sum if torch.is_tensor(sums.loss_sum) else torch.tensor(float(sums.loss_sum))
+    counts = torch.tensor([sums.tokens, sums.padding, sums.docs, 1.0 if stop_vote else 0.0], dtype=torch.float64)
+    t = torch.cat([loss.to(device=device, dtype=torch.float64).reshape(1), counts.to(device)])
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    if torch.is_tensor(grad_norm):
+        t = torch.cat([t, grad_norm.to(device=device, dtype=torch.float64).reshape(1)])
+    c = t.cpu().tolist()
+    norm = c[5] if torch.is_tensor(grad_norm) else (float(grad_norm) if grad_norm is not None else None)
+    return StepTotals(c[0], int(c[1]), int(c[2]), int(c[3]), norm, c[4] > 0)
 
 
 def progress_line(done: int, total: int, loss: float, lr: float, tokens: int, step_time: float) -> str:

@@ -5,27 +5,61 @@ from __future__ import annotations
 from launcher.errors import JobError
 
 
-def build_model(spec, model_path: str):
-    """transformers model (fp32 master weights; the strategy applies the compute dtype), with
-    LoRA adapters and activation checkpointing as the job asks."""
-    import torch
-    from transformers import AutoModelForCausalLM
+def build_model(plan, model_path: str):
+    """The model this rank trains, never whole in fp32 on a rank:
 
-    model = AutoModelForCausalLM.from_pretrained(
-        model_path, dtype=torch.float32, trust_remote_code=spec.model.trust_remote_code,
-        attn_implementation="sdpa",
-    )
+    * FSDP2: built on the meta device (``weights.params_on_meta``); the strategy shards it, then
+      ``weights.materialize`` fills each rank's shards from the checkpoint files;
+    * ZeRO-3: partitioned as it is created (transformers' ``HfDeepSpeedConfig`` turns on
+      ``deepspeed.zero.Init`` inside ``from_pretrained``);
+    * ZeRO 0-2: one replicated copy in the compute dtype; DeepSpeed keeps the fp32 master
+      weights of what trains, in the optimizer.
+
+    Full fine-tuning under FSDP2 keeps fp32 shards (the mixed-precision policy casts for
+    compute). LoRA: frozen base weights in the compute dtype, adapters in fp32 with the
+    layout-independent init of ``weights.lora_init``. Activation checkpointing as the job asks."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from launcher.train import weights
+
+    spec = plan.job
+    compute = weights.torch_dtype(spec.model.dtype)
+    kw = dict(trust_remote_code=spec.model.trust_remote_code, attn_implementation=spec.model.attn_implementation)
+    lora = spec.train.method == "lora"
+    if plan.strategy == "fsdp":
+        config = AutoConfig.from_pretrained(model_path, trust_remote_code=spec.model.trust_remote_code)
+        with weights.params_on_meta():
+            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, **kw)
+    else:
+        if plan.zero_stage == 3:
+            import deepspeed
+            from transformers.integrations import HfDeepSpeedConfig
+
+            # DeepSpeed's own view of the process group (its config check counts the ranks)
+            deepspeed.init_distributed(dist_backend=plan.backend, auto_mpi_discovery=False)
+
+            # transformers holds it by weak reference: it must live while from_pretrained runs
+            ds_config = HfDeepSpeedConfig(dict(plan.ds_config))
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=compute, **kw)
+        if plan.zero_stage == 3:
+            model._launcher_hf_ds_config = ds_config  # and while the engine wraps the model
     model.config.use_cache = False
     if spec.train.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    if spec.train.method == "lora":
+    if lora:
         from peft import get_peft_model
 
         from launcher.modelinfo import lora_config
 
-        model = get_peft_model(model, lora_config(spec.train.lora))
+        model = get_peft_model(model, lora_config(spec.train.lora), autocast_adapter_dtype=True)
         if spec.train.activation_checkpointing:
             model.enable_input_require_grads()
+        if plan.strategy == "fsdp":
+            for p in model.parameters():
+                if not p.requires_grad:
+                    p.data = p.data.to(compute)  # frozen base: compute dtype (still on meta here)
+        weights.init_lora(model, spec.train.seed)
     return model
 
 

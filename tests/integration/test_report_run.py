@@ -336,7 +336,10 @@ def chrome(browser: str, tmp: Path, url: str, *args: str) -> subprocess.Complete
     return out
 
 
-def screenshot(browser: str, tmp: Path, html_file: Path, png: Path, height: int = 2400) -> Path:
+SHOT_HEIGHT = 3000  # the whole single-run page: its tables, the forecast and the plots
+
+
+def screenshot(browser: str, tmp: Path, html_file: Path, png: Path, height: int = SHOT_HEIGHT) -> Path:
     chrome(browser, tmp, html_file.resolve().as_uri(), f"--screenshot={png}", f"--window-size=1280,{height}")
     assert png.is_file() and png.read_bytes().startswith(PNG_MAGIC)
     return png
@@ -349,7 +352,7 @@ def check_screenshot(png: Path, min_plots_px: int = 2000) -> None:
     from PIL import Image
 
     with Image.open(png) as im:
-        assert im.size == (1280, 2400), im.size
+        assert im.size == (1280, SHOT_HEIGHT), im.size
         a = np.asarray(im.convert("RGB")).astype(int)
     non_white = (a.min(axis=2) < 235).mean()
     assert non_white > 0.03, f"screenshot looks blank: {non_white:.1%} non-white pixels"

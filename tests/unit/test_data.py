@@ -390,3 +390,17 @@ def test_prepare_data_rebuilds_a_torn_cache(tok, tmp_path):
     hit = prepare_data(spec, tok, str(p), tmp_path / "cache")
     assert hit.cache_hit and (hit.train, hit.eval, hit.stats) == expected
     assert sorted(x.name for x in (tmp_path / "cache").iterdir()) == [folder.name, folder.name + ".lock"]
+
+
+def test_packing_problem_names_what_to_change():
+    from launcher.train.data import packing_problem
+
+    assert packing_problem("sdpa", 8, has_detection=True) is None
+    assert packing_problem("eager", 1, has_detection=True) is None
+    assert packing_problem("flash_attention_2", 1, has_detection=True) is None
+    fa = packing_problem("flash_attention_2", 4, has_detection=True)
+    assert fa.startswith("data.packing: flash_attention_2 keeps packed documents apart only at micro batch 1")
+    assert "train.micro_batch_size=4" in fa and "data.packing=false" in fa
+    old = packing_problem("sdpa", 1, has_detection=False)
+    assert "does not find packed documents in position_ids (transformers >= 4.56 does)" in old
+    assert packing_problem("sdpa", 1) is None, "the installed transformers detects packed documents"

@@ -155,7 +155,7 @@ def test_checkpointing_micro_batch_and_sequence_scale_activations():
     assert ck.activations < a.activations
     assert a.activations == 3 * 2712 * 256 + (4 * 64 + 4 + 2 * 64 + 2 * 64 + 2 * 2 * 16) * 256 + 2 * 128 * 128
     assert ck.activations == 2 * 2 * 64 * 256 + 2 * 2712 * 256 + (4 * 64 + 4 + 256 + 64) * 256 + 2 * 128 * 128
-    assert a.logits == 3 * 2 * 100 * 256 + 3 * 4 * 100 * 128
+    assert a.logits == 2 * 2 * 100 * 256 + 2 * 4 * 100 * 128  # logits + their gradient; one fp32 piece
     double = estimate_activations(TINY, ActivationInputs(**{**x.__dict__, "micro_batch_size": 4}))
     assert double.logits > a.logits and double.activations > a.activations
 

@@ -25,7 +25,7 @@ is cheap.
 from __future__ import annotations
 
 from launcher.train.data.cache import CACHE_VERSION, PreparedData, cache_key, prepare_data
-from launcher.train.data.collate import PACKED_ATTN_IMPLEMENTATIONS, collate, packed_attention_supported
+from launcher.train.data.collate import PACKED_ATTN_IMPLEMENTATIONS, collate, packed_attention_supported, packing_problem
 from launcher.train.data.load import SUPPORTED, load_rows
 from launcher.train.data.pack import pack, split_train_eval
 from launcher.train.data.rows import Rows
@@ -35,5 +35,5 @@ from launcher.train.data.tokenize import IGNORE_INDEX, label_tokens, pad_id_for,
 __all__ = [
     "BatchSchedule", "CACHE_VERSION", "IGNORE_INDEX", "PACKED_ATTN_IMPLEMENTATIONS", "PreparedData", "Rows",
     "SUPPORTED", "cache_key", "collate", "label_tokens", "load_rows", "pack", "packed_attention_supported",
-    "pad_id_for", "prepare_data", "read_tokenizer", "split_train_eval", "tokenize_rows",
+    "packing_problem", "pad_id_for", "prepare_data", "read_tokenizer", "split_train_eval", "tokenize_rows",
 ]

@@ -82,33 +82,57 @@ def collate(rows: list[dict], pad_id: int, pad_to: Optional[int] = None) -> dict
     }
 
 
+PACKING_TRANSFORMERS = "4.56"  # find_packed_sequence_indices (transformers#39194); also launcher's floor
+
+
+def _detects_packing() -> bool:
+    """Whether the installed transformers finds packed documents in position_ids (read from its
+    version: importing transformers to look would cost `launcher plan` seconds)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.version import Version
+
+    try:
+        return Version(version("transformers")) >= Version(PACKING_TRANSFORMERS)
+    except PackageNotFoundError:
+        return False
+
+
+def packing_problem(impl: str, micro_batch_size: int, has_detection: Optional[bool] = None) -> Optional[str]:
+    """Why packed documents could attend to each other with attention ``impl`` at this micro batch
+    size (one line saying what to change), or None when they are kept apart. ``has_detection``:
+    whether the installed transformers finds packed documents in ``position_ids`` (default: look)."""
+    if has_detection is None:
+        has_detection = _detects_packing()
+    if not has_detection:
+        from importlib.metadata import version
+
+        return (f"data.packing: transformers {version('transformers')} does not find packed documents in "
+                f"position_ids (transformers >= {PACKING_TRANSFORMERS} does), so they would attend to each "
+                "other; upgrade transformers or set data.packing=false")
+    if impl in PACKED_ATTN_IMPLEMENTATIONS:
+        return None
+    if impl.startswith("flash_attention"):
+        if micro_batch_size == 1:
+            return None
+        return (f"data.packing: {impl} keeps packed documents apart only at micro batch 1 (transformers reads "
+                f"their boundaries from position_ids of a single row), got train.micro_batch_size="
+                f"{micro_batch_size}; set train.micro_batch_size=1, model.attn_implementation=sdpa, or "
+                "data.packing=false")
+    return (f"data.packing: attention {impl!r} is not known to keep packed documents apart; set "
+            "model.attn_implementation=sdpa or data.packing=false")
+
+
 def packed_attention_supported(model: Any, micro_batch_size: int = 1) -> bool:
     """Whether ``model`` keeps packed documents apart given ``position_ids`` and
-    ``attention_mask=None`` (call it with ``use_cache=False``).
-
-    True for ``eager``, ``sdpa`` and ``flex_attention`` on transformers versions whose mask
-    creation detects packing (``masking_utils.find_packed_sequence_indices``, transformers >= 4.5x
-    / 5.x); for ``flash_attention_*`` only when ``micro_batch_size == 1`` (transformers reads
-    boundaries from position_ids only for a single-row batch). False otherwise (e.g. an older
-    transformers, or remote-code models that build their own masks): then train with
-    ``data.packing: false``. Works on PEFT / DeepSpeed wrappers (follows ``.module``,
-    ``.base_model``, ``.model`` to find ``.config``). A static check: it runs no forward.
-    """
-    try:
-        from transformers import masking_utils
-    except ImportError:
-        return False
-    if not hasattr(masking_utils, "find_packed_sequence_indices"):
-        return False
+    ``attention_mask=None`` (call it with ``use_cache=False``): :func:`packing_problem` of the
+    attention the model was built with. Works on PEFT / DeepSpeed wrappers (follows ``.module``,
+    ``.base_model``, ``.model`` to find ``.config``). A static check: it runs no forward."""
     config = _find_config(model)
     if config is None:
         return False
     impl = getattr(config, "_attn_implementation", None) or "eager"
-    if impl in PACKED_ATTN_IMPLEMENTATIONS:
-        return True
-    if impl.startswith("flash_attention"):
-        return micro_batch_size == 1
-    return False
+    return packing_problem(impl, micro_batch_size) is None
 
 
 def _find_config(model: Any):

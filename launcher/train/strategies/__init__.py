@@ -20,10 +20,10 @@ class Strategy(Protocol):
         """Accumulate gradients of one micro-batch; gradients are synchronised across ranks on
         the last micro-batch of the optimizer step (``last_micro``), not before."""
 
-    def step(self) -> Optional[float]:
+    def step(self) -> Any:
         """The optimizer step, once per optimizer step after the last micro-batch's backward:
         clip, step the optimizer and the LR schedule, zero the gradients. Returns the pre-clip
-        global gradient norm."""
+        global gradient norm (a float, or a 0-d tensor the loop reads with the step's figures)."""
 
     def lr(self) -> float:
         """The learning rate the last step() applied."""
@@ -37,19 +37,25 @@ class Strategy(Protocol):
 
     def load(self, path: str) -> None: ...
 
-    def full_state_dict(self) -> Optional[dict]:
-        """Collective: the whole model's state dict on global rank 0 (None elsewhere)."""
+    #: counts the model states (params, grads, optimizer bytes on this rank) as the optimizer steps
+    states: Any
+
+    def full_state_dict(self, trainable_only: bool = False) -> Optional[dict]:
+        """Collective: the model's state dict (only what trains, with ``trainable_only``: the LoRA
+        adapters) on global rank 0, None elsewhere."""
 
     def unwrapped(self) -> Any:
         """The original (peft or transformers) module, for save_pretrained."""
 
 
-def build_strategy(plan, model, lr_lambda) -> Strategy:
+def build_strategy(plan, model, lr_lambda, model_path: str) -> Strategy:
+    """Wrap ``model`` (from launcher.train.model.build_model); ``model_path`` is where a model
+    built on the meta device gets its weights."""
     if plan.strategy == "fsdp":
         from launcher.train.strategies.fsdp import FSDP2Strategy
 
-        return FSDP2Strategy(plan, model, lr_lambda)
+        return FSDP2Strategy(plan, model, lr_lambda, model_path)
     from launcher.train.strategies.zero import ZeroStrategy
 
-    return ZeroStrategy(plan, model, lr_lambda)
+    return ZeroStrategy(plan, model, lr_lambda, model_path)
 

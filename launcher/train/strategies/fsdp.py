@@ -1,17 +1,30 @@
-"""PyTorch FSDP2: fully_shard per decoder layer, then the root."""
+"""PyTorch FSDP2: fully_shard per decoder layer, then the root; parameters filled shard by shard."""
 from __future__ import annotations
 
 from typing import Any, Optional
 
+
+def _untied_embeddings(model) -> list:
+    """The input embedding and the LM head as units of their own (vocab x hidden each: gathered
+    with the root they would double its all-gather), unless they share one weight."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inp, out = base.get_input_embeddings(), base.get_output_embeddings()
+    if inp is None or out is None or getattr(inp, "weight", None) is getattr(out, "weight", None):
+        return []
+    return [inp, out]
+
+
 class FSDP2Strategy:
     name = "fsdp"
 
-    def __init__(self, plan, model, lr_lambda):
+    def __init__(self, plan, model, lr_lambda, model_path: str):
         import torch
         import torch.distributed as dist
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
+        from launcher.train.memory import StateCounter
         from launcher.train.model import decoder_layers
+        from launcher.train.weights import materialize
 
         self.plan = plan
         settings = plan.fsdp
@@ -21,11 +34,12 @@ class FSDP2Strategy:
         if settings.cpu_offload:
             kw["offload_policy"] = CPUOffloadPolicy()
         self.device = torch.device("cuda", torch.cuda.current_device()) if plan.device == "cuda" else torch.device("cpu")
-        if plan.device == "cuda" and not settings.cpu_offload:
-            model.to(self.device)
-        for layer in decoder_layers(model):
-            fully_shard(layer, **kw)
+        for unit in decoder_layers(model) + _untied_embeddings(model):
+            fully_shard(unit, **kw)
         fully_shard(model, **kw)
+        if any(p.is_meta for p in model.parameters()):  # built on the meta device: storage for our shards only
+            materialize(model, model_path, plan.job.train.seed,
+                        torch.device("cpu") if settings.cpu_offload else self.device)
         self.model = model
         t = plan.job.train
         params = [p for p in model.parameters() if p.requires_grad]
@@ -36,6 +50,7 @@ class FSDP2Strategy:
         self.max_grad_norm = float(t.max_grad_norm)
         # FSDP2 averages gradients over ranks (reduce-scatter with avg); accumulation sums
         self.loss_scale = float(dist.get_world_size())
+        self.states = StateCounter(model.parameters, self.optimizer)
 
     def forward(self, **batch: Any):
         return self.model(**batch)
@@ -45,7 +60,7 @@ class FSDP2Strategy:
         self.model.set_requires_gradient_sync(last_micro)
         loss.backward()
 
-    def step(self) -> Optional[float]:
+    def step(self):
         import torch
 
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -57,7 +72,7 @@ class FSDP2Strategy:
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(norm)
+        return norm.detach()  # a tensor: the loop brings it to the host with the step's other figures
 
     def lr(self) -> float:
         return getattr(self, "_lr", None) or float(self.scheduler.get_last_lr()[0])
@@ -86,6 +101,7 @@ class FSDP2Strategy:
             torch.save(self.scheduler.state_dict(), os.path.join(path, "lr_scheduler.pt"))
 
     def load(self, path: str) -> None:
+        """DCP reshards: a checkpoint written by another number of ranks loads into this one."""
         import os
 
         import torch
@@ -97,8 +113,13 @@ class FSDP2Strategy:
         set_state_dict(self.model, self.optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
         self.scheduler.load_state_dict(torch.load(os.path.join(path, "lr_scheduler.pt"), weights_only=False))
 
-    def full_state_dict(self) -> Optional[dict]:
+    def full_state_dict(self, trainable_only: bool = False) -> Optional[dict]:
         import torch.distributed as dist
+
+        if trainable_only:
+            from launcher.train.weights import gather_trainable
+
+            return gather_trainable(self.model)
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         sd = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

