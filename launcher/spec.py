@@ -31,11 +31,15 @@ class _Strict(BaseModel):
 class ModelSpec(_Strict):
     path: str = Field(
         "demo:tiny-llama",
-        description="Local model folder, a hub id already in the local cache, or demo:tiny-llama.",
+        description="Local model folder, a hub id (org/name: fetched into the Hugging Face cache once, before "
+        "any rank starts), or demo:tiny-llama.",
     )
+    revision: Optional[str] = Field(
+        None, min_length=1, description="Branch, tag or commit of a hub model.path (default: main); also the "
+        "tokenizer's when model.tokenizer is unset.")
     dtype: Dtype = Field("bf16", description="Training precision: bf16, fp16 or fp32.")
-    tokenizer: Optional[str] = Field(None, description="Tokenizer folder or id (default: model.path).")
-    trust_remote_code: bool = False
+    tokenizer: Optional[str] = Field(None, description="Tokenizer folder or hub id (default: model.path).")
+    trust_remote_code: bool = Field(False, description="Run Python code shipped with the model (trust_remote_code).")
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
         "sdpa", description="Attention kernel: sdpa (PyTorch), eager, or flash_attention_2 (needs flash-attn).")
 
@@ -43,50 +47,69 @@ class ModelSpec(_Strict):
 class DataSpec(_Strict):
     path: str = Field(
         "demo:arithmetic",
-        description="jsonl/json/parquet/csv file, a saved dataset folder, or demo:arithmetic.",
+        description="jsonl/json/parquet/csv file, a saved dataset folder, a hub data set "
+        "hf://datasets/org/name[@revision] (fetched into the Hugging Face cache once), or demo:arithmetic.",
     )
-    format: Literal["text", "instruction", "chat"] = "instruction"
+    split: str = Field(
+        "train", min_length=1, description="Split to train on, of a hub data set or a saved DatasetDict "
+        "(the eval rows are held out of it: eval_fraction).")
+    config: Optional[str] = Field(
+        None, min_length=1, description="Configuration (subset) of a hub data set, as its card names it "
+        "(default: its only or default one).")
+    format: Literal["text", "instruction", "chat"] = Field(
+        "instruction", description="text (loss on every token), instruction (prompt/response, loss on the "
+        "response only) or chat (messages through the tokenizer's chat template, loss on assistant turns).")
     max_seq_len: int = Field(2048, ge=8, description="Tokens per row (packed) or cap (padded).")
     packing: bool = Field(True, description="Pack documents into full rows: no padding.")
     eval_fraction: float = Field(0.02, ge=0.0, lt=1.0, description="Share held out for eval.")
-    text_field: str = "text"
-    prompt_field: str = "prompt"
-    response_field: str = "response"
-    messages_field: str = "messages"
+    text_field: str = Field("text", description="Field holding the text (format text).")
+    prompt_field: str = Field("prompt", description="Field holding the prompt (format instruction).")
+    response_field: str = Field("response", description="Field holding the response (format instruction).")
+    messages_field: str = Field("messages", description="Field holding the {role, content} messages (format chat).")
     num_samples: Optional[int] = Field(None, ge=1, description="Use only the first N rows.")
 
 
 class LoraSpec(_Strict):
-    r: int = Field(16, ge=1)
-    alpha: float = Field(32, gt=0)
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    target_modules: Union[Literal["all-linear"], list[str]] = "all-linear"
+    r: int = Field(16, ge=1, description="Rank of the adapters (their inner dimension).")
+    alpha: float = Field(32, gt=0, description="Scale: the adapters' update is multiplied by alpha / r.")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the adapters' input.")
+    target_modules: Union[Literal["all-linear"], list[str]] = Field(
+        "all-linear", description="Layers that get adapters: all-linear (every linear layer but the output "
+        "head), or a list of module names such as [q_proj, v_proj].")
 
 
 class TrainSpec(_Strict):
-    method: Literal["lora", "full"] = "lora"
-    lora: LoraSpec = LoraSpec()
-    epochs: int = Field(1, ge=1)
+    method: Literal["lora", "full"] = Field(
+        "lora", description="lora (train adapters, the base frozen) or full (train every weight).")
+    lora: LoraSpec = Field(LoraSpec(), description="The adapters (method lora).")
+    epochs: int = Field(1, ge=1, description="Passes over the training rows (max_steps can stop earlier).")
     max_steps: Optional[int] = Field(None, ge=1, description="Stop after this many optimizer steps.")
     micro_batch_size: Optional[int] = Field(None, ge=1, description="Rows per rank per forward.")
-    grad_accum_steps: Optional[int] = Field(None, ge=1)
+    grad_accum_steps: Optional[int] = Field(
+        None, ge=1, description="Micro batches per optimizer step. Give any two of micro_batch_size, "
+        "grad_accum_steps and global_batch_size; the third is derived (global = micro x accum x world size).")
     global_batch_size: Optional[int] = Field(None, ge=1, description="Rows per optimizer step.")
-    lr: float = Field(2.0e-4, gt=0)
+    lr: float = Field(2.0e-4, gt=0, description="Peak learning rate (AdamW).")
     min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="Final lr as a share of lr.")
-    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
-    lr_scheduler: Literal["cosine", "linear", "constant"] = "cosine"
-    weight_decay: float = Field(0.0, ge=0.0)
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = Field(1e-8, gt=0)
-    max_grad_norm: float = Field(1.0, ge=0.0, description="0 disables clipping.")
-    activation_checkpointing: bool = False
-    save_every_steps: Optional[int] = Field(500, ge=1)
-    keep_last_checkpoints: int = Field(2, ge=1)
-    eval_every_steps: Optional[int] = Field(None, ge=1)
-    log_every_steps: int = Field(1, ge=1)
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0, description="Share of the steps spent warming lr up linearly.")
+    lr_scheduler: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="After warmup: cosine or linear decay to min_lr_ratio x lr, or constant.")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas [beta1, beta2], each in [0, 1).")
+    adam_eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
+    max_grad_norm: float = Field(1.0, ge=0.0, description="Clip the gradients' global norm to this; 0: no clipping.")
+    activation_checkpointing: bool = Field(
+        False, description="Recompute activations in the backward pass: less memory, about a third more compute.")
+    save_every_steps: Optional[int] = Field(
+        500, ge=1, description="Save a resumable checkpoint every N steps (null: only when asked to stop).")
+    keep_last_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk; older ones are deleted.")
+    eval_every_steps: Optional[int] = Field(
+        None, ge=1, description="Eval loss on the held-out rows every N steps, and before the first (null: at "
+        "the end only).")
+    log_every_steps: int = Field(1, ge=1, description="Progress line every N steps (metrics.jsonl has every step).")
     eval_accuracy_samples: int = Field(
         0, ge=0, description="Eval rows scored by greedy exact match of the response (instruction format).")
-    seed: int = 0
+    seed: int = Field(0, description="Seed of the train/eval split, the data order and the adapters' init.")
 
     @field_validator("adam_betas")
     @classmethod
@@ -97,10 +120,14 @@ class TrainSpec(_Strict):
 
 
 class ParallelSpec(_Strict):
-    strategy: Literal["zero", "fsdp"] = "zero"
-    zero_stage: int = Field(3, ge=0, le=3)
-    offload_optimizer: Offload = "none"
-    offload_params: Offload = "none"
+    strategy: Literal["zero", "fsdp"] = Field("zero", description="zero (DeepSpeed ZeRO) or fsdp (PyTorch FSDP2).")
+    zero_stage: int = Field(
+        3, ge=0, le=3, description="ZeRO stage: 0 (data parallel), 1 (optimizer states sharded), 2 (and "
+        "gradients), 3 (and parameters).")
+    offload_optimizer: Offload = Field(
+        "none", description="ZeRO 1-3: optimizer states (and the step) in cpu memory or on nvme.")
+    offload_params: Offload = Field(
+        "none", description="Parameters in cpu memory or on nvme (ZeRO-3); FSDP2: cpu, optimizer states included.")
     nvme_path: Optional[str] = Field(None, description="Folder for NVMe offload (required with nvme).")
     zero_buckets: Literal["deepspeed", "model"] = Field(
         "deepspeed",
@@ -151,15 +178,18 @@ def offload_problems(strategy: str, zero_stage: int, offload_optimizer: str, off
 
 class SlurmSpec(_Strict):
     job_name: Optional[str] = Field(None, description="Default: the job's name.")
-    partition: Optional[str] = None
-    account: Optional[str] = None
-    qos: Optional[str] = None
+    partition: Optional[str] = Field(None, description="sbatch --partition.")
+    account: Optional[str] = Field(None, description="sbatch --account.")
+    qos: Optional[str] = Field(None, description="sbatch --qos.")
     time: str = Field("01:00:00", description="Wall time limit, as sbatch --time takes it.")
-    cpus_per_task: Optional[int] = Field(None, ge=1)
+    cpus_per_task: Optional[int] = Field(
+        None, ge=1, description="CPUs per node for the one task per node (sbatch and srun --cpus-per-task); "
+        "on CPU it sets the threads per rank.")
     mem: Optional[str] = Field(None, description="Memory per node, e.g. 200G (sbatch --mem).")
-    constraint: Optional[str] = None
-    exclusive: bool = False
-    requeue: bool = True
+    constraint: Optional[str] = Field(None, description="sbatch --constraint (node features).")
+    exclusive: bool = Field(False, description="sbatch --exclusive: no other job shares the nodes.")
+    requeue: bool = Field(
+        True, description="After the checkpoint on USR2, requeue the job to resume (off: stop; resubmit to resume).")
     signal_grace_s: int = Field(120, ge=10, description="USR2 this many seconds before the time limit.")
     gres: Optional[str] = Field(None, description="Default gpu:<gpus_per_node> on GPU clusters.")
     extra_sbatch: list[str] = Field(default_factory=list, description="More #SBATCH lines, e.g. --mail-type=END.")
@@ -180,39 +210,52 @@ class SlurmSpec(_Strict):
 
 
 class ClusterSpec(_Strict):
-    nodes: int = Field(1, ge=1)
+    nodes: int = Field(1, ge=1, description="Nodes; one torchrun per node starts the ranks.")
     gpus_per_node: int = Field(8, ge=1, description="Processes per node on GPUs.")
     device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto: cuda if visible, else cpu.")
     cpu_procs_per_node: int = Field(2, ge=1, description="Processes per node when running on CPU.")
-    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    backend: Literal["auto", "nccl", "gloo"] = Field(
+        "auto", description="torch.distributed backend: auto (nccl on GPUs, gloo on CPU), nccl or gloo.")
     accelerator: Optional[str] = Field(None, description="GPU model for MFU, e.g. H100-SXM (default: detected).")
     hosts: list[str] = Field(default_factory=list, description="Hosts for ssh/pdsh launches (no Slurm).")
-    master_port: int = Field(29500, ge=1024, le=65535)
+    master_port: int = Field(
+        29500, ge=1024, le=65535, description="Rendezvous port on the first host of a --hosts launch (one node "
+        "picks a free port; Slurm derives one from the job id).")
     interconnect_gbps: Optional[float] = Field(
         None, gt=0, description="Network bandwidth per node between nodes, Gbit/s (e.g. 3200 for 8x400G "
         "InfiniBand): the plan's lower bound on communication time per step.")
-    slurm: SlurmSpec = SlurmSpec()
+    slurm: SlurmSpec = Field(SlurmSpec(), description="Slurm settings, used by launcher slurm.")
 
 
 class ReportSpec(_Strict):
-    country_iso_code: str = Field("USA", min_length=3, max_length=3)
-    region: Optional[str] = None
-    gpu_hour_price: Optional[float] = Field(None, ge=0)
-    node_hour_price: Optional[float] = Field(None, ge=0)
-    currency: str = "USD"
-    energy_price_per_kwh: Optional[float] = Field(None, ge=0)
-    pue: float = Field(1.0, ge=1.0)
+    country_iso_code: str = Field(
+        "USA", min_length=3, max_length=3, description="Where the job runs, ISO 3166 alpha-3 (USA, FRA, DEU...): "
+        "the grid's carbon intensity, from CodeCarbon's data.")
+    region: Optional[str] = Field(
+        None, description="Region within the country, for CodeCarbon's measured figures (the forecast uses the "
+        "country's).")
+    gpu_hour_price: Optional[float] = Field(
+        None, ge=0, description="Price of one GPU-hour (device-hour on CPU); compute cost = device-hours x price.")
+    node_hour_price: Optional[float] = Field(
+        None, ge=0, description="Price of one node-hour, for nodes billed whole (used when gpu_hour_price is unset).")
+    currency: str = Field("USD", description="Currency the prices are in, as printed.")
+    energy_price_per_kwh: Optional[float] = Field(None, ge=0, description="Price of one kWh, added to compute cost.")
+    pue: float = Field(
+        1.0, ge=1.0, description="Data center's power usage effectiveness: energy figures are multiplied by it once.")
 
 
 class JobSpec(_Strict):
-    name: str = Field("job", min_length=1)
+    name: str = Field(
+        "job", min_length=1, description="Run directories are <output_dir>/<name>-<time>; the Slurm job name.")
     output_dir: str = Field("runs", description="Run directories go under this folder.")
-    model: ModelSpec = ModelSpec()
-    data: DataSpec = DataSpec()
-    train: TrainSpec = TrainSpec()
-    parallel: ParallelSpec = ParallelSpec()
-    cluster: ClusterSpec = ClusterSpec()
-    report: ReportSpec = ReportSpec()
+    model: ModelSpec = Field(ModelSpec(), description="The model to fine-tune.")
+    data: DataSpec = Field(DataSpec(), description="The training data and how rows become tokens.")
+    train: TrainSpec = Field(
+        TrainSpec(), description="Method, batch, optimizer, schedule, checkpoints and evaluation.")
+    parallel: ParallelSpec = Field(
+        ParallelSpec(), description="How the ranks share the model: DeepSpeed ZeRO or PyTorch FSDP2, offload.")
+    cluster: ClusterSpec = Field(ClusterSpec(), description="Nodes, processes per node, device, Slurm.")
+    report: ReportSpec = Field(ReportSpec(), description="Carbon intensity, prices and PUE for the report.")
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
