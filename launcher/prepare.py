@@ -98,6 +98,16 @@ def check_resume(run_dir: Path, plan) -> Optional[str]:
             f"{plan.grad_accum_steps} x {plan.world_size})")
 
 
+def fetch_hub(spec, echo=None) -> dict[str, str]:
+    """The job's hub ids (model, tokenizer, data set) into the local Hugging Face cache, once,
+    before planning and before any rank starts: {field: snapshot folder}. The ranks find them
+    there with HF_HUB_OFFLINE=1 (render_env); offline, a missing one is one line."""
+    from launcher.hub import fetch
+    from launcher.sources import hub_refs
+
+    return fetch(hub_refs(spec), echo=echo)
+
+
 def count_rows(spec, cache_dir: Path) -> int:
     """Tokenize (and pack) once into ``cache_dir``, before any process group exists: the
     training rows the plan turns into steps. The ranks read the same cache."""
@@ -113,6 +123,8 @@ def plan_run(spec, device: str, run_dir: Path, *, with_data: bool = True):
     job's other rules are checked first, before any file is read)."""
     from launcher.plan import with_train_rows
 
+    if with_data:  # not for --dry-run: that starts nothing, and downloads nothing either
+        fetch_hub(spec)
     spec, plan = plan_without_data(spec, device, cpu_count=os.cpu_count())
     if with_data:
         plan = with_train_rows(plan, count_rows(spec, Path(run_dir) / rundir.CACHE))
@@ -152,6 +164,7 @@ def hosts_launch_files(spec, device: str, names: Sequence[str], run_dir: Path):
 
     spec = spec.model_copy(update={"cluster": spec.cluster.model_copy(update={"nodes": len(names),
                                                                               "hosts": list(names)})})
+    fetch_hub(spec)  # on this node: the hosts share its Hugging Face cache, or fill theirs with launcher fetch
     spec, plan = plan_without_data(spec, device, cpu_count=os.cpu_count())
     endpoint = f"{names[0]}:{spec.cluster.master_port}"
     files = engine_files(plan)

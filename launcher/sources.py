@@ -43,26 +43,44 @@ def absolute_paths(spec):
 
 
 def job_paths(spec) -> JobPaths:
-    """demo: names resolved to the assets (built on first use); other paths unchanged."""
+    """demo: names resolved to the assets (built on first use); hub ids to their snapshot folders
+    in the local Hugging Face cache (never downloaded here: launcher.hub.fetch did that before any
+    rank started); other paths unchanged."""
     from launcher.demo import resolve_data_path, resolve_model_path
+    from launcher.hub import local_snapshot
 
-    model = resolve_model_path(spec.model.path)
-    tok = resolve_model_path(spec.model.tokenizer) if spec.model.tokenizer else model
-    return JobPaths(model=model, tokenizer=tok, data=resolve_data_path(spec.data.path))
+    hub = {ref.field: local_snapshot(ref) for ref in hub_refs(spec)}
+    model = hub.get("model.path") or resolve_model_path(spec.model.path)
+    tok = spec.model.tokenizer
+    tok = model if tok in (None, spec.model.path) else hub.get("model.tokenizer") or resolve_model_path(tok)
+    return JobPaths(model=model, tokenizer=tok, data=hub.get("data.path") or resolve_data_path(spec.data.path))
+
+
+def hub_refs(spec) -> list:
+    """The job's hub ids (launcher.hub.HubRef): model.path and model.tokenizer when they name one
+    (org/name, with model.revision for the model) and data.path hf://datasets/org/name[@revision]."""
+    from launcher.hub import HubRef, dataset_ref
+
+    refs = [HubRef("model.path", spec.model.path, "model", spec.model.revision)] if is_hub_id(spec.model.path) else []
+    tok = spec.model.tokenizer
+    if tok and tok != spec.model.path and is_hub_id(tok):
+        refs.append(HubRef("model.tokenizer", tok, "model"))
+    data = dataset_ref(spec.data.path)
+    return refs + [data] if data else refs
 
 
 def is_hub_id(path: str) -> bool:
     return bool(_HUB_ID.match(path)) and not Path(path).expanduser().exists()
 
 
-def cached_hub_folder(repo_id: str, filename: str = "config.json") -> Optional[Path]:
-    """The snapshot folder of ``repo_id`` in the local Hub cache holding ``filename``, or None.
-    Nothing is downloaded."""
+def cached_hub_folder(repo_id: str, filename: str = "config.json", revision: Optional[str] = None) -> Optional[Path]:
+    """The snapshot folder of ``repo_id`` (at ``revision``: a branch, tag or commit; default main)
+    in the local Hub cache holding ``filename``, or None. Nothing is downloaded."""
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
         return None
-    found = try_to_load_from_cache(repo_id, filename)
+    found = try_to_load_from_cache(repo_id, filename, revision=revision)
     return Path(found).parent if isinstance(found, str) else None
 
 
@@ -88,7 +106,7 @@ def model_config_source(spec) -> Union[dict, Path, None]:
                            f"({getattr(e, 'msg', str(e))}); fix or replace the model's config.json") from None
         return folder
     if is_hub_id(path):
-        return cached_hub_folder(path)
+        return cached_hub_folder(path, revision=spec.model.revision)
     return None
 
 

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "logs": ("launcher.cli.jobs", "logs", "Print (or follow) a run's logs."),
     "cancel": ("launcher.cli.jobs", "cancel", "Cancel a run's Slurm job."),
     "report": ("launcher.cli.report", "report", "Report throughput, MFU, energy, CO2 and cost of runs."),
+    "fetch": ("launcher.cli.fetch", "fetch", "Fetch a job's hub model and data set into the local cache."),
 }
 
 

@@ -179,7 +179,20 @@ def render_sbatch(
         grace_s=s.signal_grace_s,
         requeue=s.requeue,
         step=_step_lines(srun, argv),
+        fetch=render_fetch_line(plan, python),
     )
+
+
+def render_fetch_line(plan: Plan, python: str) -> str:
+    """`launcher fetch "$RUN_DIR"` when the job names hub ids ("" otherwise): run by the batch shell
+    on the first node before srun. It may use the network (HF_HUB_OFFLINE=0) unless
+    cluster.slurm.env sets HF_HUB_OFFLINE; the ranks run with 1 (render_env)."""
+    from launcher.sources import hub_refs
+
+    if not hub_refs(plan.job):
+        return ""
+    offline = str(plan.job.cluster.slurm.env.get("HF_HUB_OFFLINE", "0"))
+    return f"HF_HUB_OFFLINE={shlex.quote(offline)} " + shell_join([python, "-m", "launcher", "fetch", "$RUN_DIR"])
 
 
 def _step_lines(srun: list[str], argv: list[str]) -> str:

@@ -57,7 +57,9 @@ def render_torchrun_argv(
 
 def render_env(plan: Plan, extra: Optional[Mapping[str, str]] = None) -> dict[str, str]:
     """Environment every rank needs. Threads per rank on CPU: oversubscribed ranks ran 5x slower."""
-    env = {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    # Hub ids were fetched into the local cache before any rank started (launcher.hub): a rank never
+    # downloads, so ranks never race to fetch the same files, and a missing file fails at once
+    env = {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
     if plan.device == "cpu":
         env["OMP_NUM_THREADS"] = str(plan.threads_per_rank or 1)
         # glibc raises its mmap threshold as large blocks are freed, so parameter shards and

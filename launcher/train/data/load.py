@@ -97,18 +97,24 @@ def load_rows(data: "DataSpec", data_path: str) -> list[dict]:
     """Rows of the data set at ``data_path`` (already resolved: no ``demo:`` names here).
 
     Accepts .jsonl / .json (JSON lines or one JSON array), .parquet, .csv, or a folder written
-    by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` (its "train" split). Keeps the
+    by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` (its ``data.split``), or the cached
+    snapshot of a hub data set (``hf://datasets/...``: launcher.hub.load_split). Keeps the
     first ``data.num_samples`` rows, then checks that every row has the fields that
     ``data.format`` needs. Every problem is a one-line ``JobError`` naming the file and line
     (jsonl) or row (other formats).
     """
     import datasets
 
+    from launcher.hub import dataset_ref, load_split
+
     datasets.disable_progress_bars()
     path = Path(data_path)
     if not path.exists():
         raise JobError(f"data.path: {path} not found")
-    if path.is_dir():
+    hub = dataset_ref(data.path)
+    if hub is not None:  # the folder is the data set's snapshot in the local Hugging Face cache
+        kind, ds = "hub", load_split(hub, str(path), data.config, data.split)
+    elif path.is_dir():
         kind = "folder"
         try:
             loaded = datasets.load_from_disk(str(path))
@@ -116,10 +122,10 @@ def load_rows(data: "DataSpec", data_path: str) -> list[dict]:
             raise JobError(f"data.path: {path}: not a folder written by Dataset.save_to_disk "
                            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
         if isinstance(loaded, datasets.DatasetDict):
-            if "train" not in loaded:
-                raise JobError(f"data.path: {path}: saved DatasetDict has no 'train' split "
+            if data.split not in loaded:
+                raise JobError(f"data.split: {data.split!r} is not a split of the DatasetDict saved in {path} "
                                f"(splits: {', '.join(loaded)})")
-            loaded = loaded["train"]
+            loaded = loaded[data.split]
         ds = loaded
     else:
         ext = path.suffix.lower()

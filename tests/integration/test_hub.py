@@ -1,0 +1,185 @@
+"""Hub ids, resolved once before any rank starts, from a Hugging Face cache in the Hub's own layout
+built here (models--org--name/{blobs,refs/main,snapshots/<commit>/...}, datasets--org--name
+likewise), with HF_HUB_OFFLINE=1: nothing is downloaded.
+
+* `launcher plan` reads a cached hub config (and the one of a revision);
+* a missing id, offline, is one line (exit 2) naming the id, the cache and the command that fetches it;
+* `launcher fetch` finds both ids in the cache; job.sbatch fetches on the first node before srun;
+* (slow) a short LoRA `launcher run` trains from the hub model and the hub data set, offline.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+MODEL_ID, DATA_ID = "tiny-org/tiny-llama", "tiny-org/arithmetic"
+COMMIT, OLD_COMMIT = "a" * 40, "b" * 40
+
+
+def put_repo(cache: Path, repo_id: str, repo_type: str, files: dict[str, bytes], commit: str = COMMIT,
+             ref: str | None = "main") -> Path:
+    """One revision of a repository in the Hub cache's layout: content-addressed blobs, snapshot
+    files linking to them, refs/<ref> holding the commit. The snapshot folder."""
+    repo = cache / f"{repo_type}s--{repo_id.replace('/', '--')}"
+    snap = repo / "snapshots" / commit
+    for rel, data in files.items():
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = snap / rel
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    if ref:
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / ref).write_text(commit)
+    return snap
+
+
+def folder_files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def parquet_bytes(rows: list[dict]) -> bytes:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), buf)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def hub_env(tmp_path_factory) -> dict[str, str]:
+    """An offline environment whose Hugging Face cache holds the demo's tiny model and tokenizer as
+    MODEL_ID (main, and an older revision with 3 layers), and 600 arithmetic rows as DATA_ID
+    (parquet, train and test splits)."""
+    from launcher.demo import ensure_demo_assets
+
+    root = tmp_path_factory.mktemp("hub")
+    cache = root / "hub"
+    assets = ensure_demo_assets()
+    model = {**folder_files(assets.model_dir), **folder_files(assets.tokenizer_dir)}
+    put_repo(cache, MODEL_ID, "model", model)
+    old = dict(model)
+    cfg = json.loads(old["config.json"])
+    old["config.json"] = json.dumps({**cfg, "num_hidden_layers": 3}).encode()
+    put_repo(cache, MODEL_ID, "model", old, commit=OLD_COMMIT, ref="v0")
+    rows = [json.loads(line) for line in assets.data_file.read_text().splitlines()[:600]]
+    put_repo(cache, DATA_ID, "dataset", {
+        "README.md": b"---\nlicense: mit\n---\n# arithmetic\n",
+        "data/train-00000-of-00001.parquet": parquet_bytes(rows[:500]),
+        "data/test-00000-of-00001.parquet": parquet_bytes(rows[500:]),
+    })
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_HOME=str(root / "home"), HF_HUB_CACHE=str(cache), HF_DATASETS_CACHE=str(root / "datasets"),
+               HF_HUB_OFFLINE="1")
+    return env
+
+
+def launcher(env, *args, cwd=None, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "launcher", *args], capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=timeout)
+
+
+HUB_JOB = [f"model.path={MODEL_ID}", f"data.path=hf://datasets/{DATA_ID}", "model.dtype=fp32"]
+
+
+def test_plan_reads_the_cached_config_of_a_hub_id_and_of_a_revision(hub_env, tmp_path):
+    res = launcher(hub_env, "plan", *HUB_JOB, "--json", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    model = json.loads(res.stdout)["model"]
+    assert model["n_layers"] == 2 and model["n_params"] > 0, model
+    res = launcher(hub_env, "plan", *HUB_JOB, "model.revision=v0", "--json", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["model"]["n_layers"] == 3
+
+
+@pytest.mark.parametrize("override, field, repo, download", [
+    ("model.path=tiny-org/missing", "model.path", "tiny-org/missing", "hf download tiny-org/missing"),
+    ("data.path=hf://datasets/tiny-org/missing", "data.path", "tiny-org/missing",
+     "hf download --repo-type dataset tiny-org/missing"),
+    ("model.revision=v9", "model.path", f"{MODEL_ID}@v9", f"hf download {MODEL_ID} --revision v9"),
+])
+def test_a_missing_id_offline_is_one_line(hub_env, tmp_path, override, field, repo, download):
+    res = launcher(hub_env, "run", *HUB_JOB, override, "cluster.device=cpu", cwd=tmp_path)
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"error: {field}: {repo} is not in the local Hugging Face cache "
+                               f"({hub_env['HF_HUB_CACHE']}) and HF_HUB_OFFLINE=1"), lines[0]
+    assert lines[0].endswith(f"run once with network access, or fetch it first: {download}"), lines[0]
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_fetch_finds_both_ids_and_the_batch_script_fetches_before_srun(hub_env, tmp_path):
+    res = launcher(hub_env, "fetch", *HUB_JOB, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    cache = Path(hub_env["HF_HUB_CACHE"])
+    assert res.stdout.splitlines() == [
+        f"model.path: {cache}/models--tiny-org--tiny-llama/snapshots/{COMMIT}",
+        f"data.path: {cache}/datasets--tiny-org--arithmetic/snapshots/{COMMIT}",
+    ]
+    res = launcher(hub_env, "slurm", *HUB_JOB, "--dry-run", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    script = res.stdout
+    fetch = next(i for i, line in enumerate(script.splitlines()) if " -m launcher fetch " in line)
+    srun = next(i for i, line in enumerate(script.splitlines()) if line.startswith("srun "))
+    assert fetch < srun and script.splitlines()[fetch].startswith("HF_HUB_OFFLINE=0 ")
+    assert "export HF_HUB_OFFLINE=1" in script
+
+
+@pytest.mark.slow
+def test_lora_run_from_hub_ids_offline(hub_env, tmp_path):
+    """A short LoRA run (1 CPU rank, ZeRO-0) whose model, tokenizer and data come from the cache."""
+    run_dir = tmp_path / "run"
+    res = launcher(hub_env, "run", *HUB_JOB, "--run-dir", str(run_dir), "train.method=lora", "data.split=train",
+                   "cluster.device=cpu", "cluster.cpu_procs_per_node=1", "parallel.zero_stage=0",
+                   "train.max_steps=3", "train.global_batch_size=8", "train.micro_batch_size=8",
+                   "train.eval_accuracy_samples=0", "data.eval_fraction=0.05", cwd=tmp_path)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert (run_dir / "COMPLETED").exists()
+    assert "HF_HUB_OFFLINE=1" in (run_dir / "launch.sh").read_text()
+    start = next(json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+                 if json.loads(line)["kind"] == "start")
+    assert start["train_rows"] > 0
+    adapter = json.loads((run_dir / "final" / "adapter_config.json").read_text())
+    snapshot = Path(hub_env["HF_HUB_CACHE"]) / "models--tiny-org--tiny-llama" / "snapshots" / COMMIT
+    assert adapter["base_model_name_or_path"] == str(snapshot)
+
+
+def test_a_hub_data_set_split_and_config(tmp_path):
+    """data.config picks one of the configurations the card declares, data.split one of its splits;
+    a wrong name of either is one line listing the right ones."""
+    from launcher.errors import JobError
+    from launcher.hub import dataset_ref, load_split
+
+    rows = [{"prompt": f"{i}+1=", "response": str(i + 1)} for i in range(10)]
+    card = ("---\nconfigs:\n- config_name: small\n  data_files:\n  - {split: train, path: small/train.jsonl}\n"
+            "- config_name: large\n  data_files:\n  - {split: train, path: large/train-*.jsonl}\n"
+            "  - {split: validation, path: large/validation.jsonl}\n---\n")
+    lines = lambda rs: "".join(json.dumps(r) + "\n" for r in rs).encode()  # noqa: E731
+    snap = put_repo(tmp_path / "hub", DATA_ID, "dataset", {
+        "README.md": card.encode(), "small/train.jsonl": lines(rows[:3]), "large/train-0.jsonl": lines(rows[:5]),
+        "large/train-1.jsonl": lines(rows[5:8]), "large/validation.jsonl": lines(rows[8:])})
+    ref = dataset_ref(f"hf://datasets/{DATA_ID}@main")
+    assert (ref.repo_id, ref.revision) == (DATA_ID, "main")
+    assert len(load_split(ref, str(snap), "small", "train")) == 3
+    assert len(load_split(ref, str(snap), "large", "train")) == 8
+    assert load_split(ref, str(snap), "large", "validation")[0] == rows[8]
+    with pytest.raises(JobError, match=r"^data\.split: 'test' is not a split of .*; its splits: train, validation$"):
+        load_split(ref, str(snap), "large", "test")
+    with pytest.raises(JobError, match=r"^data\.config: 'huge' is not a configuration of .*; its configurations: "
+                                       r"small, large$"):
+        load_split(ref, str(snap), "huge", "train")
+    with pytest.raises(JobError, match=r"^data\.path: .* is not a hub data set id"):
+        dataset_ref("hf://datasets/just-a-name")
