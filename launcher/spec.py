@@ -176,6 +176,10 @@ def offload_problems(strategy: str, zero_stage: int, offload_optimizer: str, off
     return errs
 
 
+_SBATCH_TIME = re.compile(r"\d+(:\d+){0,2}|\d+-\d+(:\d+){0,2}|UNLIMITED|INFINITE", re.IGNORECASE)
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 class SlurmSpec(_Strict):
     job_name: Optional[str] = Field(None, description="Default: the job's name.")
     partition: Optional[str] = Field(None, description="sbatch --partition.")
@@ -201,6 +205,23 @@ class SlurmSpec(_Strict):
     def _time_as_text(cls, v):
         if isinstance(v, int):  # YAML 1.1 reads 12:00:00 as a base-60 integer
             raise ValueError(f"got the number {v}: quote the time limit, e.g. time: \"12:00:00\"")
+        return v
+
+    @field_validator("time")
+    @classmethod
+    def _time_format(cls, v: str) -> str:
+        if not _SBATCH_TIME.fullmatch(v.strip()):
+            raise ValueError(f"{v!r} is not a time limit sbatch --time takes: write minutes, MM:SS, HH:MM:SS, "
+                             "D-HH, D-HH:MM, D-HH:MM:SS or UNLIMITED, e.g. \"12:00:00\"")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, v: dict) -> dict:
+        for k in v:
+            if not _ENV_NAME.fullmatch(k):
+                raise ValueError(f"{k!r} is not a valid environment variable name: use letters, digits and _, "
+                                 "not starting with a digit")
         return v
 
     @field_validator("mem", mode="before")
@@ -351,18 +372,24 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 def read_yaml(path: str | os.PathLike) -> dict:
     p = Path(path)
     if not p.is_file():
-        raise JobError(f"{p}: job file not found")
+        raise JobError(f"{p}: job file not found; check the path, or write one with launcher init "
+                       "(overrides are key.sub=value)")
     try:
         data = yaml.safe_load(p.read_text())
+    except UnicodeDecodeError as e:
+        raise JobError(f"{p}: not UTF-8 text (byte {e.start}); a job file is YAML text (launcher init "
+                       "writes one)") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{p}:{mark.line + 1}:{mark.column + 1}" if mark else str(p)
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise JobError(f"{where}: YAML syntax error: {problem}") from None
     if data is None:
-        data = {}
+        raise JobError(f"{p}: the file is empty; write a job (launcher init) or leave the file out to run "
+                       "the embedded default")
     if not isinstance(data, dict):
-        raise JobError(f"{p}: a job file must be a mapping of sections, got {type(data).__name__}")
+        raise JobError(f"{p}: a job file must be a mapping of sections, got {type(data).__name__}; write "
+                       "sections such as model:, data:, train: at the top level (launcher init writes one)")
     return data
 
 

@@ -55,7 +55,9 @@ def test_bad_job_exits_2_with_one_line_per_problem_and_no_traceback(tmp_path):
 
 def test_missing_job_file_exits_2(tmp_path):
     res = run_cli(["plan", "nope.yaml"], tmp_path)
-    assert res.returncode == 2 and res.stderr.strip() == "error: nope.yaml: job file not found"
+    assert res.returncode == 2 and res.stderr.strip() == ("error: nope.yaml: job file not found; check the path, "
+                                                          "or write one with launcher init (overrides are "
+                                                          "key.sub=value)")
 
 
 def test_init_then_plan_accepts_the_starter(tmp_path):
