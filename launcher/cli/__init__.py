@@ -65,6 +65,11 @@ def main() -> None:
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
         sys.exit(130)
+    except click.UsageError as e:  # one line too: the command, the problem, where the help is
+        cmd = e.ctx.command_path if e.ctx else "launcher"
+        msg = " ".join(ln.strip() for ln in e.format_message().splitlines() if ln.strip())
+        click.echo(f"error: {cmd}: {msg} (see {cmd} --help)", err=True)
+        sys.exit(e.exit_code)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)

@@ -18,7 +18,7 @@ def parse_size(text: str) -> int:
     """Bytes from "80GiB", "80GB", "141G" (decimal units: G, GB; binary: GiB) or a bare number of GiB."""
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?b?)?\s*", text.lower())
     if not m or (m.group(2) or "") not in _UNITS:
-        raise click.BadParameter(f"{text!r}: give a size such as 80GiB, 80GB or 141G")
+        raise click.BadParameter(f"{text!r}: give a size such as 80GiB, 80GB or 141G", param_hint="'--gpu-memory'")
     return int(float(m.group(1)) * _UNITS[m.group(2) or ""])
 
 
