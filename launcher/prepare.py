@@ -34,6 +34,16 @@ def check_device_here(device: str) -> None:
                            "use cluster.device=cpu (gloo) or auto")
 
 
+def check_nvme_here(spec) -> None:
+    """A run on this node that offloads to NVMe: parallel.nvme_path is a folder here (DeepSpeed
+    would fail in every rank, after the model loaded)."""
+    par = spec.parallel
+    if "nvme" in (par.offload_optimizer, par.offload_params) and par.nvme_path \
+            and not Path(par.nvme_path).expanduser().is_dir():
+        raise JobError(f"parallel.nvme_path: {par.nvme_path} is not a folder on this machine; create it on a "
+                       "local NVMe drive (mkdir -p) or point parallel.nvme_path at one")
+
+
 def with_procs(spec, device: str, nproc: Optional[int]):
     """The job with ``--nproc-per-node`` applied to the field the device uses."""
     if nproc is None:
@@ -112,8 +122,9 @@ def count_rows(spec, cache_dir: Path) -> int:
     """Tokenize (and pack) once into ``cache_dir``, before any process group exists: the
     training rows the plan turns into steps. The ranks read the same cache."""
     from launcher.train.data import prepare_data, read_tokenizer
-    from launcher.sources import job_paths
+    from launcher.sources import job_paths, require_model_folder
 
+    require_model_folder(spec)  # the ranks load it: one line here, not a traceback per rank
     paths = job_paths(spec)
     return len(prepare_data(spec, read_tokenizer(spec, paths.tokenizer), paths.data, cache_dir).train)
 
@@ -123,6 +134,7 @@ def plan_run(spec, device: str, run_dir: Path, *, with_data: bool = True):
     job's other rules are checked first, before any file is read)."""
     from launcher.plan import with_train_rows
 
+    check_nvme_here(spec)
     if with_data:  # not for --dry-run: that starts nothing, and downloads nothing either
         fetch_hub(spec)
     spec, plan = plan_without_data(spec, device, cpu_count=os.cpu_count())

@@ -97,7 +97,8 @@ def model_config_source(spec) -> Union[dict, Path, None]:
     if folder.is_dir():
         cfg = folder / "config.json"
         if not cfg.is_file():
-            return None
+            raise JobError(f"model.path: {folder}: no config.json in the folder; give the folder a model's "
+                           "save_pretrained wrote (config.json, weights, tokenizer)")
         try:
             json.loads(cfg.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -105,9 +106,43 @@ def model_config_source(spec) -> Union[dict, Path, None]:
             raise JobError(f"{cfg}{f':{line}' if line else ''}: not valid JSON "
                            f"({getattr(e, 'msg', str(e))}); fix or replace the model's config.json") from None
         return folder
+    if folder.exists():
+        raise JobError(f"model.path: {folder}: a file, not a model folder; give the folder holding config.json")
     if is_hub_id(path):
         return cached_hub_folder(path, revision=spec.model.revision)
-    return None
+    return None  # not here: the plan goes on without the model's shape (a run stops at require_model_folder)
+
+
+def require_model_folder(spec) -> None:
+    """Before any rank starts (`launcher run`, `plan --with-data`): a local model.path is a model
+    folder on this machine. demo: names are built here, hub ids fetched by launcher.hub."""
+    path = spec.model.path
+    if path.startswith(DEMO_PREFIX) or is_hub_id(path):
+        return
+    if model_config_source(spec) is None:
+        raise JobError(f"model.path: {path}: no such folder; give a model folder (config.json and weights), a hub "
+                       "id (ORG/NAME), or demo:tiny-llama")
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "spiece.model", "vocab.json",
+                    "vocab.txt", "tokenizer.tiktoken")
+
+
+def check_tokenizer_source(field: str, path: str) -> None:
+    """The tokenizer at ``path`` (``field`` names where the job set it) is a folder with tokenizer
+    files, or a hub id (launcher.hub says when it is not in the local cache). One line otherwise."""
+    folder = Path(path).expanduser()
+    if folder.is_dir():
+        if not any((folder / n).is_file() for n in _TOKENIZER_FILES):
+            raise JobError(f"{field}: {folder}: no tokenizer files (tokenizer.json, tokenizer_config.json, "
+                           "tokenizer.model); save the tokenizer into it (tokenizer.save_pretrained) or set "
+                           "model.tokenizer to a folder that has one")
+        return
+    if folder.exists():
+        raise JobError(f"{field}: {folder}: a file, not a tokenizer folder; give the folder holding tokenizer.json")
+    if not is_hub_id(path):
+        raise JobError(f"{field}: {path}: no such folder; give a tokenizer folder, a hub id (ORG/NAME), or "
+                       "demo:tiny-llama")
 
 
 def model_info(spec) -> Any:

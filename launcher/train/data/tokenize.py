@@ -18,11 +18,26 @@ _GENERATION_RE = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 
 def read_tokenizer(spec: "JobSpec", path: str):
-    """The tokenizer at ``path`` (a folder or hub name), with the job's ``model.trust_remote_code``."""
+    """The tokenizer at ``path`` (a folder or hub name), with the job's ``model.trust_remote_code``.
+    A missing or unloadable tokenizer is one ``JobError`` naming the field, the folder and the fix."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(path, trust_remote_code=spec.model.trust_remote_code)
+    from launcher.sources import check_tokenizer_source
 
+    field = "model.tokenizer" if spec.model.tokenizer else "model.path"
+    check_tokenizer_source(field, path)
+    fix = "give a folder with tokenizer.json (tokenizer.save_pretrained writes one) in model.tokenizer"
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=spec.model.trust_remote_code)
+    except Exception as e:  # noqa: BLE001 - transformers says "cannot" in many ways; we say it in one line
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        why = (lines[-1] if lines[0].endswith(":") else lines[0]) if lines else type(e).__name__
+        raise JobError(f"{field}: {path}: transformers cannot load the tokenizer ({why}); {fix}") from None
+    # transformers builds some tokenizers from a tokenizer_config.json alone, with no vocabulary
+    if not tokenizer("Hello, world", add_special_tokens=False)["input_ids"]:
+        raise JobError(f"{field}: {path}: the tokenizer encodes text to no tokens ({len(tokenizer)} in its "
+                       f"vocabulary: its vocabulary files are missing); {fix}")
+    return tokenizer
 
 
 def _has_chat_generation_markers(tokenizer) -> bool:
