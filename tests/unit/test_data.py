@@ -89,7 +89,7 @@ def test_invalid_json_line(tmp_path):
 
 
 def test_other_bad_inputs(tmp_path):
-    with pytest.raises(JobError, match=r"data\.path: .*nope\.jsonl not found"):
+    with pytest.raises(JobError, match=r"data\.path: .*nope\.jsonl: no such file or folder"):
         load_rows(DataSpec(), str(tmp_path / "nope.jsonl"))
     (tmp_path / "d.txt").write_text("x")
     with pytest.raises(JobError, match="unsupported file type '.txt'"):

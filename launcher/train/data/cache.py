@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from launcher.errors import JobError
-from launcher.train.data.load import load_rows
+from launcher.train.data.load import check_data_path, load_rows
 from launcher.train.data.pack import _unpacked, pack, split_train_eval
 from launcher.train.data.rows import open_rows, write_rows
 from launcher.train.data.tokenize import _tokenize, label_tokens
@@ -177,6 +177,7 @@ def prepare_data(spec: "JobSpec", tokenizer, data_path: str, cache_dir: Path) ->
     """
     import fcntl
 
+    check_data_path(data_path)  # before the cache folder is made: a missing file leaves nothing behind
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     key = cache_key(spec, tokenizer, data_path)[:32]

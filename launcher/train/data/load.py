@@ -52,6 +52,41 @@ def _first_bad_json_line(path: Path) -> Optional[tuple[int, str]]:
     return None
 
 
+def _first_bad_utf8(path: Path) -> Optional[tuple[int, int, int]]:
+    """(1-based line, 1-based column, byte) of the first byte that is not UTF-8, or None."""
+    with open(path, "rb") as f:
+        for lineno, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as e:
+                return lineno, e.start + 1, line[e.start]
+    return None
+
+
+def _not_utf8(path: Path, kind: str) -> JobError:
+    bad = _first_bad_utf8(path) if kind in ("jsonl", "json", "csv") else None
+    if bad is None:
+        return JobError(f"data.path: {path}: a text field is not valid UTF-8; save the data with UTF-8 text")
+    return JobError(f"{path}:{bad[0]}: not valid UTF-8 (byte 0x{bad[2]:02x} at column {bad[1]}); save the file "
+                    "as UTF-8 (for example iconv -f latin1 -t utf-8)")
+
+
+def _array_line(path: Path) -> Optional[int]:
+    """The line a .jsonl file opens a JSON array on (``[`` first), or None: JSON lines hold objects."""
+    with open(path, "rb") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                return lineno if line.lstrip().startswith(b"[") else None
+    return None
+
+
+def check_data_path(data_path: str) -> None:
+    """Before anything is read or written for the data: it is here."""
+    if not Path(data_path).exists():
+        raise JobError(f"data.path: {data_path}: no such file or folder; give a .jsonl, .json, .parquet or .csv "
+                       "file, a folder saved with Dataset.save_to_disk, or demo:arithmetic")
+
+
 def _has_content(path: Path) -> bool:
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 16), b""):
@@ -109,8 +144,7 @@ def load_rows(data: "DataSpec", data_path: str) -> list[dict]:
 
     datasets.disable_progress_bars()
     path = Path(data_path)
-    if not path.exists():
-        raise JobError(f"data.path: {path} not found")
+    check_data_path(data_path)
     hub = dataset_ref(data.path)
     if hub is not None:  # the folder is the data set's snapshot in the local Hugging Face cache
         kind, ds = "hub", load_split(hub, str(path), data.config, data.split)
@@ -133,8 +167,13 @@ def load_rows(data: "DataSpec", data_path: str) -> list[dict]:
             raise JobError(f"data.path: {path}: unsupported file type {ext or '(none)'!r}; use "
                            ".jsonl, .json, .parquet, .csv or a folder saved with Dataset.save_to_disk")
         if path.stat().st_size == 0:
-            raise JobError(f"data.path: {path}: the file is empty")
+            raise JobError(f"data.path: {path}: the file is empty; put the training rows in it or point "
+                           "data.path at the data")
         kind = {".jsonl": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv"}[ext]
+        line = _array_line(path) if kind == "jsonl" else None
+        if line is not None:
+            raise JobError(f"{path}:{line}: a JSON array in a .jsonl file; write one JSON object per line, or "
+                           "name the file .json")
         builder = "json" if kind in ("jsonl", "json") else kind
         level = datasets.logging.get_verbosity()
         datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # we report errors ourselves
@@ -146,6 +185,8 @@ def load_rows(data: "DataSpec", data_path: str) -> list[dict]:
                 if bad is not None:
                     raise JobError(f"{path}:{bad[0]}: not valid JSON ({bad[1]}); "
                                    "each line must be one JSON object") from None
+            if kind in ("json", "csv") and _first_bad_utf8(path) is not None:
+                raise _not_utf8(path, kind) from None
             if "corresponds to no data" in str(e) or isinstance(e, StopIteration) \
                     or not _has_content(path):
                 raise JobError(f"data.path: {path}: the data set is empty (0 rows)") from None
@@ -158,7 +199,10 @@ def load_rows(data: "DataSpec", data_path: str) -> list[dict]:
             datasets.logging.set_verbosity(level)
     if data.num_samples is not None and len(ds) > data.num_samples:
         ds = ds.select(range(data.num_samples))
-    rows = ds.to_list()
+    try:
+        rows = ds.to_list()
+    except UnicodeDecodeError:
+        raise _not_utf8(path, kind) from None
     if not rows:
         raise JobError(f"data.path: {path}: the data set is empty (0 rows)")
     for i, row in enumerate(rows):
