@@ -43,6 +43,7 @@ def run(job_file, overrides, run_dir, resume, dry_run, nproc_per_node, device, h
         if run_dir is None:
             raise JobError(f"--resume: no run of job {spec.name!r} under {spec.output_dir}/; start one without --resume")
     target = Path(run_dir).resolve() if run_dir else rundir.new_run_dir(spec)
+    rundir.check_writable(target, "--run-dir" if run_dir else "output_dir")
     resuming = rundir.is_run_dir(target)
     if resuming and not job_file:
         spec = load_job_or_default(str(target / rundir.JOB_YAML), overrides)

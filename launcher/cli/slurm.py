@@ -36,6 +36,8 @@ def slurm(job_file, overrides, run_dir, dry_run, submit, python, preflight_only)
         raise JobError("--dry-run and --submit: choose one")
     spec = load_job_or_default(job_file, overrides)
     target = Path(run_dir).absolute() if run_dir else rundir.new_run_dir(spec)
+    if not dry_run:
+        rundir.check_writable(target, "--run-dir" if run_dir else "output_dir")
     if rundir.is_run_dir(target) and not dry_run:
         raise JobError(f"{target}: already a run directory; choose a new --run-dir "
                        f"(a requeued job resumes in its own run directory by itself)")

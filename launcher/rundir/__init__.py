@@ -20,6 +20,7 @@ Layout of ``runs/<name>-<id>/`` (every name is defined once, in :mod:`launcher.r
     report.json, report.md, report.html
 """
 from launcher.rundir.files import (
+    check_writable,
     hash_files,
     is_run_dir,
     new_run_dir,
@@ -46,6 +47,6 @@ from launcher.rundir.names import *  # noqa: F403 - the names are the contract
 
 __all__ = [
     "CheckpointRecord", "EndRecord", "EvalRecord", "MemoryRecord", "Metrics", "RankMemory", "MetricsWriter", "StartRecord", "TrainRecord",
-    "hash_files", "is_run_dir", "new_run_dir", "read_metrics", "read_plan", "require_run_dir", "write_atomic",
-    "write_json", "write_plan", "write_run_dir",
+    "check_writable", "hash_files", "is_run_dir", "new_run_dir", "read_metrics", "read_plan", "require_run_dir",
+    "write_atomic", "write_json", "write_plan", "write_run_dir",
 ]

@@ -105,6 +105,24 @@ def write_run_dir(run_dir: Path, plan, files: dict[str, str]) -> None:
     write_atomic(run_dir / HASHES, hash_files(run_dir, names))
 
 
+def check_writable(path: str | os.PathLike, what: str = "--run-dir") -> None:
+    """Before anything is written: a run directory can be made at ``path`` (its nearest existing
+    folder is a folder, and writable here). One line naming ``what`` (the flag or field) if not."""
+    p = Path(path).absolute()
+    if p.exists() and not p.is_dir():
+        raise JobError(f"{what}: {p} is a file, not a folder; choose another run directory")
+    near = p
+    while not near.exists() and near != near.parent:
+        near = near.parent
+    if not near.is_dir():
+        raise JobError(f"{what}: {p}: {near} is a file, so no folder can be made under it; choose a run "
+                       "directory under a folder")
+    if not os.access(near, os.W_OK | os.X_OK):
+        why = "is on a read-only file system" if os.statvfs(near).f_flag & os.ST_RDONLY else "is not writable here"
+        raise JobError(f"{what}: {p}: {near} {why}; choose a run directory on a writable disk (--run-dir, or "
+                       "output_dir in the job)")
+
+
 def new_run_dir(spec) -> Path:
     """``<output_dir>/<name>-<YYYYmmdd-HHMMSS>`` (absolute), with -2, -3... if it exists."""
     safe = spec.name.replace("/", "_")
