@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "logs": ("launcher.cli.jobs", "logs", "Print (or follow) a run's logs."),
     "cancel": ("launcher.cli.jobs", "cancel", "Cancel a run's Slurm job."),
     "report": ("launcher.cli.report", "report", "Report throughput, MFU, energy, CO2 and cost of runs."),
+    "export": ("launcher.cli.export", "export", "Write a run's model (adapter or merged) with a model card."),
     "fetch": ("launcher.cli.fetch", "fetch", "Fetch a job's hub model and data set into the local cache."),
 }
 

@@ -14,6 +14,7 @@ Layout of ``runs/<name>-<id>/`` (every name is defined once, in :mod:`launcher.r
     emissions/<node>.json  that node's summary (energy_kwh, emissions_kg, measured/estimated)
     checkpoints/step-N/  resumable checkpoints, written to a temp folder then renamed
     final/               the Hugging Face model or LoRA adapter
+    export/<kind>/       `launcher export`: adapter, merged or full model, tokenizer, model card
     cache/               tokenized data, built before any process group exists
     STOP, PREEMPTED      preemption markers (Slurm batch shell, rank 0)
     COMPLETED            written by rank 0 after the final save: the job succeeded

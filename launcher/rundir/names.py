@@ -17,6 +17,7 @@ CHECKPOINTS = "checkpoints"  # step-N/: resumable checkpoints
 CHECKPOINT_PREFIX = "step-"
 TRAINER_STATE = "trainer_state.json"  # in a checkpoint: the step it holds
 FINAL = "final"  # the Hugging Face model or LoRA adapter
+EXPORT = "export"  # `launcher export`'s default output: export/adapter, export/merged or export/full
 CACHE = "cache"  # tokenized data, built before any process group exists
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
