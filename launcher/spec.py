@@ -83,12 +83,15 @@ class TrainSpec(_Strict):
         "lora", description="lora (train adapters, the base frozen) or full (train every weight).")
     lora: LoraSpec = Field(LoraSpec(), description="The adapters (method lora).")
     epochs: int = Field(1, ge=1, description="Passes over the training rows (max_steps can stop earlier).")
-    max_steps: Optional[int] = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    max_steps: Optional[int] = Field(
+        None, ge=1, description="Stop after this many optimizer steps (earlier than the epochs would).")
     micro_batch_size: Optional[int] = Field(None, ge=1, description="Rows per rank per forward.")
     grad_accum_steps: Optional[int] = Field(
         None, ge=1, description="Micro batches per optimizer step. Give any two of micro_batch_size, "
         "grad_accum_steps and global_batch_size; the third is derived (global = micro x accum x world size).")
-    global_batch_size: Optional[int] = Field(None, ge=1, description="Rows per optimizer step.")
+    global_batch_size: Optional[int] = Field(
+        None, ge=1, description="Rows per optimizer step; accumulation is derived: global = micro x accum x world "
+        "size, checked exactly.")
     lr: float = Field(2.0e-4, gt=0, description="Peak learning rate (AdamW).")
     min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="Final lr as a share of lr.")
     warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0, description="Share of the steps spent warming lr up linearly.")
