@@ -5,7 +5,9 @@ likewise), with HF_HUB_OFFLINE=1: nothing is downloaded.
 * `launcher plan` reads a cached hub config (and the one of a revision);
 * a missing id, offline, is one line (exit 2) naming the id, the cache and the command that fetches it;
 * `launcher fetch` finds both ids in the cache; job.sbatch fetches on the first node before srun;
-* (slow) a short LoRA `launcher run` trains from the hub model and the hub data set, offline.
+* a data set's configuration and split;
+* (slow) a short LoRA `launcher run` trains from the hub model and the hub data set, offline, and
+  `launcher export --merge` names both ids in the card.
 """
 from __future__ import annotations
 
@@ -136,6 +138,10 @@ def test_fetch_finds_both_ids_and_the_batch_script_fetches_before_srun(hub_env, 
     srun = next(i for i, line in enumerate(script.splitlines()) if line.startswith("srun "))
     assert fetch < srun and script.splitlines()[fetch].startswith("HF_HUB_OFFLINE=0 ")
     assert "export HF_HUB_OFFLINE=1" in script
+    run_dir = tmp_path / "slurm-run"  # what that line runs on the first node: fetch RUN_DIR
+    assert launcher(hub_env, "slurm", *HUB_JOB, "--run-dir", str(run_dir), cwd=tmp_path).returncode == 0
+    res = launcher(hub_env, "fetch", str(run_dir), cwd=tmp_path)
+    assert res.returncode == 0 and res.stdout.splitlines()[0].endswith(f"snapshots/{COMMIT}"), res.stderr
 
 
 @pytest.mark.slow
@@ -155,6 +161,11 @@ def test_lora_run_from_hub_ids_offline(hub_env, tmp_path):
     adapter = json.loads((run_dir / "final" / "adapter_config.json").read_text())
     snapshot = Path(hub_env["HF_HUB_CACHE"]) / "models--tiny-org--tiny-llama" / "snapshots" / COMMIT
     assert adapter["base_model_name_or_path"] == str(snapshot)
+
+    res = launcher(hub_env, "export", str(run_dir), "--merge", cwd=tmp_path)  # offline too: the base is cached
+    assert res.returncode == 0, res.stderr[-3000:]
+    card = (run_dir / "export" / "merged" / "README.md").read_text()
+    assert f"base_model: {MODEL_ID}" in card and f"- {DATA_ID}" in card
 
 
 def test_a_hub_data_set_split_and_config(tmp_path):
