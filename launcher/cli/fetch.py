@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import click
 
-from launcher.cli._common import job_argument, overrides_argument
+from launcher.cli._common import overrides_argument
 
 
 @click.command()
-@job_argument
+@click.argument("job_file", required=False, type=click.Path())  # a job file or a run directory
 @overrides_argument
 def fetch(job_file, overrides):
     """Fetch the hub model, tokenizer and data set of JOB_FILE (a job file, or a run directory)
