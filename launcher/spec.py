@@ -29,14 +29,10 @@ class _Strict(BaseModel):
 
 
 class ModelSpec(_Strict):
-    path: str = Field(
-        "demo:tiny-llama",
-        description="Local model folder, a hub id (org/name: fetched into the Hugging Face cache once, before "
-        "any rank starts), or demo:tiny-llama.",
-    )
-    revision: Optional[str] = Field(
-        None, min_length=1, description="Branch, tag or commit of a hub model.path (default: main); also the "
-        "tokenizer's when model.tokenizer is unset.")
+    path: str = Field("demo:tiny-llama", description="Local model folder, a hub id (org/name: fetched into the Hugging "
+                      "Face cache once, before any rank starts), or demo:tiny-llama.")
+    revision: Optional[str] = Field(None, min_length=1, description="Branch, tag or commit of a hub model.path "
+                                    "(default: main); also the tokenizer's when model.tokenizer is unset.")
     dtype: Dtype = Field("bf16", description="Training precision: bf16, fp16 or fp32.")
     tokenizer: Optional[str] = Field(None, description="Tokenizer folder or hub id (default: model.path).")
     trust_remote_code: bool = Field(False, description="Run Python code shipped with the model (trust_remote_code).")
@@ -45,20 +41,16 @@ class ModelSpec(_Strict):
 
 
 class DataSpec(_Strict):
-    path: str = Field(
-        "demo:arithmetic",
-        description="jsonl/json/parquet/csv file, a saved dataset folder, a hub data set "
-        "hf://datasets/org/name[@revision] (fetched into the Hugging Face cache once), or demo:arithmetic.",
-    )
-    split: str = Field(
-        "train", min_length=1, description="Split to train on, of a hub data set or a saved DatasetDict "
-        "(the eval rows are held out of it: eval_fraction).")
-    config: Optional[str] = Field(
-        None, min_length=1, description="Configuration (subset) of a hub data set, as its card names it "
-        "(default: its only or default one).")
-    format: Literal["text", "instruction", "chat"] = Field(
-        "instruction", description="text (loss on every token), instruction (prompt/response, loss on the "
-        "response only) or chat (messages through the tokenizer's chat template, loss on assistant turns).")
+    path: str = Field("demo:arithmetic", description="jsonl/json/parquet/csv file, a saved dataset folder, a hub data "
+                      "set hf://datasets/org/name[@revision] (fetched into the Hugging Face cache once), or "
+                      "demo:arithmetic.")
+    split: str = Field("train", min_length=1, description="Split to train on, of a hub data set or a saved DatasetDict "
+                       "(the eval rows are held out of it: eval_fraction).")
+    config: Optional[str] = Field(None, min_length=1, description="Configuration (subset) of a hub data set, as its "
+                                  "card names it (default: its only or default one).")
+    format: Literal["text", "instruction", "chat"] = Field("instruction", description="text (loss on every token), "
+        "instruction (prompt/response, loss on the response only) or chat (messages through the tokenizer's chat "
+        "template, loss on assistant turns).")
     max_seq_len: int = Field(2048, ge=8, description="Tokens per row (packed) or cap (padded).")
     packing: bool = Field(True, description="Pack documents into full rows: no padding.")
     eval_fraction: float = Field(0.02, ge=0.0, lt=1.0, description="Share held out for eval.")
@@ -73,25 +65,21 @@ class LoraSpec(_Strict):
     r: int = Field(16, ge=1, description="Rank of the adapters (their inner dimension).")
     alpha: float = Field(32, gt=0, description="Scale: the adapters' update is multiplied by alpha / r.")
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the adapters' input.")
-    target_modules: Union[Literal["all-linear"], list[str]] = Field(
-        "all-linear", description="Layers that get adapters: all-linear (every linear layer but the output "
-        "head), or a list of module names such as [q_proj, v_proj].")
+    target_modules: Union[Literal["all-linear"], list[str]] = Field("all-linear", description="Layers that get "
+        "adapters: all-linear (every linear layer but the output head), or a list of names such as [q_proj, v_proj].")
 
 
 class TrainSpec(_Strict):
-    method: Literal["lora", "full"] = Field(
-        "lora", description="lora (train adapters, the base frozen) or full (train every weight).")
+    method: Literal["lora", "full"] = Field("lora", description="lora (adapters, base frozen) or full (every weight).")
     lora: LoraSpec = Field(LoraSpec(), description="The adapters (method lora).")
     epochs: int = Field(1, ge=1, description="Passes over the training rows (max_steps can stop earlier).")
-    max_steps: Optional[int] = Field(
-        None, ge=1, description="Stop after this many optimizer steps (earlier than the epochs would).")
+    max_steps: Optional[int] = Field(None, ge=1, description="Stop after this many optimizer steps, even mid-epoch.")
     micro_batch_size: Optional[int] = Field(None, ge=1, description="Rows per rank per forward.")
     grad_accum_steps: Optional[int] = Field(
         None, ge=1, description="Micro batches per optimizer step. Give any two of micro_batch_size, "
         "grad_accum_steps and global_batch_size; the third is derived (global = micro x accum x world size).")
     global_batch_size: Optional[int] = Field(
-        None, ge=1, description="Rows per optimizer step; accumulation is derived: global = micro x accum x world "
-        "size, checked exactly.")
+        None, ge=1, description="Rows per optimizer step: global = micro x accum x world size, checked exactly.")
     lr: float = Field(2.0e-4, gt=0, description="Peak learning rate (AdamW).")
     min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="Final lr as a share of lr.")
     warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0, description="Share of the steps spent warming lr up linearly.")
@@ -101,14 +89,13 @@ class TrainSpec(_Strict):
     adam_betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas [beta1, beta2], each in [0, 1).")
     adam_eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
     max_grad_norm: float = Field(1.0, ge=0.0, description="Clip the gradients' global norm to this; 0: no clipping.")
-    activation_checkpointing: bool = Field(
-        False, description="Recompute activations in the backward pass: less memory, about a third more compute.")
-    save_every_steps: Optional[int] = Field(
-        500, ge=1, description="Save a resumable checkpoint every N steps (null: only when asked to stop).")
+    activation_checkpointing: bool = Field(False, description="Recompute activations in the backward: less memory, "
+                                           "about a third more compute.")
+    save_every_steps: Optional[int] = Field(500, ge=1, description="Checkpoint every N steps (null: only on a stop "
+                                            "request).")
     keep_last_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk; older ones are deleted.")
-    eval_every_steps: Optional[int] = Field(
-        None, ge=1, description="Eval loss on the held-out rows every N steps, and before the first (null: at "
-        "the end only).")
+    eval_every_steps: Optional[int] = Field(None, ge=1, description="Eval loss every N steps and before the first "
+                                            "(null: at the end only).")
     log_every_steps: int = Field(1, ge=1, description="Progress line every N steps (metrics.jsonl has every step).")
     eval_accuracy_samples: int = Field(
         0, ge=0, description="Eval rows scored by greedy exact match of the response (instruction format).")
@@ -124,11 +111,9 @@ class TrainSpec(_Strict):
 
 class ParallelSpec(_Strict):
     strategy: Literal["zero", "fsdp"] = Field("zero", description="zero (DeepSpeed ZeRO) or fsdp (PyTorch FSDP2).")
-    zero_stage: int = Field(
-        3, ge=0, le=3, description="ZeRO stage: 0 (data parallel), 1 (optimizer states sharded), 2 (and "
-        "gradients), 3 (and parameters).")
-    offload_optimizer: Offload = Field(
-        "none", description="ZeRO 1-3: optimizer states (and the step) in cpu memory or on nvme.")
+    zero_stage: int = Field(3, ge=0, le=3, description="ZeRO stage: 0 (data parallel), 1 (optimizer states sharded), "
+                            "2 (and gradients), 3 (and parameters).")
+    offload_optimizer: Offload = Field("none", description="ZeRO 1-3: the optimizer states and step on cpu or nvme.")
     offload_params: Offload = Field(
         "none", description="Parameters in cpu memory or on nvme (ZeRO-3); FSDP2: cpu, optimizer states included.")
     nvme_path: Optional[str] = Field(None, description="Folder for NVMe offload (required with nvme).")
