@@ -148,7 +148,7 @@ def local_launch_files(plan, run_dir: Path) -> tuple[list[str], dict[str, str], 
     from launcher.render.torchrun import default_torchrun, render_env, render_launch_script, render_torchrun_argv
 
     argv = render_torchrun_argv(plan, str(run_dir), torchrun=default_torchrun())
-    env = render_env(plan)
+    env = render_env(plan, run_dir=str(run_dir))
     return argv, env, {**engine_files(plan), rundir.LAUNCH_SH: render_launch_script(argv, env)}
 
 
@@ -183,7 +183,7 @@ def hosts_launch_files(spec, device: str, names: Sequence[str], run_dir: Path):
     for i, host in enumerate(names):
         argv = render_torchrun_argv(plan, str(run_dir), rdzv_endpoint=endpoint, rdzv_id=run_dir.name,
                                     node_rank=str(i), local_addr=host, torchrun=default_torchrun())
-        files[f"launch-{i}-{_safe(host)}.sh"] = render_launch_script(argv, render_env(plan))
+        files[f"launch-{i}-{_safe(host)}.sh"] = render_launch_script(argv, render_env(plan, run_dir=str(run_dir)))
     return plan, files
 
 
@@ -196,6 +196,19 @@ def slurm_files(spec, run_dir: str, *, python: str, extra_train_args: Sequence[s
     spec, plan = plan_without_data(spec, resolve_device(spec), cpu_count=spec.cluster.slurm.cpus_per_task)
     script = render_sbatch(plan, run_dir, python=python, extra_train_args=list(extra_train_args))
     return plan, {**engine_files(plan), rundir.SBATCH: script}
+
+
+def clear_run_outputs(run_dir: Path) -> None:
+    """What a run produced (checkpoints, final model, metrics, energy, reports, markers), removed
+    before it trains again from step 0 (`launcher run --start-over`). The job, the plan, the
+    tokenized data and the logs stay."""
+    import shutil
+
+    for name in (rundir.CHECKPOINTS, rundir.FINAL, rundir.EMISSIONS):
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+    for name in (rundir.METRICS, rundir.COMPLETED, rundir.PREEMPTED, rundir.STOP, rundir.REPORT_JSON,
+                 rundir.REPORT_MD, rundir.REPORT_HTML):
+        (run_dir / name).unlink(missing_ok=True)
 
 
 def latest_run_dir(spec) -> Optional[Path]:

@@ -6,7 +6,6 @@ Nothing here touches torch: it is imported by ``launcher plan`` and ``--help`` p
 """
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from launcher.errors import JobError
+from launcher.errors import JobError, format_validation_error
 
 # the embedded default job (a tiny model and task built locally): what `launcher run` runs bare
 DEFAULT_JOB_PATH = Path(__file__).resolve().parent / "demo" / "default_job.yaml"
@@ -94,6 +93,12 @@ class TrainSpec(_Strict):
     save_every_steps: Optional[int] = Field(500, ge=1, description="Checkpoint every N steps (null: only on a stop "
                                             "request).")
     keep_last_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk; older ones are deleted.")
+    max_restarts: int = Field(
+        0, ge=0, description="Restarts after a rank dies (torchrun --max-restarts); each resumes from the "
+        "newest verified checkpoint.")
+    hang_timeout_s: Optional[float] = Field(
+        None, gt=0, description="Seconds a step may take before the watchdog dumps every rank's stacks into "
+        "logs/ and ends the job (default: 20 x the median step time, at least 300).")
     eval_every_steps: Optional[int] = Field(None, ge=1, description="Eval loss every N steps and before the first "
                                             "(null: at the end only).")
     log_every_steps: int = Field(1, ge=1, description="Progress line every N steps (metrics.jsonl has every step).")
@@ -273,52 +278,6 @@ class JobSpec(_Strict):
 # --------------------------------------------------------------------------- loading
 
 
-def _field_names(model: type[BaseModel], loc: tuple) -> list[str]:
-    """Valid keys at ``loc`` (a path of field names) inside ``model``."""
-    cur: Any = model
-    for part in loc:
-        if not (isinstance(cur, type) and issubclass(cur, BaseModel)) or part not in cur.model_fields:
-            return []
-        ann = cur.model_fields[part].annotation
-        cur = ann
-    if isinstance(cur, type) and issubclass(cur, BaseModel):
-        return list(cur.model_fields)
-    return []
-
-
-def _fmt_loc(loc: tuple) -> str:
-    return ".".join(str(p) for p in loc)
-
-
-def format_validation_error(err: ValidationError, source: str = "") -> list[str]:
-    lines = []
-    for e in err.errors():
-        loc = tuple(p for p in e["loc"])
-        path = _fmt_loc(loc)
-        prefix = f"{source}: " if source else ""
-        if e["type"] == "extra_forbidden":
-            valid = _field_names(JobSpec, loc[:-1])
-            close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
-            hint = f"; did you mean {_fmt_loc(loc[:-1] + (close[0],))!r}?" if close else ""
-            lines.append(f"{prefix}{path}: unknown key{hint} (valid: {', '.join(valid)})")
-            continue
-        msg = e["msg"]
-        if msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
-        got = e.get("input")
-        if e["type"] in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
-            ctx = e.get("ctx", {})
-            op = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}[e["type"]]
-            bound = next(iter(ctx.values())) if ctx else "?"
-            msg = f"must be {op} {bound}, got {got!r}"
-        elif e["type"] == "literal_error":
-            msg = f"{msg}, got {got!r}"
-        elif not isinstance(got, dict) and e["type"] not in ("value_error", "assertion_error"):
-            msg = f"{msg}, got {got!r}"
-        lines.append(f"{prefix}{path or '(top level)'}: {msg}")
-    return lines
-
-
 _EXP_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
 
 
@@ -359,6 +318,9 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 
 def read_yaml(path: str | os.PathLike) -> dict:
     p = Path(path)
+    if p.is_dir():
+        raise JobError(f"{p}: a folder, not a job file (launcher run RUN_DIR resumes a run directory: one "
+                       "with a plan.json)")
     if not p.is_file():
         raise JobError(f"{p}: job file not found; check the path, or write one with launcher init "
                        "(overrides are key.sub=value)")
@@ -385,7 +347,7 @@ def build_job(data: dict, source: str = "job") -> JobSpec:
     try:
         return JobSpec.model_validate(data)
     except ValidationError as e:
-        raise JobError(*format_validation_error(e, source)) from None
+        raise JobError(*format_validation_error(e, JobSpec, source)) from None
 
 
 def load_job(path: Optional[str | os.PathLike], overrides: tuple[str, ...] | list[str] = ()) -> JobSpec:

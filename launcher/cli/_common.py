@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import click
 
-job_argument = click.argument("job_file", required=False, type=click.Path(dir_okay=False))
+# a folder is let through: `launcher run RUN_DIR` resumes a run; load_job says when it is no job file
+job_argument = click.argument("job_file", required=False, type=click.Path())
 overrides_argument = click.argument("overrides", nargs=-1)
 
 

@@ -42,6 +42,8 @@ def report(run_dirs: tuple[str, ...], fmt: str, output: str | None, no_write: bo
     if bad:
         raise JobError(*bad)
     dirs = [Path(d) for d in run_dirs]
+    for d in dirs:
+        _refresh_accounting(d)
 
     html_cached: str | None = None
     if len(dirs) == 1 and not no_write:
@@ -86,3 +88,20 @@ def report(run_dirs: tuple[str, ...], fmt: str, output: str | None, no_write: bo
         click.echo(f"wrote {output}", err=True)
     else:
         click.echo(text, nl=not text.endswith("\n"))
+
+
+def _refresh_accounting(run_dir) -> None:
+    """A Slurm run's allocated time, asked of sacct again (the run may have ended since the
+    trainer wrote its report). Best effort: without Slurm the report says so itself."""
+    from launcher.errors import JobError
+    from launcher.execute.status import stored_job_id
+
+    job_id = stored_job_id(run_dir)
+    if not job_id:
+        return
+    try:
+        from launcher.execute.slurm import write_accounting
+
+        write_accounting(run_dir, job_id)
+    except (JobError, OSError):
+        pass

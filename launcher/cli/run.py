@@ -21,12 +21,17 @@ from launcher.cli._common import job_argument, overrides_argument
 @click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None, help="Default: cuda if visible.")
 @click.option("--hosts", default=None,
               help="h1,h2,...: render one torchrun command per host (c10d on h1) into the run dir, for ssh/pdsh.")
-def run(job_file, overrides, run_dir, resume, dry_run, nproc_per_node, device, hosts):
+@click.option("--start-over", is_flag=True,
+              help="Train a completed (or stopped) run directory again from step 0: its checkpoints, final model, "
+                   "metrics and reports are removed first.")
+def run(job_file, overrides, run_dir, resume, dry_run, nproc_per_node, device, hosts, start_over):
     """Fine-tune JOB_FILE (default: the embedded demo job) on this node under torchrun.
 
     Writes the run directory (resolved job, plan, DeepSpeed config, launch.sh), starts one
     process per GPU (gloo processes on CPU), streams logs to the terminal and RUN_DIR/logs, and
-    exits with the job's status. Re-running on an existing run directory resumes it."""
+    exits with the job's status. `launcher run RUN_DIR` resumes a run from its newest verified
+    checkpoint with the job stored in it; a completed run is left alone unless --start-over.
+    One run at a time per run directory (RUN_DIR/LOCK)."""
     from launcher import prepare, rundir
     from launcher.cli._common import load_job_or_default, split_job_file
     from launcher.errors import JobError
@@ -67,14 +72,37 @@ def run(job_file, overrides, run_dir, resume, dry_run, nproc_per_node, device, h
         _, _, files = prepare.local_launch_files(plan, target)
         click.echo(files[rundir.LAUNCH_SH], nl=False)
         return
+    if resuming and (target / rundir.COMPLETED).exists() and not start_over:
+        click.echo(f"{target}: complete ({rundir.COMPLETED}); nothing to run. To train it again from step 0: "
+                   f"launcher run {shlex.quote(str(target))} --start-over")
+        return
 
+    from launcher.rundir.lock import RunLock
+
+    made = None  # the outermost folder this run creates (output_dir too, when it is new)
+    if not target.exists():
+        made = target
+        while not made.parent.exists():
+            made = made.parent
+    lock = RunLock(target).acquire()
+    try:
+        _run_locked(target, spec, dev, resuming, start_over, made)
+    finally:
+        lock.release()
+
+
+def _run_locked(target: Path, spec, dev: str, resuming: bool, start_over: bool, made) -> None:
+    from launcher import prepare, rundir
+
+    if resuming and start_over:
+        prepare.clear_run_outputs(target)
     try:
         plan = prepare.plan_run(spec, dev, target)
     except BaseException:
-        if not resuming:  # nothing half-made is left behind: only the tokenized-data cache was there
+        if made is not None:  # nothing half-made is left behind: only the tokenized-data cache was there
             import shutil
 
-            shutil.rmtree(target, ignore_errors=True)
+            shutil.rmtree(made, ignore_errors=True)
         raise
     note = prepare.check_resume(target, plan) if resuming else None
     argv, env, files = prepare.local_launch_files(plan, target)
@@ -97,7 +125,8 @@ def run(job_file, overrides, run_dir, resume, dry_run, nproc_per_node, device, h
         _print_summary(target)
     elif (target / rundir.PREEMPTED).exists():
         click.echo(f"stopped at a checkpoint; resume with: launcher run {shlex.quote(str(target))}", err=True)
-    sys.exit(rc)
+    if rc:
+        sys.exit(rc)
 
 
 def _print_summary(run_dir: Path) -> None:

@@ -127,3 +127,54 @@ def job_state(job_id: str) -> dict:
 
 def is_final(state: str) -> bool:
     return state.split()[0] in FINAL_STATES if state else False
+
+
+SACCT_ATTEMPT_FIELDS = "JobID,State,Start,End,ElapsedRaw,AllocTRES,NNodes"
+
+
+def _gpus(tres: str) -> int:
+    """GPUs in an AllocTRES string (``billing=16,cpu=64,gres/gpu=8,mem=...,node=2``)."""
+    for part in tres.split(","):
+        key, _, value = part.partition("=")
+        if key in ("gres/gpu", "gpu") or key.startswith("gres/gpu:") and ":" not in key[len("gres/gpu:"):]:
+            try:
+                return int(value)
+            except ValueError:
+                return 0
+    return 0
+
+
+def parse_sacct_attempts(out: str, job_id: str) -> list[dict]:
+    """Every attempt of a job (``sacct -D -X -n -P -o JobID,State,Start,End,ElapsedRaw,AllocTRES,NNodes``):
+    a requeued job has one line per run. ``gpus`` comes from AllocTRES (0 on a CPU cluster)."""
+    attempts = []
+    for line in out.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) < 7 or parts[0].split(";")[0] != str(job_id):
+            continue
+        try:
+            elapsed = int(parts[4] or 0)
+            nodes = int(parts[6] or 0)
+        except ValueError:
+            continue
+        attempts.append({"state": parts[1].split()[0] if parts[1].strip() else "UNKNOWN", "start": parts[2],
+                         "end": parts[3], "elapsed_s": elapsed, "gpus": _gpus(parts[5]), "nodes": nodes,
+                         "alloc_tres": parts[5]})
+    return attempts
+
+
+def write_accounting(run_dir, job_id: str) -> Optional[dict]:
+    """Slurm's accounting of the job (every attempt's allocated time and GPUs, from sacct) into
+    RUN_DIR/slurm_accounting.json, where the report reads it; None when sacct cannot say."""
+    import time
+    from pathlib import Path
+
+    from launcher import rundir
+
+    proc = _run(["sacct", "-j", str(job_id), "-D", "-X", "-n", "-P", "-o", SACCT_ATTEMPT_FIELDS], check=False)
+    attempts = parse_sacct_attempts(proc.stdout, job_id) if proc.returncode == 0 else []
+    if not attempts:
+        return None
+    data = {"job_id": str(job_id), "queried_at": time.time(), "attempts": attempts}
+    rundir.write_json(Path(run_dir) / rundir.SLURM_ACCOUNTING, data)
+    return data

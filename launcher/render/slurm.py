@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import shlex
 from functools import lru_cache
-from typing import Sequence
+from typing import Optional, Sequence
 
 from launcher import rundir
 from launcher.errors import JobError
@@ -116,7 +116,7 @@ def render_sbatch_header(plan: Plan, run_dir: str) -> list[str]:
     return lines
 
 
-def render_sbatch_env(plan: Plan) -> dict[str, str]:
+def render_sbatch_env(plan: Plan, run_dir: Optional[str] = None) -> dict[str, str]:
     """Environment exported by the script: render_env (threads per rank on CPU, NCCL error
     handling on GPUs) plus cluster.slurm.env (which wins, e.g. GLOO_SOCKET_IFNAME)."""
     extra = plan.job.cluster.slurm.env
@@ -124,7 +124,7 @@ def render_sbatch_env(plan: Plan) -> dict[str, str]:
         if not _ENV_NAME.match(k):
             raise JobError(f"cluster.slurm.env: {k!r} is not a valid environment variable name")
         check_one_line(f"cluster.slurm.env.{k}", str(v))
-    return render_env(plan, {k: str(v) for k, v in extra.items()})
+    return render_env(plan, {k: str(v) for k, v in extra.items()}, run_dir=run_dir)
 
 
 @lru_cache(maxsize=1)
@@ -164,7 +164,7 @@ def render_sbatch(
         # Slurm 22.05's srun does not inherit --cpus-per-task from sbatch: without this the
         # step (torchrun and all its ranks) is bound to one CPU where task/affinity or cgroup is on
         srun.append(f"--cpus-per-task={s.cpus_per_task}")
-    env = render_sbatch_env(plan)
+    env = render_sbatch_env(plan, run_dir)
     return _template().render(
         header=render_sbatch_header(plan, run_dir),
         run_dir=shlex.quote(run_dir),

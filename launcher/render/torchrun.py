@@ -10,6 +10,7 @@ import sys
 from typing import Mapping, Optional, Sequence
 
 from launcher.plan import Plan
+from launcher.rundir.names import LOGS
 
 TRAIN_MODULE_ARGV = ["-m", "launcher", "train"]
 MALLOC_MMAP_THRESHOLD = 1 << 20
@@ -50,13 +51,15 @@ def render_torchrun_argv(
             argv += ["--node-rank", node_rank]
         if local_addr is not None:
             argv += ["--local-addr", local_addr]
-    argv += ["--nproc-per-node", str(plan.procs_per_node), "--max-restarts", "0"]
+    argv += ["--nproc-per-node", str(plan.procs_per_node), "--max-restarts", str(plan.job.train.max_restarts)]
     argv += TRAIN_MODULE_ARGV + [run_dir, *extra_train_args]
     return argv
 
 
-def render_env(plan: Plan, extra: Optional[Mapping[str, str]] = None) -> dict[str, str]:
-    """Environment every rank needs. Threads per rank on CPU: oversubscribed ranks ran 5x slower."""
+def render_env(plan: Plan, extra: Optional[Mapping[str, str]] = None, run_dir: Optional[str] = None) -> dict[str, str]:
+    """Environment every rank needs. Threads per rank on CPU: oversubscribed ranks ran 5x slower.
+    On NCCL, PyTorch's Flight Recorder keeps the last collectives of each rank and dumps them
+    into RUN_DIR/logs when a collective times out: the record of who waited for whom."""
     # Hub ids were fetched into the local cache before any rank started (launcher.hub): a rank never
     # downloads, so ranks never race to fetch the same files, and a missing file fails at once
     env = {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
@@ -69,6 +72,10 @@ def render_env(plan: Plan, extra: Optional[Mapping[str, str]] = None) -> dict[st
         env["MALLOC_MMAP_THRESHOLD_"] = str(MALLOC_MMAP_THRESHOLD)
     else:
         env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] = "1"
+        env["TORCH_NCCL_TRACE_BUFFER_SIZE"] = "2000"
+        env["TORCH_NCCL_DUMP_ON_TIMEOUT"] = "1"
+        if run_dir is not None:
+            env["TORCH_FR_DUMP_TEMP_FILE"] = f"{run_dir}/{LOGS}/nccl_flight_recorder_rank_"
     if extra:
         env.update(extra)
     return dict(sorted(env.items()))

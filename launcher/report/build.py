@@ -19,10 +19,11 @@ from pathlib import Path
 
 from launcher.report import accounting as A
 from launcher.report import compute as C
+from launcher.report import faults as F
 from launcher.report.energy import read_node_energy
 from launcher.report.forecast import forecast_section
-from launcher.rundir import (COMPLETED, METRICS, REPORT_HTML, REPORT_JSON, REPORT_MD, MemoryRecord, StartRecord,
-                             read_metrics, read_plan, require_run_dir, write_atomic, write_json)
+from launcher.rundir import (COMPLETED, METRICS, REPORT_HTML, REPORT_JSON, REPORT_MD, SLURM_ACCOUNTING, MemoryRecord,
+                             StartRecord, read_metrics, read_plan, require_run_dir, write_atomic, write_json)
 from launcher.rundir.metrics import parse_metrics
 
 SCHEMA_VERSION = 1
@@ -67,6 +68,13 @@ def _completed_forecast(plan, starts, notes: list[str]):
     return new
 
 
+def _read_accounting(run_dir: Path) -> dict | None:
+    try:
+        return json.loads((run_dir / SLURM_ACCOUNTING).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def build_report(run_dir: str | os.PathLike) -> dict:
     """The report of one run, as a JSON-ready dict (``schema_version`` 1)."""
     rd = Path(run_dir)
@@ -89,7 +97,11 @@ def build_report(run_dir: str | os.PathLike) -> dict:
     thr = C.throughput_section(job, records, steps, notes)
     mfu = A.mfu_section(job, thr, A.flops_per_token(plan, starts, job, notes))
     energy = A.energy_section(read_node_energy(rd), job, thr, notes)
-    cost = A.cost_section(plan.job.report, thr, energy, notes)
+    allocation = F.allocation_section(_read_accounting(rd), job, thr)
+    billed = dict(thr, device_hours=allocation["device_hours"]) if allocation["available"] else thr
+    if allocation["available"]:
+        notes.append("cost: compute priced on Slurm's allocated time (sacct, every attempt), not the trainer's")
+    cost = A.cost_section(plan.job.report, billed, energy, notes)
     forecast = forecast_section(_completed_forecast(plan, starts, notes), plan.memory, job["device"], thr, energy,
                                 cost, records.of(MemoryRecord))
     return {
@@ -107,6 +119,9 @@ def build_report(run_dir: str | os.PathLike) -> dict:
         "forecast": forecast,
         "loss": C.loss_section(records, steps),
         "checkpoints": C.checkpoints_section(records),
+        "restarts": F.restarts_section(records, thr),
+        "stragglers": F.stragglers_section(steps, records.of(MemoryRecord)),
+        "allocation": allocation,
         "notes": notes,
     }
 

@@ -211,7 +211,35 @@ def summary_sections(report: dict) -> list[tuple[str, list[tuple[str, str]]]]:
                 ("Cost", cost_rows)]
     if fc_rows:
         sections.append(("Forecast vs actual", fc_rows))
+    faults = fault_rows(report)
+    if faults:
+        sections.append(("Faults and stragglers", faults))
     return sections + [("Loss", loss_rows)]
+
+
+def fault_rows(report: dict) -> list[tuple[str, str]]:
+    """Restarts and the steps they redid, the slowest rank, and Slurm's allocated time; only the
+    rows that say something (one rank and no fault: none)."""
+    rows = []
+    rs, st, al = report.get("restarts") or {}, report.get("stragglers") or {}, report.get("allocation") or {}
+    if rs.get("attempts", 0) > 1:
+        rows.append(("Restarts", f"{rs.get('automatic_restarts', 0)} automatic, {rs.get('resumes', 0)} resumed "
+                                 f"from a checkpoint; {rs.get('steps_lost', 0) + rs.get('redone_steps', 0)} step(s) "
+                                 "done again"))
+    if st.get("available") and st.get("ranks", 0) > 1:
+        med = st["compute_median_s"]
+        host = f" on {st['slowest_host']}" if st.get("slowest_host") else ""
+        rows.append(("Slowest rank", f"rank {st['slowest_rank']}{host}: {fmt_dur(med[str(st['slowest_rank'])])} of "
+                                     f"compute per step, fastest rank {st['fastest_rank']} "
+                                     f"{fmt_dur(med[str(st['fastest_rank'])])} (x{st['spread']:.2f})"
+                     if st.get("spread") else f"rank {st['slowest_rank']}{host}"))
+        rows.append(("Waiting in the step's collective", f"{fmt_pct(st.get('wait_share'))} of the median step"))
+    if al.get("available"):
+        share = f" ({fmt_pct(al['trainer_share'])} of it)" if al.get("trainer_share") is not None else ""
+        rows.append(("Allocated (sacct)", f"{fmt_num(al['device_hours'])} device-hours over {al['attempts']} "
+                                          f"attempt(s) ({', '.join(al['states'])}); devices: {al['devices_from']}"))
+        rows.append(("Measured by the trainer", f"{fmt_num(al.get('trainer_device_hours'))} device-hours{share}"))
+    return rows
 
 
 def fmt_bytes(x: Optional[float]) -> str:

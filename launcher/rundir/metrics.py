@@ -46,6 +46,8 @@ class StartRecord(_Record):
     train_tokens: Optional[int] = None
     resumed_from_step: Optional[int] = None
     setup_s: float = Field(0.0, description="process start to this record: counted in wall time and device-hours")
+    restart: int = Field(0, description="torchrun's restart count (TORCHELASTIC_RESTART_COUNT): automatic restarts")
+    steps_lost: int = Field(0, description="steps the previous attempt had done past the checkpoint resumed from")
     packed: bool = False
     hostname: Optional[str] = None
 
@@ -66,6 +68,7 @@ class TrainRecord(_Record):
     step_time_s: float
     cum_samples: int
     cum_tokens: int
+    rank_compute_s: Optional[list[float]] = None  # each rank's compute time; the rest of step_time_s is waiting
 
 
 class EvalRecord(_Record):

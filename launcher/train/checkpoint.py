@@ -1,13 +1,16 @@
 """Checkpoints: resumable state every ``save_every_steps`` and on a stop, and the final model.
 
 Layout of ``checkpoints/step-N/``: ``engine/`` (the strategy's own sharded format: model,
-optimizer and LR scheduler state), ``rng-rank<R>.pt`` (each rank's RNG streams) and
-``trainer_state.json`` (the step), written by rank 0 last. Every rank writes into a temp folder
-that rank 0 renames once all are done: a checkpoint folder either is complete or does not exist
-under its final name.
+optimizer and LR scheduler state), ``rng-rank<R>.pt`` (each rank's RNG streams),
+``trainer_state.json`` (the step) and ``manifest.json`` (every file's size and sha256, written
+last, after the files were synced). Every rank writes into a temp folder that rank 0 renames once
+the manifest is written: a checkpoint folder either is complete or does not exist under its final
+name. A resume trusts only a checkpoint whose manifest verifies (:func:`choose_checkpoint`), and
+pruning never removes the newest verified one.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -17,6 +20,8 @@ from pathlib import Path
 from typing import Optional
 
 from launcher import rundir
+from launcher.errors import JobError
+from launcher.train import manifest
 
 ENGINE = "engine"
 
@@ -32,13 +37,31 @@ def _step_of(p: Path) -> Optional[int]:
         return None
 
 
-def latest_checkpoint(run_dir: Path) -> Optional[Path]:
-    ckpts = []
+def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every checkpoint with a manifest, newest first."""
+    out = []
     for p in (run_dir / rundir.CHECKPOINTS).glob(f"{rundir.CHECKPOINT_PREFIX}*"):
         step = _step_of(p)
-        if step is not None and (p / rundir.TRAINER_STATE).exists():
-            ckpts.append((step, p))
-    return max(ckpts)[1] if ckpts else None
+        if step is not None and (p / rundir.MANIFEST).is_file():
+            out.append((step, p))
+    return sorted(out, reverse=True)
+
+
+def latest_checkpoint(run_dir: Path) -> Optional[Path]:
+    """The newest checkpoint that finished its save (has a manifest); not yet verified."""
+    found = checkpoints(run_dir)
+    return found[0][1] if found else None
+
+
+def choose_checkpoint(run_dir: Path, log) -> Optional[Path]:
+    """Collective: the newest checkpoint whose manifest verifies on every rank. A newer one that
+    does not (a truncated file, a crash mid-save) is passed over with one line saying so."""
+    for step, folder in checkpoints(run_dir):
+        problem = manifest.verify(folder)
+        if problem is None:
+            return folder
+        log(f"checkpoint {folder.name} is incomplete or corrupt ({problem}); trying an older one")
+    return None
 
 
 def rng_state() -> dict:
@@ -71,8 +94,33 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _space_problem(root: Path, strategy, step: int) -> Optional[str]:
+    """Collective: why the checkpoint would not fit (all ranks' model states, +10%, against the
+    free space where it goes), or None."""
+    import torch
+    import torch.distributed as dist
+
+    counts = strategy.states.counts or {}
+    need = torch.tensor([float(counts.get("params_bytes", 0) + counts.get("optimizer_bytes", 0)) * 1.1])
+    dist.all_reduce(need)
+    free = shutil.disk_usage(root).free
+    if need.item() > free:
+        return (f"checkpoint at step {step}: it needs about {need.item() / 2**20:,.0f} MiB in {root} and the "
+                f"filesystem has {free / 2**20:,.0f} MiB free")
+    return None
+
+
+def _no_space(root: Path, step: int, detail: str) -> JobError:
+    prev = latest_checkpoint(root.parent)
+    return JobError(f"{detail}; free space there (or set train.save_every_steps higher); "
+                    + (f"the previous checkpoint {prev.name} is intact and the job resumes from it"
+                       if prev else "no earlier checkpoint exists"))
+
+
 def save_checkpoint(run: Path, strategy, step: int, keep_last: int, metrics) -> Path:
-    """Collective: every rank saves its shard; rank 0 renames, prunes old ones, logs the record."""
+    """Collective: every rank saves its shard into a temp folder; the ranks hash and sync the
+    files, rank 0 writes the manifest, renames, prunes and logs the record. A full disk is one
+    clear error and the previous checkpoint stays as it was."""
     import torch
     import torch.distributed as dist
 
@@ -84,21 +132,60 @@ def save_checkpoint(run: Path, strategy, step: int, keep_last: int, metrics) -> 
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     dist.barrier()
-    strategy.save(str(tmp / ENGINE))
-    torch.save(rng_state(), _rng_file(tmp, rank))
+    problem = _space_problem(root, strategy, step)
+    failed = torch.zeros(1)
+    if problem is None:
+        try:
+            strategy.save(str(tmp / ENGINE))
+            torch.save(rng_state(), _rng_file(tmp, rank))
+        except Exception as e:  # noqa: BLE001 - agreed on below; a full disk is said in one line
+            if not _is_enospc(e):
+                raise
+            failed += 1
+            problem = f"checkpoint at step {step}: no space left on the device of {root}"
+    dist.all_reduce(failed)
+    if problem is not None or failed.item() > 0:
+        dist.barrier()
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise _no_space(root, step, problem or f"checkpoint at step {step}: no space left on the device of {root}")
     dist.barrier()
     if rank == 0:
         rundir.write_json(tmp / rundir.TRAINER_STATE, {"step": step, "time": time.time()})
+    dist.barrier()
+    manifest.write_manifest(tmp, step)
+    if rank == 0:
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        kept = sorted((p for p in root.glob(f"{rundir.CHECKPOINT_PREFIX}*") if p.is_dir() and _step_of(p) is not None),
-                      key=_step_of)
-        for old in kept[:-keep_last]:
-            shutil.rmtree(old, ignore_errors=True)
+        prune(root, keep_last)
         metrics.write(rundir.CheckpointRecord(step=step, path=str(final)))
     dist.barrier()
     return final
+
+
+def _is_enospc(e: BaseException) -> bool:
+    while e is not None:
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(e):  # DCP and DeepSpeed wrap the OSError
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def prune(root: Path, keep_last: int) -> None:
+    """Keep the newest ``keep_last`` checkpoints with a manifest (at least the newest one), and
+    drop unfinished folders older than it; never the only checkpoint a resume can use."""
+    done = checkpoints(root.parent)
+    for _, old in done[max(1, keep_last):]:
+        shutil.rmtree(old, ignore_errors=True)
+    if done:
+        newest = done[0][0]
+        for p in root.glob(f"{rundir.CHECKPOINT_PREFIX}*"):
+            step = _step_of(p)
+            if step is not None and step < newest and not (p / rundir.MANIFEST).is_file():
+                shutil.rmtree(p, ignore_errors=True)
 
 
 def resume(ckpt: Path, strategy, rank: int) -> int:

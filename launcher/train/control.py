@@ -1,8 +1,10 @@
-"""Stop requests: USR2 to a rank, or the STOP file the Slurm batch shell touches on USR2. Every
-rank votes in the step's one collective, so all ranks stop after the same step."""
+"""Stop requests: USR2 (Slurm's warning before the time limit), SIGTERM (scancel, a node drain,
+a scheduler that sends no USR2) or the STOP file the Slurm batch shell touches. Every rank votes
+in the step's one collective, so all ranks stop after the same step, checkpoint and exit 0."""
 from __future__ import annotations
 
 import signal
+import sys
 from pathlib import Path
 
 from launcher import rundir
@@ -11,11 +13,15 @@ _signalled = {"stop": False}
 
 
 def _on_stop_signal(signum, frame):  # noqa: ARG001
+    if not _signalled["stop"]:
+        name = signal.Signals(signum).name
+        print(f"[launcher] {name}: checkpointing after this step, then stopping", file=sys.stderr, flush=True)
     _signalled["stop"] = True
 
 
 def install_stop_handler() -> None:
-    signal.signal(signal.SIGUSR2, _on_stop_signal)
+    for sig in (signal.SIGUSR2, signal.SIGTERM):
+        signal.signal(sig, _on_stop_signal)
 
 
 def stop_requested(run: Path) -> bool:

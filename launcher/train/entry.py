@@ -8,6 +8,19 @@ from datetime import timedelta
 from launcher import rundir
 
 
+def _attempt_store(timeout: timedelta):
+    """The rendezvous store, its keys scoped to torchrun's restart count. After a restart the
+    store still holds the dead workers' addresses under the default keys, and the new workers'
+    gloo mesh dialled them ("connectFullMesh failed ... Connection refused")."""
+    import torch.distributed as dist
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # torchrun's agent hosts it
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
+                          is_master=not agent and rank == 0, timeout=timeout)
+    return dist.PrefixStore(f"launcher/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
+
+
 def init_distributed(plan, timeout_s: int = 600):
     import torch
     import torch.distributed as dist
@@ -15,12 +28,14 @@ def init_distributed(plan, timeout_s: int = 600):
     if dist.is_initialized():
         return
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    timeout = timedelta(seconds=timeout_s)
+    kw = {"timeout": timeout, "store": _attempt_store(timeout), "rank": int(os.environ["RANK"]),
+          "world_size": int(os.environ["WORLD_SIZE"])}
     if plan.device == "cuda":
         torch.cuda.set_device(local_rank)
-        dist.init_process_group(plan.backend, timeout=timedelta(seconds=timeout_s),
-                                device_id=torch.device("cuda", local_rank))
+        dist.init_process_group(plan.backend, device_id=torch.device("cuda", local_rank), **kw)
     else:
-        dist.init_process_group(plan.backend, timeout=timedelta(seconds=timeout_s))
+        dist.init_process_group(plan.backend, **kw)
 
 
 def main(run_dir: str, preflight_only: bool = False) -> int:

@@ -37,6 +37,7 @@ def train_main(run_dir: str, plan, prepared, tokenizer, t_start: float) -> int:
     from launcher.train.energy import start_node_tracker
     from launcher.train.model import build_model, check_packing
     from launcher.train.strategies import build_strategy
+    from launcher.train.watchdog import Watchdog, default_store
 
     run = Path(run_dir).resolve()
     spec = plan.job
@@ -58,7 +59,7 @@ def train_main(run_dir: str, plan, prepared, tokenizer, t_start: float) -> int:
     hf_logging.disable_progress_bar()
     monitor = MemoryMonitor()  # baseline: the libraries and the data, no model yet
     acc_before = None
-    latest = ckpts.latest_checkpoint(run)
+    latest = ckpts.choose_checkpoint(run, log0)  # collective: the newest whose manifest verifies
     if spec.train.eval_accuracy_samples and rank == 0 and latest is None:
         acc_before = accuracy_of_model(paths.model, paths.tokenizer, spec, paths.data)  # loaded alone, then freed
     ckpts.seed_everything(spec.train.seed)
@@ -72,7 +73,12 @@ def train_main(run_dir: str, plan, prepared, tokenizer, t_start: float) -> int:
     start_step = 0
     if latest is not None:
         start_step = ckpts.resume(latest, strategy, rank)
-        metrics.truncate_after(start_step)
+    # an earlier attempt's steps past the checkpoint (or all of them, when it died before its
+    # first checkpoint) are done again: their records go, so that every step is logged once
+    logged = rundir.read_metrics(run).of(rundir.TrainRecord)
+    steps_lost = max(0, logged[-1].step - start_step) if logged else 0
+    metrics.truncate_after(start_step)
+    if latest is not None:
         log0(f"resumed from {latest.name}: step {start_step} of {total_steps}")
     dist.barrier()
 
@@ -81,7 +87,8 @@ def train_main(run_dir: str, plan, prepared, tokenizer, t_start: float) -> int:
                                             spec.train.method)
     metrics.write(start_record(plan, world=world, n_params=n_params, n_trainable=n_trainable,
                                flops_per_token=flops_tok, planned_steps=total_steps, stats=prepared.stats,
-                               train_rows=len(prepared.train), resumed_from=start_step, t_start=t_start))
+                               train_rows=len(prepared.train), resumed_from=start_step, t_start=t_start,
+                               steps_lost=steps_lost))
     _memory_record(metrics, monitor, strategy, "setup", start_step)
     has_eval = len(prepared.eval) > 0
     if start_step == 0 and has_eval and (spec.train.eval_every_steps or spec.train.eval_accuracy_samples):
@@ -96,8 +103,12 @@ def train_main(run_dir: str, plan, prepared, tokenizer, t_start: float) -> int:
             cum_samples, cum_tokens = done_before[-1].cum_samples, done_before[-1].cum_tokens
     status, done = "completed", start_step
     strategy.train()
+    watchdog = Watchdog(run, rank, world, spec.train.hang_timeout_s, default_store())
     t_last = time.time()
+    step_time = None
     for step in range(start_step, total_steps):
+        watchdog.beat(step, step_time)
+        t_compute = time.perf_counter()
         global_labels = label_count(prepared.train[i] for i in sched.global_rows(step))
         sums = StepSums()
         for micro in range(plan.grad_accum_steps):
@@ -110,7 +121,8 @@ def train_main(run_dir: str, plan, prepared, tokenizer, t_start: float) -> int:
             sums.add(lsum, batch, rows)
         grad_norm = strategy.step()
         lr_used = strategy.lr()
-        total = reduce_step(sums, grad_norm, stop_requested(run), strategy.device)
+        compute_s = time.perf_counter() - t_compute  # this rank's work; the rest of the step is waiting
+        total = reduce_step(sums, grad_norm, stop_requested(run), strategy.device, compute_s)
         now = time.time()
         step_time, t_last = now - t_last, now
         cum_samples += total.docs
@@ -120,12 +132,13 @@ def train_main(run_dir: str, plan, prepared, tokenizer, t_start: float) -> int:
         metrics.write(rundir.TrainRecord(
             step=done, epoch=sched.epoch_float(done), loss=loss, lr=lr_used, grad_norm=total.grad_norm,
             samples=total.docs, tokens=total.tokens, padding_tokens=total.padding, label_tokens=global_labels,
-            step_time_s=step_time, cum_samples=cum_samples, cum_tokens=cum_tokens))
+            step_time_s=step_time, cum_samples=cum_samples, cum_tokens=cum_tokens, rank_compute_s=total.rank_compute_s))
         if rank == 0 and (done % spec.train.log_every_steps == 0 or done == total_steps):
             log0(progress_line(done, total_steps, loss, lr_used, total.tokens, step_time))
         if spec.train.eval_every_steps and done % spec.train.eval_every_steps == 0 and done < total_steps and has_eval:
             metrics.write(rundir.EvalRecord(step=done, eval_loss=eval_loss(strategy, prepared.eval, pad_id, plan),
                                             eval_tokens=label_count(prepared.eval)))
+            watchdog.beat(step, phase="after eval")
             t_last = time.time()
         monitor.sample()
         release_free_memory()
@@ -135,9 +148,11 @@ def train_main(run_dir: str, plan, prepared, tokenizer, t_start: float) -> int:
             log0(f"stop requested: checkpoint at step {done} saved; the job can resume from it")
             break
         if spec.train.save_every_steps and done % spec.train.save_every_steps == 0 and done < total_steps:
+            watchdog.beat(step, phase="checkpoint")
             ckpts.save_checkpoint(run, strategy, done, spec.train.keep_last_checkpoints, metrics)
             t_last = time.time()
 
+    watchdog.pause()
     final = None
     if status == "completed":
         final = ckpts.save_final(run, strategy, spec.train.method, tokenizer)
@@ -147,6 +162,7 @@ def train_main(run_dir: str, plan, prepared, tokenizer, t_start: float) -> int:
                                             eval_tokens=label_count(prepared.eval), accuracy=acc))
     _memory_record(metrics, monitor, strategy, "end", done)
     monitor.stop()
+    watchdog.stop()
     metrics.write(rundir.EndRecord(steps=done, status=status, final_path=str(final) if final else None))
     _finish(run, rank, status, done, tracker, strategy)
     return 0
@@ -181,6 +197,10 @@ def _write_reports(run: Path) -> None:
     try:
         from launcher.report import write_reports
 
+        if os.environ.get("SLURM_JOB_ID"):  # the allocation so far: `launcher report` refreshes it later
+            from launcher.execute.slurm import write_accounting
+
+            write_accounting(run, os.environ["SLURM_JOB_ID"])
         write_reports(run)
     except Exception as e:  # noqa: BLE001 - the job succeeded; the report can be rebuilt
         print(f"[launcher] report failed: {e}; rebuild it with launcher report {run}", flush=True)

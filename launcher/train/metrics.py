@@ -2,6 +2,7 @@
 collective (with the stop votes), and the progress line."""
 from __future__ import annotations
 
+import os
 import socket
 import time
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ def accelerator_name(device: str) -> str:
 
 def start_record(plan, *, world: int, n_params: int, n_trainable: int, flops_per_token: float,
                  planned_steps: int, stats: dict, train_rows: int, resumed_from: int,
-                 t_start: float) -> rundir.StartRecord:
+                 t_start: float, steps_lost: int = 0) -> rundir.StartRecord:
     return rundir.StartRecord(
         world_size=world, nodes=plan.nodes, device=plan.device, accelerator=accelerator_name(plan.device),
         strategy=plan.strategy, zero_stage=plan.zero_stage, method=plan.job.train.method, dtype=plan.dtype,
@@ -36,6 +37,7 @@ def start_record(plan, *, world: int, n_params: int, n_trainable: int, flops_per
         planned_steps=planned_steps, train_rows=train_rows, train_samples=stats.get("train_documents"),
         train_tokens=stats.get("train_tokens"), resumed_from_step=resumed_from or None,
         setup_s=time.time() - t_start, packed=bool(stats.get("packed")), hostname=socket.gethostname(),
+        restart=int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0), steps_lost=steps_lost,
     )
 
 
@@ -64,24 +66,29 @@ class StepTotals:
     docs: int
     grad_norm: Optional[float]
     stop: bool
+    rank_compute_s: list[float]
 
 
-def reduce_step(sums: StepSums, grad_norm: Any, stop_vote: bool, device: Any) -> StepTotals:
-    """The step's sums over all ranks and whether any rank asked to stop, in one all-reduce,
-    brought to the host in one transfer together with the gradient norm (a tensor under FSDP2,
-    the same on every rank)."""
+def reduce_step(sums: StepSums, grad_norm: Any, stop_vote: bool, device: Any, compute_s: float) -> StepTotals:
+    """The step's sums over all ranks, whether any rank asked to stop, and every rank's compute
+    time (each rank fills its own slot: the slowest rank shows without a second collective), in
+    one all-reduce, brought to the host in one transfer with the gradient norm (a tensor under
+    FSDP2, the same on every rank)."""
     import torch
     import torch.distributed as dist
 
+    rank, world = dist.get_rank(), dist.get_world_size()
     loss = sums.loss_sum if torch.is_tensor(sums.loss_sum) else torch.tensor(float(sums.loss_sum))
-    counts = torch.tensor([sums.tokens, sums.padding, sums.docs, 1.0 if stop_vote else 0.0], dtype=torch.float64)
+    counts = torch.zeros(4 + world, dtype=torch.float64)
+    counts[:4] = torch.tensor([sums.tokens, sums.padding, sums.docs, 1.0 if stop_vote else 0.0])
+    counts[4 + rank] = compute_s
     t = torch.cat([loss.to(device=device, dtype=torch.float64).reshape(1), counts.to(device)])
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     if torch.is_tensor(grad_norm):
         t = torch.cat([t, grad_norm.to(device=device, dtype=torch.float64).reshape(1)])
     c = t.cpu().tolist()
-    norm = c[5] if torch.is_tensor(grad_norm) else (float(grad_norm) if grad_norm is not None else None)
-    return StepTotals(c[0], int(c[1]), int(c[2]), int(c[3]), norm, c[4] > 0)
+    norm = c[-1] if torch.is_tensor(grad_norm) else (float(grad_norm) if grad_norm is not None else None)
+    return StepTotals(c[0], int(c[1]), int(c[2]), int(c[3]), norm, c[4] > 0, c[5:5 + world])
 
 
 def progress_line(done: int, total: int, loss: float, lr: float, tokens: int, step_time: float) -> str:

@@ -5,4 +5,6 @@ export HF_HUB_OFFLINE=1
 export PYTHONUNBUFFERED=1
 export TOKENIZERS_PARALLELISM=false
 export TORCH_NCCL_ASYNC_ERROR_HANDLING=1
+export TORCH_NCCL_DUMP_ON_TIMEOUT=1
+export TORCH_NCCL_TRACE_BUFFER_SIZE=2000
 torchrun --nnodes 2 --rdzv-backend c10d --rdzv-endpoint 10.1.0.1:29500 --rdzv-id golden-1 --node-rank 1 --nproc-per-node 8 --max-restarts 0 -m launcher train /runs/golden-1 "$@"

@@ -5,4 +5,6 @@ export HF_HUB_OFFLINE=1
 export PYTHONUNBUFFERED=1
 export TOKENIZERS_PARALLELISM=false
 export TORCH_NCCL_ASYNC_ERROR_HANDLING=1
+export TORCH_NCCL_DUMP_ON_TIMEOUT=1
+export TORCH_NCCL_TRACE_BUFFER_SIZE=2000
 torchrun --standalone --nnodes 1 --nproc-per-node 8 --max-restarts 0 -m launcher train /runs/golden-1 "$@"

@@ -254,10 +254,8 @@ CASES: list = [  # (id, setup, argv, expected), or a pytest.param of the same
      ("--run-dir:", "ro is on a read-only file system", "writable disk")),
     ("run-bad-data-leaves-no-run-dir", write("d.jsonl", ""), ["run", "--run-dir", "run", CPU, "data.path=d.jsonl"],
      ("d.jsonl: the file is empty",)),
-    pytest.param("run-bad-data-leaves-no-output-dir", write("d.jsonl", ""), ["run", CPU, "data.path=d.jsonl"],
-                 ("d.jsonl: the file is empty",), id="run-bad-data-leaves-no-output-dir",
-                 marks=pytest.mark.xfail(reason="launcher run removes the run directory it made but not the empty "
-                                                "output_dir (runs/) made with it (cli/run.py cleanup)")),
+    ("run-bad-data-leaves-no-output-dir", write("d.jsonl", ""), ["run", CPU, "data.path=d.jsonl"],
+     ("d.jsonl: the file is empty",)),
     ("report-empty-folder", mkdir("empty"), ["report", "empty"],
      ("empty: not a run directory (no plan.json)", "pass a folder made by launcher run or launcher slurm")),
     ("report-damaged-plan", run_dir("r", "{not json"), ["report", "r"],

@@ -67,3 +67,21 @@ def test_sacct_completed_and_cancelled():
     assert (cancelled["state"], cancelled["nodes"]) == ("CANCELLED", None)  # "CANCELLED by 0", no nodes
     assert is_final(done["state"]) and is_final(cancelled["state"])
     assert parse_sacct(SACCT_COMPLETED, "4") is None
+
+
+# `sacct -j 4 -D -X -n -P -o JobID,State,Start,End,ElapsedRaw,AllocTRES,NNodes` of a job that
+# requeued itself once (recorded on the test cluster), and a GPU line as a GPU cluster prints it
+SACCT_REQUEUED = ("4|REQUEUED|2026-11-29T04:57:21|2026-11-29T04:57:24|3|billing=2,cpu=2,node=2|2\n"
+                  "4|COMPLETED|2026-11-29T04:57:36|2026-11-29T04:57:39|3|billing=2,cpu=2,node=2|2\n")
+SACCT_GPU = "77|COMPLETED|2026-01-01T00:00:00|2026-01-01T01:00:00|3600|billing=16,cpu=64,gres/gpu=16,mem=1T,node=2|2\n"
+
+
+def test_sacct_attempts_of_a_requeued_job_and_gpus_from_alloctres():
+    from launcher.execute.slurm import parse_sacct_attempts
+
+    a = parse_sacct_attempts(SACCT_REQUEUED, "4")
+    assert [(x["state"], x["elapsed_s"], x["gpus"], x["nodes"]) for x in a] == [("REQUEUED", 3, 0, 2),
+                                                                                 ("COMPLETED", 3, 0, 2)]
+    g = parse_sacct_attempts(SACCT_GPU, "77")
+    assert (g[0]["gpus"], g[0]["elapsed_s"]) == (16, 3600)
+    assert parse_sacct_attempts(SACCT_GPU, "78") == []

@@ -1,0 +1,85 @@
+"""What faults cost and who was slow, from the typed records (pure: nothing here reads a file).
+
+* restarts: attempts after the first one, automatic (torchrun's restart count, from the start
+  records) or requeues and manual resumes; the steps they redid.
+* stragglers: each rank's compute time per step (the rest of the step is waiting in the step's
+  collective for the slowest rank); the slowest rank, its host, and the spread.
+* allocation: what Slurm allocated (sacct: every attempt's elapsed time x GPUs, or x the ranks on
+  a CPU cluster), next to what the trainer measured.
+"""
+from __future__ import annotations
+
+import statistics
+from typing import Any, Optional, Sequence
+
+from launcher.rundir import MemoryRecord, StartRecord, TrainRecord
+
+
+def restarts_section(records: Sequence[Any], thr: dict) -> dict:
+    starts = [r for r in records if isinstance(r, StartRecord)]
+    return {
+        "attempts": len(starts),
+        "automatic_restarts": sum(1 for s in starts if s.restart > 0),
+        "resumes": sum(1 for s in starts if s.resumed_from_step is not None),
+        "resumed_from_steps": [s.resumed_from_step for s in starts if s.resumed_from_step is not None],
+        "redone_steps": thr.get("redone_steps", 0),
+        "steps_lost": sum(s.steps_lost for s in starts),
+    }
+
+
+def stragglers_section(steps: Sequence[TrainRecord], memory: Sequence[MemoryRecord]) -> dict:
+    per_rank: dict[int, list[float]] = {}
+    waits = []
+    for s in steps:
+        if not s.rank_compute_s:
+            continue
+        for r, t in enumerate(s.rank_compute_s):
+            per_rank.setdefault(r, []).append(t)
+        waits.append(max(0.0, s.step_time_s - min(s.rank_compute_s)))
+    if not per_rank:
+        return {"available": False, "reason": "no per-rank step times in metrics.jsonl"}
+    medians = {r: statistics.median(ts) for r, ts in per_rank.items()}
+    hosts = {m.rank: m.host for rec in memory for m in rec.ranks}
+    slowest = max(medians, key=medians.get)
+    fastest = min(medians, key=medians.get)
+    step_med = statistics.median(s.step_time_s for s in steps if s.rank_compute_s)
+    return {
+        "available": True,
+        "ranks": len(medians),
+        "compute_median_s": {str(r): medians[r] for r in sorted(medians)},
+        "slowest_rank": slowest,
+        "slowest_host": hosts.get(slowest),
+        "fastest_rank": fastest,
+        "spread": medians[slowest] / medians[fastest] if medians[fastest] > 0 else None,
+        "step_median_s": step_med,
+        "wait_share": max(0.0, 1.0 - statistics.median(medians.values()) / step_med) if step_med > 0 else None,
+        "max_wait_median_s": statistics.median(waits) if waits else None,
+    }
+
+
+def allocation_section(accounting: Optional[dict], job: dict, thr: dict) -> dict:
+    """Slurm's allocated device-hours over every attempt, or why there are none."""
+    if not accounting or not accounting.get("attempts"):
+        return {"available": False, "reason": "not a Slurm job, or sacct gave no attempts (launcher report "
+                                              "RUN_DIR asks sacct again)"}
+    attempts = accounting["attempts"]
+    world = int(job.get("world_size") or 1)
+    seconds = sum(a["elapsed_s"] for a in attempts)
+    device_s = 0.0
+    for a in attempts:
+        devices = a["gpus"] or world  # a CPU cluster allocates no GPUs: the ranks stand in
+        device_s += a["elapsed_s"] * devices
+    trainer = thr.get("device_hours")
+    hours = device_s / 3600.0
+    return {
+        "available": True,
+        "source": "sacct",
+        "job_id": accounting.get("job_id"),
+        "attempts": len(attempts),
+        "states": [a["state"] for a in attempts],
+        "elapsed_s": seconds,
+        "device_hours": hours,
+        "devices_from": "AllocTRES gres/gpu" if any(a["gpus"] for a in attempts) else "ranks (no GPUs allocated)",
+        "trainer_device_hours": trainer,
+        "trainer_share": (trainer / hours) if trainer and hours else None,
+    }

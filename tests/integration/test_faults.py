@@ -1,0 +1,240 @@
+"""Faults lose nothing: a killed rank restarts by itself from the newest verified checkpoint, a hung
+rank is caught and explained, a corrupt checkpoint is passed over, a full disk is one clear line,
+SIGTERM checkpoints, one run per run directory, and a completed run is left alone.
+
+Every fault here is real: kill -9 / SIGSTOP / SIGTERM of processes that torchrun started, a file
+truncated on disk, a tmpfs that is really full. The reference for "lost nothing" is the same job
+run without a fault: same data order (it depends only on the step), same optimizer and RNG state
+from the checkpoint, so the per-step losses agree to 1e-4 (fp32; reductions may reorder).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from launcher import rundir
+
+pytestmark = pytest.mark.slow
+
+RTOL = 1e-4
+COMMON = [
+    "train.max_steps=6", "data.num_samples=400", "train.eval_accuracy_samples=0", "train.global_batch_size=8",
+    "train.micro_batch_size=2", "train.save_every_steps=1", "train.keep_last_checkpoints=2", "cluster.device=cpu",
+    "cluster.cpu_procs_per_node=2", "train.method=full", "model.dtype=fp32",
+]
+STRATEGY = {"zero3": ["parallel.strategy=zero", "parallel.zero_stage=3"], "fsdp": ["parallel.strategy=fsdp"]}
+
+
+def launcher_run(run_dir: Path, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    out = subprocess.run([sys.executable, "-m", "launcher", "run", "--run-dir", str(run_dir), *args],
+                         capture_output=True, text=True, timeout=timeout, cwd=run_dir.parent)
+    if check:
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out
+
+
+def records(run_dir: Path, kind: str) -> list[dict]:
+    return [r.model_dump() for r in rundir.read_metrics(run_dir) if r.kind == kind]
+
+
+def losses(run_dir: Path) -> list[float]:
+    train = records(run_dir, "train")
+    assert [r["step"] for r in train] == list(range(1, len(train) + 1)), "every step exactly once"
+    return [r["loss"] for r in train]
+
+
+def rank_pids(run_dir: Path) -> list[int]:
+    """The pids of the ranks (`launcher train RUN_DIR`) that torchrun started for this run."""
+    import psutil
+
+    out = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if "train" in cmd and str(run_dir) in cmd and any("launcher" in c for c in cmd) \
+                and not any("torch.distributed.run" in c for c in cmd):
+            out.append(p.info["pid"])
+    return sorted(out)
+
+
+def when_step(run_dir: Path, step: int, action, timeout: float = 300) -> threading.Thread:
+    """Run ``action()`` once the run has logged train step ``step`` (first attempt)."""
+    def watch():
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if (run_dir / rundir.METRICS).exists() and any(r["step"] >= step for r in records(run_dir, "train")):
+                action()
+                return
+            time.sleep(0.05)
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    return t
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reference")
+    out = {}
+    for name, layout in STRATEGY.items():
+        launcher_run(root / name, *COMMON, *layout)
+        out[name] = root / name
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("strategy", ["fsdp", "zero3"])
+def test_a_killed_rank_restarts_by_itself_and_loses_nothing(reference, tmp_path, strategy, seed):
+    d = tmp_path / f"kill-{strategy}-{seed}"
+    step = random.Random(seed).randint(1, 5)  # a random step of the 6
+    victim = {}
+
+    def kill():
+        pids = rank_pids(d)
+        victim["pid"] = random.Random(seed).choice(pids)
+        os.kill(victim["pid"], signal.SIGKILL)
+
+    d.parent.mkdir(parents=True, exist_ok=True)
+    watcher = when_step(d, step, kill)
+    out = launcher_run(d, *COMMON, *STRATEGY[strategy], "train.max_restarts=2")
+    watcher.join(timeout=5)
+    assert victim, f"the run ended before step {step}: no rank was killed"
+    assert (d / rundir.COMPLETED).exists(), out.stdout[-2000:]
+    starts = records(d, "start")
+    assert [s["restart"] for s in starts] == [0, 1], "one automatic restart (torchrun's)"
+    # from the newest checkpoint that was whole when the rank died (none yet: from step 0)
+    assert (starts[1]["resumed_from_step"] or 0) <= step
+    got, ref = losses(d), losses(reference[strategy])
+    assert len(got) == 6 and got == pytest.approx(ref, rel=RTOL)
+    report = json.loads((d / rundir.REPORT_JSON).read_text())
+    assert report["restarts"]["automatic_restarts"] == 1 and report["restarts"]["attempts"] == 2
+
+
+def test_a_stopped_rank_makes_the_watchdog_dump_stacks_and_end_the_job(tmp_path):
+    d = tmp_path / "hang"
+    d.mkdir()
+    timeout_s = 15
+    stopped = {}
+
+    def stop():
+        pid = rank_pids(d)[-1]
+        os.kill(pid, signal.SIGSTOP)
+        stopped.update(pid=pid, at=time.monotonic())
+
+    watcher = when_step(d, 2, stop)
+    out = launcher_run(d, *COMMON, *STRATEGY["fsdp"], "train.max_steps=100", f"train.hang_timeout_s={timeout_s}",
+                       check=False)
+    watcher.join(timeout=5)
+    assert stopped, "no rank was stopped"
+    assert out.returncode != 0
+    stacks = sorted((d / rundir.LOGS).glob("stacks-rank*.txt"))
+    assert len(stacks) == 1, "the one live rank dumped its stacks"  # the stopped one cannot
+    fired = stacks[0].stat().st_mtime
+    assert fired - time.time() + (time.monotonic() - stopped["at"]) <= timeout_s + 30
+    text = stacks[0].read_text()
+    assert "Thread" in text and "in train_main" in text, text[:2000]  # every thread, the loop's frame among them
+    hang = json.loads(next((d / rundir.LOGS).glob("hang-rank*.json")).read_text())
+    assert hang["behind"] and hang["behind"] != [hang["rank"]], "the rank that did not arrive is named"
+    assert "did not arrive" in out.stderr + out.stdout
+
+
+def test_sigterm_checkpoints_and_stops(tmp_path):
+    d = tmp_path / "term"
+    d.mkdir()
+    proc = subprocess.Popen([sys.executable, "-m", "launcher", "run", "--run-dir", str(d), *COMMON,
+                             *STRATEGY["zero3"], "train.max_steps=100", "train.save_every_steps=100"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    when_step(d, 2, lambda: proc.send_signal(signal.SIGTERM)).join(timeout=300)
+    out, _ = proc.communicate(timeout=300)
+    assert (d / rundir.PREEMPTED).exists(), out[-3000:]
+    assert "SIGTERM: checkpointing after this step" in out
+    ckpt = ckpts(d)
+    assert len(ckpt) == 1 and (ckpt[0] / rundir.MANIFEST).exists()
+    assert records(d, "end")[-1]["status"] == "preempted"
+
+
+def ckpts(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / rundir.CHECKPOINTS).glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+
+
+def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(reference, tmp_path):
+    d = tmp_path / "trunc"
+    d.mkdir()
+    watcher = when_step(d, 4, lambda: (d / rundir.STOP).write_text(""))
+    launcher_run(d, *COMMON, *STRATEGY["fsdp"])
+    watcher.join(timeout=5)
+    saved = ckpts(d)
+    assert (d / rundir.PREEMPTED).exists() and len(saved) == 2, saved  # keep_last_checkpoints=2
+    newest = saved[-1]
+    victim = max((p for p in newest.rglob("*") if p.is_file() and p.name != rundir.MANIFEST),
+                 key=lambda p: p.stat().st_size)
+    with open(victim, "r+b") as f:
+        f.truncate(victim.stat().st_size // 2)
+    (d / rundir.STOP).unlink()
+    (d / rundir.PREEMPTED).unlink()
+    out = launcher_run(d)
+    assert f"checkpoint {newest.name} is incomplete or corrupt" in out.stdout + out.stderr
+    starts = records(d, "start")
+    assert starts[-1]["resumed_from_step"] == int(saved[0].name.split("-")[1])
+    assert losses(d) == pytest.approx(losses(reference["fsdp"]), rel=RTOL)
+
+
+def test_a_full_disk_during_a_save_is_one_line_and_the_previous_checkpoint_stays(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    d = tmp_path / "full"
+    (d / rundir.CHECKPOINTS).mkdir(parents=True)
+    mnt = d / rundir.CHECKPOINTS
+    # the tiny model's checkpoint is ~4 MiB (fp32 weights and Adam's states): room for one, not two
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(mnt)], check=True)
+    try:
+        out = launcher_run(d, *COMMON, *STRATEGY["fsdp"], "train.save_every_steps=2", check=False)
+        assert out.returncode != 0
+        lines = [ln for ln in (out.stdout + out.stderr).splitlines() if "checkpoint at step 4" in ln]
+        assert lines, (out.stdout + out.stderr)[-3000:]
+        assert "the previous checkpoint step-2 is intact" in lines[0] and "Traceback" not in lines[0]
+        saved = ckpts(d)
+        assert [p.name for p in saved] == ["step-2"] and not list(mnt.glob(".tmp-*"))
+        from launcher.train.manifest import check_manifest
+
+        assert check_manifest(saved[0]) is None, "the previous checkpoint verifies"
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_one_run_per_run_directory_and_a_completed_run_is_left_alone(reference, tmp_path):
+    d = reference["zero3"]
+    final = {p.name: p.stat().st_mtime_ns for p in (d / rundir.FINAL).iterdir()}
+    again = launcher_run(d)  # `launcher run RUN_DIR`-style: the stored job
+    assert again.returncode == 0 and "complete (COMPLETED); nothing to run" in again.stdout
+    assert {p.name: p.stat().st_mtime_ns for p in (d / rundir.FINAL).iterdir()} == final, "final/ untouched"
+    folder = subprocess.run([sys.executable, "-m", "launcher", "run", str(d)], capture_output=True, text=True,
+                            cwd=tmp_path, timeout=300)
+    assert folder.returncode == 0 and "nothing to run" in folder.stdout, folder.stderr
+
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    first = subprocess.Popen([sys.executable, "-m", "launcher", "run", "--run-dir", str(busy), *COMMON,
+                              *STRATEGY["fsdp"], "train.max_steps=100"], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while not (busy / rundir.LOCK).exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        second = launcher_run(busy, *COMMON, *STRATEGY["fsdp"], check=False)
+        assert second.returncode == 2 and "Traceback" not in second.stderr
+        lines = second.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"in use by another launcher run (pid {first.pid} on" in lines[0], lines
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.wait(timeout=120)
+    # a stale lock (its process gone) is taken over
+    (busy / rundir.LOCK).write_text(json.dumps({"host": os.uname().nodename, "pid": 2**22 + 7, "time": 0}))
+    launcher_run(busy, "train.max_steps=2")
