@@ -44,6 +44,18 @@ def check_nvme_here(spec) -> None:
                        "local NVMe drive (mkdir -p) or point parallel.nvme_path at one")
 
 
+def check_trackers_here(spec) -> None:
+    """report.trackers: each tracker's package is installed here (rank 0 imports it at its start)."""
+    from launcher.train.trackers import missing_packages
+
+    missing = missing_packages(spec.report.trackers)
+    if missing:
+        names = ", ".join(name for name, _ in missing)
+        raise JobError(f"report.trackers: {names} {'is' if len(missing) == 1 else 'are'} not installed here; "
+                       f"pip install {' '.join(pip for _, pip in missing)} (all of them: pip install 'launcher[trackers]'), "
+                       "or leave it out of report.trackers")
+
+
 def with_procs(spec, device: str, nproc: Optional[int]):
     """The job with ``--nproc-per-node`` applied to the field the device uses."""
     if nproc is None:
@@ -135,6 +147,7 @@ def plan_run(spec, device: str, run_dir: Path, *, with_data: bool = True):
     from launcher.plan import with_train_rows
 
     check_nvme_here(spec)
+    check_trackers_here(spec)
     if with_data:  # not for --dry-run: that starts nothing, and downloads nothing either
         fetch_hub(spec)
     spec, plan = plan_without_data(spec, device, cpu_count=os.cpu_count())
@@ -176,6 +189,7 @@ def hosts_launch_files(spec, device: str, names: Sequence[str], run_dir: Path):
 
     spec = spec.model_copy(update={"cluster": spec.cluster.model_copy(update={"nodes": len(names),
                                                                               "hosts": list(names)})})
+    check_trackers_here(spec)
     fetch_hub(spec)  # on this node: the hosts share its Hugging Face cache, or fill theirs with launcher fetch
     spec, plan = plan_without_data(spec, device, cpu_count=os.cpu_count())
     endpoint = f"{names[0]}:{spec.cluster.master_port}"
@@ -193,21 +207,22 @@ def slurm_files(spec, run_dir: str, *, python: str, extra_train_args: Sequence[s
     the CPUs the job asks for per node, not from this machine."""
     from launcher.render.slurm import render_sbatch
 
+    check_trackers_here(spec)  # the nodes run this Python environment (sys.executable)
     spec, plan = plan_without_data(spec, resolve_device(spec), cpu_count=spec.cluster.slurm.cpus_per_task)
     script = render_sbatch(plan, run_dir, python=python, extra_train_args=list(extra_train_args))
     return plan, {**engine_files(plan), rundir.SBATCH: script}
 
 
 def clear_run_outputs(run_dir: Path) -> None:
-    """What a run produced (checkpoints, final model, metrics, energy, reports, markers), removed
-    before it trains again from step 0 (`launcher run --start-over`). The job, the plan, the
-    tokenized data and the logs stay."""
+    """What a run produced (checkpoints, final model, metrics, energy, reports, markers, tracker
+    runs), removed before it trains again from step 0 (`launcher run --start-over`). The job, the
+    plan, the tokenized data and the logs stay."""
     import shutil
 
-    for name in (rundir.CHECKPOINTS, rundir.FINAL, rundir.EMISSIONS):
+    for name in (rundir.CHECKPOINTS, rundir.FINAL, rundir.EMISSIONS, rundir.TENSORBOARD, rundir.MLFLOW, rundir.WANDB):
         shutil.rmtree(run_dir / name, ignore_errors=True)
     for name in (rundir.METRICS, rundir.COMPLETED, rundir.PREEMPTED, rundir.STOP, rundir.REPORT_JSON,
-                 rundir.REPORT_MD, rundir.REPORT_HTML):
+                 rundir.REPORT_MD, rundir.REPORT_HTML, rundir.TRACKERS_JSON):
         (run_dir / name).unlink(missing_ok=True)
 
 

@@ -21,6 +21,7 @@ DEFAULT_JOB_PATH = Path(__file__).resolve().parent / "demo" / "default_job.yaml"
 
 Dtype = Literal["bf16", "fp16", "fp32"]
 Offload = Literal["none", "cpu", "nvme"]
+Tracker = Literal["tensorboard", "mlflow", "wandb"]
 
 
 class _Strict(BaseModel):
@@ -256,6 +257,24 @@ class ReportSpec(_Strict):
     energy_price_per_kwh: Optional[float] = Field(None, ge=0, description="Price of one kWh, added to compute cost.")
     pue: float = Field(
         1.0, ge=1.0, description="Data center's power usage effectiveness: energy figures are multiplied by it once.")
+    trackers: list[Tracker] = Field(
+        default_factory=list, description="Experiment trackers global rank 0 logs to: tensorboard (event files in "
+        "the run directory), mlflow (MLFLOW_TRACKING_URI, else a SQLite store in the run directory), wandb (offline "
+        "without WANDB_API_KEY). Per-step train metrics, eval, and the report's figures as the run's summary; one "
+        "tracker run across resumes and restarts (its id is kept in the run directory).")
+
+    @field_validator("trackers", mode="before")
+    @classmethod
+    def _one_or_many(cls, v):
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("trackers")
+    @classmethod
+    def _once_each(cls, v: list[str]) -> list[str]:
+        twice = sorted({t for t in v if v.count(t) > 1})
+        if twice:
+            raise ValueError(f"{', '.join(twice)} listed more than once")
+        return v
 
 
 class JobSpec(_Strict):
@@ -269,7 +288,8 @@ class JobSpec(_Strict):
     parallel: ParallelSpec = Field(
         ParallelSpec(), description="How the ranks share the model: DeepSpeed ZeRO or PyTorch FSDP2, offload.")
     cluster: ClusterSpec = Field(ClusterSpec(), description="Nodes, processes per node, device, Slurm.")
-    report: ReportSpec = Field(ReportSpec(), description="Carbon intensity, prices and PUE for the report.")
+    report: ReportSpec = Field(ReportSpec(), description="Carbon intensity, prices and PUE for the report; "
+                               "experiment trackers.")
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

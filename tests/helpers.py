@@ -1,6 +1,8 @@
 """Shared test helpers: small things built locally, never fetched from the hub."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import string
 from pathlib import Path
@@ -69,3 +71,63 @@ def check_golden(name: str, text: str) -> None:
         path.write_text(text)
     assert path.exists(), f"{path} missing: run with UPDATE_GOLDEN=1"
     assert text == path.read_text(), f"{name} drifted from its golden file (UPDATE_GOLDEN=1 to accept)"
+
+
+# ---------------------------------------------------------------- a Hugging Face cache in the Hub's layout
+
+HUB_COMMIT = "a" * 40
+
+
+def put_repo(cache: Path, repo_id: str, repo_type: str, files: dict[str, bytes], commit: str = HUB_COMMIT,
+             ref: str | None = "main") -> Path:
+    """One revision of a repository in the Hub cache's layout: content-addressed blobs, snapshot
+    files linking to them, refs/<ref> holding the commit. The snapshot folder."""
+    repo = cache / f"{repo_type}s--{repo_id.replace('/', '--')}"
+    snap = repo / "snapshots" / commit
+    for rel, data in files.items():
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.parent.mkdir(parents=True, exist_ok=True)
+        blob.write_bytes(data)
+        link = snap / rel
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    if ref:
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / ref).write_text(commit)
+    return snap
+
+
+def folder_files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def parquet_bytes(rows: list[dict]) -> bytes:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), buf)
+    return buf.getvalue()
+
+
+def demo_hub_cache(root: Path, model_id: str, data_id: str) -> dict[str, str]:
+    """An offline environment (HF_HUB_OFFLINE=1) whose Hugging Face cache, root/hub, holds the
+    demo's tiny model and tokenizer as ``model_id`` and 600 arithmetic rows as ``data_id``
+    (parquet: 500 train, 100 test), both at HUB_COMMIT on main."""
+    from launcher.demo import ensure_demo_assets
+
+    cache = root / "hub"
+    assets = ensure_demo_assets()
+    put_repo(cache, model_id, "model", {**folder_files(assets.model_dir), **folder_files(assets.tokenizer_dir)})
+    rows = [json.loads(line) for line in assets.data_file.read_text().splitlines()[:600]]
+    put_repo(cache, data_id, "dataset", {
+        "README.md": b"---\nlicense: mit\n---\n# arithmetic\n",
+        "data/train-00000-of-00001.parquet": parquet_bytes(rows[:500]),
+        "data/test-00000-of-00001.parquet": parquet_bytes(rows[500:]),
+    })
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
+    env.update(HF_HOME=str(root / "home"), HF_HUB_CACHE=str(cache), HF_DATASETS_CACHE=str(root / "datasets"),
+               HF_HUB_OFFLINE="1")
+    return env

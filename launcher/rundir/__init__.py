@@ -16,6 +16,8 @@ Layout of ``runs/<name>-<id>/`` (every name is defined once, in :mod:`launcher.r
     final/               the Hugging Face model or LoRA adapter
     export/<kind>/       `launcher export`: adapter, merged or full model, tokenizer, model card
     cache/               tokenized data, built before any process group exists
+    trackers.json        the experiment trackers' run ids (report.trackers), kept across resumes
+    tensorboard/, mlflow/, wandb/  the trackers' own files (mlflow/: unless MLFLOW_TRACKING_URI is set)
     STOP, PREEMPTED      preemption markers (Slurm batch shell, rank 0)
     COMPLETED            written by rank 0 after the final save: the job succeeded
     report.json, report.md, report.html

@@ -10,7 +10,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Annotated, Iterator, Literal, Optional, TypeVar, Union
+from typing import Annotated, Callable, Iterator, Literal, Optional, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -163,11 +163,13 @@ def dump(record: _Record) -> str:
 
 class MetricsWriter:
     """Appends records to RUN_DIR/metrics.jsonl (one line each, flushed). Only the rank given
-    ``enabled=True`` (global rank 0) writes; on the others every call is a no-op."""
+    ``enabled=True`` (global rank 0) writes; on the others every call is a no-op. Each of
+    ``listeners`` (the experiment trackers) is handed every record once it is written."""
 
     def __init__(self, run_dir: str | os.PathLike, enabled: bool):
         self.path = Path(run_dir) / METRICS
         self.enabled = enabled
+        self.listeners: list[Callable[[_Record], None]] = []
 
     def write(self, record: _Record) -> None:
         if not self.enabled:
@@ -175,6 +177,8 @@ class MetricsWriter:
         with open(self.path, "a") as f:
             f.write(dump(record))
             f.flush()
+        for listener in self.listeners:
+            listener(record)
 
     def truncate_after(self, step: int) -> None:
         """On resume: drop the records of steps past ``step`` (the checkpoint's), so that no step

@@ -21,6 +21,12 @@ LOCK = "LOCK"  # held by the `launcher run` that uses the run directory: host, p
 FINAL = "final"  # the Hugging Face model or LoRA adapter
 EXPORT = "export"  # `launcher export`'s default output: export/adapter, export/merged or export/full
 CACHE = "cache"  # tokenized data, built before any process group exists
+TRACKERS_JSON = "trackers.json"  # the experiment trackers' run ids (mlflow, wandb): one tracker run across resumes
+TENSORBOARD = "tensorboard"  # TensorBoard event files (report.trackers)
+MLFLOW = "mlflow"  # the MLflow store (mlflow.db, artifacts/) when MLFLOW_TRACKING_URI is unset
+MLFLOW_DB = "mlflow.db"  # in mlflow/: the SQLite tracking store
+MLFLOW_ARTIFACTS = "artifacts"  # in mlflow/: the experiment's artifact root
+WANDB = "wandb"  # W&B's own folder (wandb.init(dir=RUN_DIR) makes it): offline-run-<time>-<id>/
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"

@@ -15,6 +15,7 @@ from launcher.train.evaluate import accuracy_of_model, eval_loss
 from launcher.train.loss import label_count, model_inputs, token_loss_sum
 from launcher.train.memory import MemoryMonitor, gather_memory, release_free_memory
 from launcher.train.metrics import StepSums, progress_line, reduce_step, start_record
+from launcher.train.trackers import start_trackers
 
 
 def log0(msg: str) -> None:
@@ -80,6 +81,7 @@ def train_main(run_dir: str, plan, prepared, tokenizer, t_start: float) -> int:
     metrics.truncate_after(start_step)
     if latest is not None:
         log0(f"resumed from {latest.name}: step {start_step} of {total_steps}")
+    trackers = start_trackers(run, plan, start_step, metrics)  # rank 0: fed every record written from here
     dist.barrier()
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -164,7 +166,7 @@ def train_main(run_dir: str, plan, prepared, tokenizer, t_start: float) -> int:
     monitor.stop()
     watchdog.stop()
     metrics.write(rundir.EndRecord(steps=done, status=status, final_path=str(final) if final else None))
-    _finish(run, rank, status, done, tracker, strategy)
+    _finish(run, rank, status, done, tracker, strategy, trackers)
     return 0
 
 
@@ -175,8 +177,9 @@ def _memory_record(metrics, monitor, strategy, phase: str, step: int) -> None:
         metrics.write(rundir.MemoryRecord(phase=phase, step=step, ranks=[rundir.RankMemory(**r) for r in ranks]))
 
 
-def _finish(run: Path, rank: int, status: str, done: int, tracker, strategy) -> None:
-    """Stop the node's tracker, write the marker (and the reports), tear down in a fixed order."""
+def _finish(run: Path, rank: int, status: str, done: int, tracker, strategy, trackers) -> None:
+    """Stop the node's tracker, write the marker (and the reports, the experiment trackers'
+    summary), tear down in a fixed order."""
     import torch.distributed as dist
 
     dist.barrier()
@@ -186,14 +189,16 @@ def _finish(run: Path, rank: int, status: str, done: int, tracker, strategy) -> 
     if rank == 0:
         if status == "completed":
             rundir.write_atomic(run / rundir.COMPLETED, f"{time.time()}\n")
-            _write_reports(run)
+            trackers.summary(_write_reports(run))
         else:
             rundir.write_atomic(run / rundir.PREEMPTED, f"step {done}\n")
+        trackers.close(status)
     dist.barrier()
     _teardown(strategy)
 
 
-def _write_reports(run: Path) -> None:
+def _write_reports(run: Path):
+    """The report dict, written; None when it failed."""
     try:
         from launcher.report import write_reports
 
@@ -201,7 +206,7 @@ def _write_reports(run: Path) -> None:
             from launcher.execute.slurm import write_accounting
 
             write_accounting(run, os.environ["SLURM_JOB_ID"])
-        write_reports(run)
+        return write_reports(run)
     except Exception as e:  # noqa: BLE001 - the job succeeded; the report can be rebuilt
         print(f"[launcher] report failed: {e}; rebuild it with launcher report {run}", flush=True)
 

@@ -11,9 +11,7 @@ likewise), with HF_HUB_OFFLINE=1: nothing is downloaded.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -21,42 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import HUB_COMMIT, demo_hub_cache, folder_files, put_repo
+
 MODEL_ID, DATA_ID = "tiny-org/tiny-llama", "tiny-org/arithmetic"
-COMMIT, OLD_COMMIT = "a" * 40, "b" * 40
-
-
-def put_repo(cache: Path, repo_id: str, repo_type: str, files: dict[str, bytes], commit: str = COMMIT,
-             ref: str | None = "main") -> Path:
-    """One revision of a repository in the Hub cache's layout: content-addressed blobs, snapshot
-    files linking to them, refs/<ref> holding the commit. The snapshot folder."""
-    repo = cache / f"{repo_type}s--{repo_id.replace('/', '--')}"
-    snap = repo / "snapshots" / commit
-    for rel, data in files.items():
-        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        blob.write_bytes(data)
-        link = snap / rel
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to(os.path.relpath(blob, link.parent))
-    if ref:
-        (repo / "refs").mkdir(parents=True, exist_ok=True)
-        (repo / "refs" / ref).write_text(commit)
-    return snap
-
-
-def folder_files(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-def parquet_bytes(rows: list[dict]) -> bytes:
-    import io
-
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    buf = io.BytesIO()
-    pq.write_table(pa.Table.from_pylist(rows), buf)
-    return buf.getvalue()
+COMMIT, OLD_COMMIT = HUB_COMMIT, "b" * 40
 
 
 @pytest.fixture(scope="module")
@@ -66,24 +32,12 @@ def hub_env(tmp_path_factory) -> dict[str, str]:
     (parquet, train and test splits)."""
     from launcher.demo import ensure_demo_assets
 
-    root = tmp_path_factory.mktemp("hub")
-    cache = root / "hub"
+    env = demo_hub_cache(tmp_path_factory.mktemp("hub"), MODEL_ID, DATA_ID)
     assets = ensure_demo_assets()
-    model = {**folder_files(assets.model_dir), **folder_files(assets.tokenizer_dir)}
-    put_repo(cache, MODEL_ID, "model", model)
-    old = dict(model)
+    old = {**folder_files(assets.model_dir), **folder_files(assets.tokenizer_dir)}
     cfg = json.loads(old["config.json"])
     old["config.json"] = json.dumps({**cfg, "num_hidden_layers": 3}).encode()
-    put_repo(cache, MODEL_ID, "model", old, commit=OLD_COMMIT, ref="v0")
-    rows = [json.loads(line) for line in assets.data_file.read_text().splitlines()[:600]]
-    put_repo(cache, DATA_ID, "dataset", {
-        "README.md": b"---\nlicense: mit\n---\n# arithmetic\n",
-        "data/train-00000-of-00001.parquet": parquet_bytes(rows[:500]),
-        "data/test-00000-of-00001.parquet": parquet_bytes(rows[500:]),
-    })
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
-    env.update(HF_HOME=str(root / "home"), HF_HUB_CACHE=str(cache), HF_DATASETS_CACHE=str(root / "datasets"),
-               HF_HUB_OFFLINE="1")
+    put_repo(Path(env["HF_HUB_CACHE"]), MODEL_ID, "model", old, commit=OLD_COMMIT, ref="v0")
     return env
 
 
