@@ -102,7 +102,8 @@ class TrainSpec(_Strict):
         "logs/ and ends the job (default: 20 x the median step time, at least 300).")
     eval_every_steps: Optional[int] = Field(None, ge=1, description="Eval loss every N steps and before the first "
                                             "(null: at the end only).")
-    log_every_steps: int = Field(1, ge=1, description="Progress line every N steps (metrics.jsonl has every step).")
+    log_every_steps: int = Field(1, ge=1, description="Progress line at most every N steps; piped output shows about "
+                                 "30 a run, a terminal one redrawn line (metrics.jsonl has every step).")
     eval_accuracy_samples: int = Field(
         0, ge=0, description="Eval rows scored by greedy exact match of the response (instruction format).")
     seed: int = Field(0, description="Seed of the train/eval split, the data order and the adapters' init.")

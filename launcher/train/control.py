@@ -4,7 +4,6 @@ in the step's one collective, so all ranks stop after the same step, checkpoint 
 from __future__ import annotations
 
 import signal
-import sys
 from pathlib import Path
 
 from launcher import rundir
@@ -15,7 +14,9 @@ _signalled = {"stop": False}
 def _on_stop_signal(signum, frame):  # noqa: ARG001
     if not _signalled["stop"]:
         name = signal.Signals(signum).name
-        print(f"[launcher] {name}: checkpointing after this step, then stopping", file=sys.stderr, flush=True)
+        from launcher.train.console import say
+
+        say(f"[launcher] {name}: checkpointing after this step, then stopping", err=True)
     _signalled["stop"] = True
 
 

@@ -45,6 +45,29 @@ def main(run_dir: str, preflight_only: bool = False) -> int:
 
         raise JobError("launcher train: runs once per rank under torchrun (RANK/WORLD_SIZE unset); "
                        f"start it with `launcher run {run_dir}` or the run directory's launch.sh")
+    from launcher.train.console import capture_output
+
+    capture_output(run_dir, int(os.environ["RANK"]))  # third-party output into logs/rank<R>.log
+    try:
+        return _main(run_dir, preflight_only, t_start)
+    except Exception as e:
+        _tell_failure(run_dir, e)
+        raise
+
+
+def _tell_failure(run_dir: str, e: Exception) -> None:
+    """A failing rank names itself and its log on the user's stream; the traceback stays in the log
+    (and in torchrun's error summary). A JobError (bad input) is its one line."""
+    from launcher.errors import JobError
+    from launcher.train.console import rank_log, say
+
+    rank = int(os.environ["RANK"])
+    what = str(e) if isinstance(e, JobError) else f"{type(e).__name__}: {e}"
+    say(f"[launcher] rank {rank} failed: {what.splitlines()[0] if what else type(e).__name__} "
+        f"(traceback in {rank_log(run_dir, rank)})", err=True)
+
+
+def _main(run_dir: str, preflight_only: bool, t_start: float) -> int:
     plan = rundir.read_plan(run_dir)
     prepared = tok = None
     if not preflight_only:

@@ -10,6 +10,7 @@ from pathlib import Path
 from launcher import rundir
 from launcher.plan.schedule import LrLambda, warmup_steps
 from launcher.train import checkpoint as ckpts
+from launcher.train.console import progress_every, say
 from launcher.train.control import install_stop_handler, stop_requested
 from launcher.train.evaluate import accuracy_of_model, eval_loss
 from launcher.train.loss import label_count, model_inputs, token_loss_sum
@@ -22,7 +23,7 @@ def log0(msg: str) -> None:
     import torch.distributed as dist
 
     if not dist.is_initialized() or dist.get_rank() == 0:
-        print(f"[launcher] {msg}", flush=True)
+        say(f"[launcher] {msg}")
 
 
 def train_main(run_dir: str, plan, prepared, tokenizer, t_start: float) -> int:
@@ -106,6 +107,7 @@ def train_main(run_dir: str, plan, prepared, tokenizer, t_start: float) -> int:
     status, done = "completed", start_step
     strategy.train()
     watchdog = Watchdog(run, rank, world, spec.train.hang_timeout_s, default_store())
+    show_every = progress_every(total_steps, spec.train.log_every_steps)
     t_last = time.time()
     step_time = None
     for step in range(start_step, total_steps):
@@ -135,7 +137,7 @@ def train_main(run_dir: str, plan, prepared, tokenizer, t_start: float) -> int:
             step=done, epoch=sched.epoch_float(done), loss=loss, lr=lr_used, grad_norm=total.grad_norm,
             samples=total.docs, tokens=total.tokens, padding_tokens=total.padding, label_tokens=global_labels,
             step_time_s=step_time, cum_samples=cum_samples, cum_tokens=cum_tokens, rank_compute_s=total.rank_compute_s))
-        if rank == 0 and (done % spec.train.log_every_steps == 0 or done == total_steps):
+        if rank == 0 and (done % show_every == 0 or done == total_steps):
             log0(progress_line(done, total_steps, loss, lr_used, total.tokens, step_time))
         if spec.train.eval_every_steps and done % spec.train.eval_every_steps == 0 and done < total_steps and has_eval:
             metrics.write(rundir.EvalRecord(step=done, eval_loss=eval_loss(strategy, prepared.eval, pad_id, plan),
@@ -208,7 +210,7 @@ def _write_reports(run: Path):
             write_accounting(run, os.environ["SLURM_JOB_ID"])
         return write_reports(run)
     except Exception as e:  # noqa: BLE001 - the job succeeded; the report can be rebuilt
-        print(f"[launcher] report failed: {e}; rebuild it with launcher report {run}", flush=True)
+        say(f"[launcher] report failed: {e}; rebuild it with launcher report {run}")
 
 
 def _teardown(strategy) -> None:

@@ -192,9 +192,11 @@ def run_preflight(run_dir: str | os.PathLike, timeout_s: float = 60) -> list[dic
         _write_report(run_dir, report)
         if error is None:
             v = infos[0]
-            print(f"preflight ok: {world} rank(s) on {len(hosts)} node(s) ({', '.join(hosts)}), "
-                  f"{backend} all-reduce {allreduce_s * 1000:.0f} ms, python {v['python']}, "
-                  + ", ".join(f"{k} {v[k] or '-'}" for k in CHECKED_PACKAGES), flush=True)
+            from launcher.train.console import say
+
+            say(f"preflight ok: {world} rank(s) on {len(hosts)} node(s) ({', '.join(hosts)}), "
+                f"{backend} all-reduce {allreduce_s * 1000:.0f} ms, python {v['python']}, "
+                + ", ".join(f"{k} {v[k] or '-'}" for k in CHECKED_PACKAGES))
     if error:
         raise JobError(error)
     return infos

@@ -26,6 +26,7 @@ from typing import Optional, Protocol
 from urllib.parse import quote
 
 from launcher import rundir
+from launcher.train.console import say
 
 # what each tracker imports, and what to pip install for it
 PACKAGES = {"tensorboard": (("tensorboard",), "tensorboard"),
@@ -162,7 +163,7 @@ class MlflowTracker:
             except MlflowException as e:
                 if e.error_code != "RESOURCE_DOES_NOT_EXIST":
                     raise
-                print(f"[launcher] mlflow: run {self.run_id} is not in {self.uri}: starting a new run", flush=True)
+                say(f"[launcher] mlflow: run {self.run_id} is not in {self.uri}: starting a new run")
         if self.resumed:
             self.client.update_run(self.run_id, status="RUNNING")
         else:
@@ -268,8 +269,8 @@ class Trackers:
                 getattr(t, method)(*args)
             except Exception as e:  # noqa: BLE001 - a tracker's failure never stops the job
                 self.active.remove(t)
-                print(f"[launcher] tracker {t.name}: {method} failed ({type(e).__name__}: {e}); "
-                      "training goes on without it", flush=True)
+                say(f"[launcher] tracker {t.name}: {method} failed ({type(e).__name__}: {e}); "
+                    "training goes on without it")
 
 
 def read_tracker_ids(run_dir: Path) -> dict:
@@ -294,11 +295,11 @@ def start_trackers(run_dir: Path, plan, start_step: int, metrics: rundir.Metrics
         try:
             kept[name] = tracker.start(run_dir, plan, start_step, kept.get(name))
         except Exception as e:  # noqa: BLE001 - the job runs without it, and says so
-            print(f"[launcher] tracker {name}: could not start ({type(e).__name__}: {e}); training goes on "
-                  "without it", flush=True)
+            say(f"[launcher] tracker {name}: could not start ({type(e).__name__}: {e}); training goes on "
+                "without it")
             continue
         active.append(tracker)
-        print(f"[launcher] tracker {name}: {tracker.where()}", flush=True)
+        say(f"[launcher] tracker {name}: {tracker.where()}")
     rundir.write_json(run_dir / rundir.TRACKERS_JSON, kept)
     trackers = Trackers(active)
     metrics.listeners.append(trackers.record)

@@ -17,13 +17,13 @@ import json
 import os
 import socket
 import statistics
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Optional
 
 from launcher import rundir
+from launcher.train.console import say
 
 EXIT_HANG = 75  # what a rank exits with when the watchdog fires (torchrun and Slurm see a failure)
 FLOOR_S = 300.0  # the automatic timeout's floor, and its multiple of the median step time:
@@ -151,7 +151,7 @@ class Watchdog:
                 f"({self.host}); " + (f"rank(s) {where} did not arrive" if behind else
                                       "every rank arrived: the hang is inside a collective or the step itself")
                 + f"; Python stacks of every live rank in {path.parent}/stacks-rank*.txt")
-        print(line, file=sys.stderr, flush=True)
+        say(line, err=True)
         try:
             rundir.write_json(self.run / rundir.LOGS / f"hang-rank{self.rank}.json",
                               {"rank": self.rank, "host": self.host, "step": self.step + 1, "elapsed_s": elapsed,
