@@ -326,3 +326,23 @@ def test_resumed_losses_match_an_uninterrupted_run(preempted_run):
                if abs(g[key] - r[key]) > rtol * abs(r[key])]
         assert not bad, f"{key} differs from the uninterrupted run at (step, preempted, reference): {bad[:8]} " \
                         f"(preempted at step {preempted_run['signalled_at']})"
+
+
+def test_the_report_bills_the_allocation_not_the_trainers_time(preempted_run):
+    """Cost counts what Slurm allocated (sacct: every attempt's elapsed time x its devices; on a CPU
+    cluster the ranks stand in for GPUs), not only the seconds the trainer measured: start-up, the
+    requeue's second start and the shutdown are paid for too."""
+    run_dir, job_id = preempted_run["run_dir"], preempted_run["job_id"]
+    acc = json.loads((run_dir / "slurm_accounting.json").read_text())
+    assert acc["job_id"] == str(job_id) and acc["attempts"], acc
+    assert acc["attempts"][0]["state"] == "REQUEUED" and all(a["elapsed_s"] > 0 for a in acc["attempts"]), acc
+    world = records(run_dir, "start")[0]["world_size"]
+    report = json.loads((run_dir / "report.json").read_text())
+    alloc = report["allocation"]
+    assert alloc["available"] and alloc["source"] == "sacct" and alloc["attempts"] == len(acc["attempts"])
+    expected = sum(a["elapsed_s"] * (a["gpus"] or world) for a in acc["attempts"]) / 3600
+    assert alloc["device_hours"] == pytest.approx(expected, rel=1e-9)
+    assert alloc["trainer_device_hours"] < alloc["device_hours"], alloc
+    compute = (report.get("cost") or {}).get("compute")
+    if compute:  # the job has a GPU-hour price: it is applied to the allocation
+        assert compute["hours"] == pytest.approx(alloc["device_hours"], rel=1e-9), (compute, alloc)
