@@ -110,7 +110,7 @@ def run_launcher(work: Path, name: str, packed: bool, tag: str, a) -> dict:
     argv = ["launcher", "run", str(work / "job.yaml"), "--run-dir", str(run_dir), *overrides(name, packed)]
     r = C.run_logged(argv, work / "logs" / f"{tag}.log", cwd=str(work), marker="launcher train")
     out = {"tool": "launcher", "variant": "packed" if packed else "padded", "tag": tag, "rc": r["rc"],
-           "wall_s": r["wall_s"], "peak_rss_mib": r["peak_rss_mib"]}
+           "wall_s": r["wall_s"], "peak_rss_mib": r["peak_rss_mib"], "t0": r["t0"]}
     mfile = run_dir / "metrics.jsonl"
     if not mfile.exists():
         out["error"] = C.tail(work / "logs" / f"{tag}.log", 5)

@@ -65,6 +65,7 @@ def render_env(plan: Plan, extra: Optional[Mapping[str, str]] = None, run_dir: O
     env = {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
     if plan.device == "cpu":
         env["OMP_NUM_THREADS"] = str(plan.threads_per_rank or 1)
+        env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed's detection otherwise warns "Setting accelerator to CPU" per rank
         # glibc raises its mmap threshold as large blocks are freed, so parameter shards and
         # gathered layers end up in heap holes it never returns: a fixed 1 MiB threshold cut a
         # 290M-parameter LoRA rank's peak from 1.4x to 0.4x the fp32 model (bench/RESULTS.md),

@@ -36,7 +36,6 @@ import logging
 import os
 import re
 import socket
-import sys
 import threading
 import time
 from pathlib import Path
@@ -254,6 +253,13 @@ class NodeEnergyTracker:
             self._thread.start()
         return True
 
+    def start_in_background(self) -> None:
+        """:meth:`start` on a thread: CodeCarbon's hardware probe waits about 1.3 s (on a subprocess
+        and its own threads) that the rank spends building the model instead. Energy is counted
+        from when the probe ends; :meth:`stop` waits for it."""
+        self._starter = threading.Thread(target=self.start, name=f"energy-start-{self.node}", daemon=True)
+        self._starter.start()
+
     def _flush_loop(self) -> None:
         assert self.flush_every_s
         while not self._stop_evt.wait(self.flush_every_s):
@@ -273,6 +279,9 @@ class NodeEnergyTracker:
 
     def stop(self) -> Optional[dict]:
         """Stop measuring, write ``emissions/<node>.json`` and return its content (None if never started)."""
+        starter = getattr(self, "_starter", None)
+        if starter is not None:
+            starter.join(timeout=120)
         self._stop_evt.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
@@ -377,10 +386,12 @@ def start_node_tracker(run_dir: Union[str, os.PathLike], plan: Any) -> Optional[
     try:
         tracker = NodeEnergyTracker(run_dir, node, r.country_iso_code, r.region, gpus, r.pue,
                                     measure_power_secs=2.0 if plan.device == "cpu" else 5.0)
-        tracker.start()
+        tracker.start_in_background()
         return tracker
     except Exception as e:  # noqa: BLE001 - energy is reported as missing, never fatal to training
-        print(f"[launcher] energy tracking unavailable on {node}: {e}", file=sys.stderr, flush=True)
+        from launcher.train.console import say
+
+        say(f"[launcher] energy tracking unavailable on {node}: {e}", err=True)
         return None
 
 

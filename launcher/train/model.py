@@ -33,8 +33,11 @@ def build_model(plan, model_path: str):
             model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, **kw)
     else:
         if plan.zero_stage == 3:
-            import deepspeed
             from transformers.integrations import HfDeepSpeedConfig
+
+            from launcher.train.strategies.zero import import_deepspeed
+
+            deepspeed = import_deepspeed()
 
             # DeepSpeed's own view of the process group (its config check counts the ranks)
             deepspeed.init_distributed(dist_backend=plan.backend, auto_mpi_discovery=False)

@@ -5,11 +5,29 @@ import copy
 from typing import Any, Optional
 
 
+def import_deepspeed():
+    """``deepspeed``, without the build of its CPU shared-memory comm op. That op only speeds up
+    ``inference_all_reduce`` (tensor-parallel inference; training never calls it, and without it
+    DeepSpeed falls back to the process group), yet DeepSpeed compiles it at every process group
+    start on CPU: 43 s in a fresh environment (bench/RESULTS.md, time to first step)."""
+    import importlib
+
+    import deepspeed
+
+    ds_torch = importlib.import_module("deepspeed.comm.torch")  # not `import ... as`: deepspeed.comm.torch is torch
+    if getattr(ds_torch, "build_shm_op", None) is not None:
+        ds_torch.build_shm_op = _no_shm_op
+    return deepspeed
+
+
+def _no_shm_op():
+    return None
+
+
 class ZeroStrategy:
     name = "zero"
 
     def __init__(self, plan, model, lr_lambda, model_path: str):  # noqa: ARG002 - the model is loaded
-        import deepspeed
         import torch
 
         from launcher.train.memory import StateCounter
@@ -17,7 +35,7 @@ class ZeroStrategy:
         self.plan = plan
         config = copy.deepcopy(plan.ds_config)
         # the loop owns the LR schedule (same function as FSDP2); DeepSpeed steps it at each boundary
-        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+        self.engine, self.optimizer, _, self.scheduler = import_deepspeed().initialize(
             model=model,
             model_parameters=[p for p in model.parameters() if p.requires_grad],
             config=config,
