@@ -5,10 +5,16 @@ One GPU, a Llama-shaped model of about 1.1 B parameters with random weights buil
 downloaded), bf16, seq len 2048, packed instruction data of widely varying lengths; runs, in this
 order, while the time budget lasts:
 
-  1. launcher FSDP2, full fine-tuning         4. launcher FSDP2, LoRA
-  2. HF Trainer + DeepSpeed ZeRO-2, full      5. launcher ZeRO-2, LoRA
-     (launcher's ds_config.json, padded)       6. HF Trainer, LoRA (padded, no DeepSpeed)
-  3. launcher ZeRO-2, full
+  1. launcher FSDP2, full fine-tuning         5. launcher ZeRO-2, full
+  2. HF Trainer + DeepSpeed ZeRO-2, full      6. launcher FSDP2, LoRA
+     (launcher's ds_config.json, padded)       7. launcher ZeRO-2, LoRA
+  3. launcher FSDP2, LoRA, Llama-3-8B shape   8. HF Trainer, LoRA (padded, no DeepSpeed)
+  4. launcher ZeRO-3, LoRA, Llama-3-8B shape
+
+Runs 3 and 4 are what only sharded loading makes possible on one card: Llama-3-8B's shape
+(8.03 B parameters, random bf16 weights built on the GPU), LoRA r=16, seq len 1024, micro batch 1,
+activation checkpointing, 5 steps; a second table puts the largest rank's peak GPU memory
+(max_memory_reserved and max_memory_allocated) next to the plan's per-device estimate.
 
 and prints one table: tokens/s per GPU (steps 3..N), MFU against the card's dense bf16 peak
 (launcher.report.hardware), peak GPU memory (NVML, polled, the same way for both tools),
@@ -39,6 +45,11 @@ import _common as C  # noqa: E402
 
 LLAMA_1B = dict(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
                 num_key_value_heads=8, vocab_size=32000, max_position_embeddings=4096, tie_word_embeddings=False)
+# Llama-3-8B's shape (8,030,261,248 parameters), random weights: what only sharded loading fits on one card
+# as LoRA (bf16 base 16 GB; full fine-tuning's fp32 weights, grads and Adam states would need 128 GB)
+LLAMA_8B = dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                num_key_value_heads=8, vocab_size=128256, max_position_embeddings=8192, tie_word_embeddings=False,
+                rope_theta=500000.0)
 LLAMA_SMOKE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                    num_key_value_heads=2, vocab_size=256, max_position_embeddings=256, tie_word_embeddings=False)
 
@@ -63,7 +74,7 @@ class Profile:
 # --------------------------------------------------------------------------- assets
 
 
-def build_model(out: Path, prof: Profile) -> Path:
+def build_model(out: Path, prof: Profile, config: dict | None = None) -> Path:
     """Random-weight Llama from a config, saved in bf16 (launcher loads fp32 master weights from it)."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -74,13 +85,17 @@ def build_model(out: Path, prof: Profile) -> Path:
         return out
     tok = AutoTokenizer.from_pretrained(str(ensure_demo_assets().tokenizer_dir))
     cfg = LlamaConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                      **prof.config)
+                      **(config or prof.config))
     assert len(tok) <= cfg.vocab_size
     t = time.time()
     dev = torch.device(prof.device)
     torch.manual_seed(0)
     with dev:
-        model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+        torch.set_default_dtype(torch.bfloat16)  # built in bf16: an 8B model in fp32 would not fit the card
+        try:
+            model = LlamaForCausalLM(cfg)
+        finally:
+            torch.set_default_dtype(torch.float32)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(str(tmp), safe_serialization=True)
@@ -236,6 +251,47 @@ def run_launcher(work: Path, prof: Profile, strategy: str, method: str) -> dict:
     return out
 
 
+def run_launcher_8b(work: Path, prof: Profile, strategy: str) -> dict:
+    """The 8B-shaped model (LoRA, bf16, packed, activation checkpointing) under FSDP2 or ZeRO-3 on
+    one GPU: the largest rank's measured peak GPU memory next to the plan's per-device estimate."""
+    tag = f"launcher-{strategy}-lora-8b"
+    run_dir = work / "runs" / tag
+    shutil.rmtree(run_dir, ignore_errors=True)
+    model = build_model(work / "model-8b", prof, LLAMA_SMOKE if prof.smoke else LLAMA_8B)
+    layout = ["parallel.strategy=fsdp"] if strategy == "fsdp2" else ["parallel.strategy=zero", "parallel.zero_stage=3"]
+    argv = [sys.executable, "-m", "launcher", "run", str(work / "job.yaml"), "--run-dir", str(run_dir),
+            "--device", prof.device, f"model.path={model}", "train.method=lora", f"train.lr={prof.lr_lora}",
+            "train.micro_batch_size=1", "train.grad_accum_steps=1", f"train.max_steps={min(prof.steps, 5)}",
+            f"data.max_seq_len={min(prof.seq_len, 1024)}", "train.activation_checkpointing=true", *layout]
+    r = measured_run(argv, work / "logs" / f"{tag}.log", work, tag, gpu=not prof.smoke)
+    out = {"tag": tag, "tool": "launcher", "strategy": strategy, "method": "lora-8b", **r}
+    m, plan = run_dir / "metrics.jsonl", run_dir / "plan.json"
+    if not m.exists() or not plan.exists():
+        out["error"] = C.tail(work / "logs" / f"{tag}.log", 8)
+        return out
+    recs = [json.loads(x) for x in m.read_text().splitlines() if x.strip()]
+    steps = [x for x in recs if x.get("kind") == "train"]
+    out.update(steady_stats(steps, skip=1))
+    start = next((x for x in recs if x.get("kind") == "start"), {})
+    out["n_params"], out["n_trainable"] = start.get("n_params"), start.get("n_trainable_params")
+    mem = next((x for x in recs if x.get("kind") == "memory" and x.get("phase") == "end"), None)
+    ranks = mem["ranks"] if mem else []
+    key = "cuda_max_reserved_bytes" if not prof.smoke else "rss_anon_peak_bytes"
+    if ranks:
+        largest = max(ranks, key=lambda x: x.get(key) or 0)
+        out["measured_peak_gib"] = (largest.get(key) or 0) / 2**30
+        out["measured_allocated_gib"] = (largest.get("cuda_max_allocated_bytes") or 0) / 2**30
+        out["measured_rank"] = largest["rank"]
+    planned = json.loads(plan.read_text())["memory"]["per_device_bytes"]
+    out["planned_gib"] = planned["total"] / 2**30
+    out["planned_split_gib"] = {k: round(v / 2**30, 2) for k, v in planned.items()}
+    if out.get("measured_peak_gib"):
+        out["measured_over_planned"] = out["measured_peak_gib"] / out["planned_gib"]
+    if not (run_dir / "COMPLETED").exists():
+        out["error"] = C.tail(work / "logs" / f"{tag}.log", 8)
+    return out
+
+
 def run_trainer(work: Path, prof: Profile, method: str, ds_config: Path | None) -> dict:
     tag = f"trainer-{'zero2' if ds_config else 'plain'}-{method}"
     out_dir = work / "runs" / tag
@@ -307,6 +363,9 @@ def main(argv=None) -> int:
     plan = [
         ("launcher-fsdp2-full", lambda: run_launcher(work, prof, "fsdp2", "full")),
         ("trainer-zero2-full", lambda: run_trainer(work, prof, "full", ds)),
+        # Llama-3-8B's shape, LoRA: only sharded loading (meta device / zero.Init) makes it start
+        ("launcher-fsdp2-lora-8b", lambda: run_launcher_8b(work, prof, "fsdp2")),
+        ("launcher-zero3-lora-8b", lambda: run_launcher_8b(work, prof, "zero3")),
         ("launcher-zero2-full", lambda: run_launcher(work, prof, "zero2", "full")),
         ("launcher-fsdp2-lora", lambda: run_launcher(work, prof, "fsdp2", "lora")),
         ("launcher-zero2-lora", lambda: run_launcher(work, prof, "zero2", "lora")),
@@ -358,6 +417,16 @@ def main(argv=None) -> int:
               f"{C.fmt(r.get('peak_gpu_gib'))} | {C.fmt(e_kwh * 1000 if e_kwh else None)} | {C.fmt(wh_per_m)} | "
               f"{C.fmt(r.get('time_to_first_step_s'))} | {C.fmt(r.get('loss_first'), 4)} -> "
               f"{C.fmt(r.get('loss_last'), 4)} | {('yes' if r.get('loss_falling') else 'finite; too few steps to judge') if good else 'NO'} | {C.fmt(ratio)} |")
+    big = [r for r in results if str(r.get("method")) == "lora-8b" and not r.get("skipped")]
+    if big:
+        print("\n| 8B-shaped LoRA run | params (trainable) | planned per device GiB | measured peak GiB "
+              "(max_memory_reserved; allocated) | measured / planned | tokens/s | loss first -> last |")
+        print("|---|---|---|---|---|---|---|")
+        for r in big:
+            print(f"| {r['tag']} | {C.fmt(r.get('n_params'))} ({C.fmt(r.get('n_trainable'))}) | "
+                  f"{C.fmt(r.get('planned_gib'))} | {C.fmt(r.get('measured_peak_gib'))}; "
+                  f"{C.fmt(r.get('measured_allocated_gib'))} | {C.fmt(r.get('measured_over_planned'))} | "
+                  f"{C.fmt(r.get('tok_s'))} | {C.fmt(r.get('loss_first'), 4)} -> {C.fmt(r.get('loss_last'), 4)} |")
     print("\nnotes: tokens/s counts non-padding tokens over steps 3..N (step 2 only with <= 4 steps); launcher rows are packed (no padding), "
           "Trainer rows are padded (DataCollatorForSeq2Seq); energy is the whole run (start-up included), "
           "one CodeCarbon tracker around each process tree; 'Wh per 1M tokens' only for packed launcher runs, "
