@@ -196,15 +196,17 @@ def _fsdp(info: ModelInfo, lay: Layout, P: int, A: int, T: int, b: int, f: list[
     unsharded = 4 * T if lay.grad_accum_steps > 1 else 0
     f.append(f"params = ({stored} B x {_fmt(P)}" + (f" + 4 B x {_fmt(A)} adapters" if A else "") + f") / {N} = {_fmt(params)}")
     f.append(f"grads = 4 B x {_fmt(T)} / {N} = {_fmt(grads)}"
-             + (f" + unsharded fp32 accumulation 4 B x {_fmt(T)} = {_fmt(unsharded)} (grad_accum_steps "
+             + (f"; unsharded fp32 accumulation 4 B x {_fmt(T)} = {_fmt(unsharded)} in buffers (grad_accum_steps "
                 f"{lay.grad_accum_steps} > 1: FSDP2 keeps unsharded gradients until the last micro batch)"
                 if unsharded else ""))
     f.append(f"optimizer = 8 B (AdamW m, v) x {_fmt(T)} / {N} = {_fmt(opt)}")
+    # the unsharded accumulation lives only through the backward passes of one step (reduce-
+    # scattered and freed at the last micro batch): a buffer, not a state the optimizer steps
     if lay.offload_params == "cpu":
         host["offload"] = params + grads + opt
-        dev.update(params=0, grads=unsharded, optimizer=0)
+        dev.update(params=0, grads=0, optimizer=0)
     else:
-        dev.update(params=params, grads=grads + unsharded, optimizer=opt)
+        dev.update(params=params, grads=grads, optimizer=opt)
     dev["step_grads"] = 0
     sh = shapes(info)
     if lay.reshard_after_forward:
@@ -215,8 +217,10 @@ def _fsdp(info: ModelInfo, lay: Layout, P: int, A: int, T: int, b: int, f: list[
         how = f"every parameter {_fmt(P + A)} (reshard_after_forward=false)"
     t_unit = max(T // max(info.n_layers, 1), 0) if lora else max(sh["layer"], sh["root"])
     reduce = (b + 4) * t_unit
-    dev["buffers"] = gathered + reduce
-    f.append(f"buffers = gathered {b} B x ({how}) + reduce ({b} + 4) B x {_fmt(t_unit)} = {_fmt(gathered + reduce)}")
+    dev["buffers"] = gathered + reduce + unsharded
+    f.append(f"buffers = gathered {b} B x ({how}) + reduce ({b} + 4) B x {_fmt(t_unit)}"
+             + (f" + unsharded accumulation {_fmt(unsharded)}" if unsharded else "")
+             + f" = {_fmt(gathered + reduce + unsharded)}")
     return dev, host
 
 
