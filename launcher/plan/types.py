@@ -37,7 +37,7 @@ class DeviceMemory(_Frozen):
     """Bytes per device (per rank on CPU) at the peak of a training step (launcher.plan.memory)."""
 
     params: int  # parameters stored on this device (sharded where the strategy shards them)
-    grads: int  # gradient storage that persists across micro batches (accumulation buffers)
+    grads: int  # gradients kept for the optimizer step (sharded where the strategy shards them)
     optimizer: int  # fp32 master weights (where kept apart from the parameters) and Adam's m and v
     step_grads: int = 0  # the fp32 gradient partition DeepSpeed builds at the optimizer step
     model_states: int  # params + grads + optimizer + step_grads

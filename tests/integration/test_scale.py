@@ -103,6 +103,19 @@ def test_model_states_per_rank_halve_with_two_ranks(runs, strategy):
         assert state_bytes(rank) == pytest.approx(single / 2, rel=0.05), (rank, one[0])
 
 
+@pytest.mark.parametrize("layout", ["bf16-fsdp", "bf16-zero2", "bf16-zero3"])
+def test_planned_model_states_equal_what_each_rank_counts(runs, layout):
+    """The plan's params + optimizer + the gradients held at the step (ZeRO: ``step_grads``, the
+    fp32 partition DeepSpeed builds; FSDP2: the sharded ``grads``) against the bytes each rank
+    counted from its tensors at the optimizer step (issue: within 5%)."""
+    d = runs.get(layout, *LAYOUT[layout])
+    plan = json.loads((d / "plan.json").read_text())
+    m = plan["memory"]["per_device_bytes"]
+    planned = m["params"] + m["optimizer"] + (m["step_grads"] if plan["strategy"] == "zero" else m["grads"])
+    for rank in memory(d):
+        assert state_bytes(rank) == pytest.approx(planned, rel=0.05), (rank, m)
+
+
 def test_fsdp_resumes_on_another_world_size_and_zero_refuses(runs, tmp_path):
     ref = losses(runs.get("bf16-fsdp", *LAYOUT["bf16-fsdp"]))
     d = tmp_path / "resharded"
