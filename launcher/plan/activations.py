@@ -12,7 +12,9 @@ embeddings, SwiGLU MLP, grouped-query attention through SDPA or FlashAttention, 
 * The norm's output ``z`` (b h) kept by the projections that read it, once (full fine-tuning)
   or by each LoRA-targeted projection's dropout (b h output + h mask bytes each; one shared copy
   when LoRA dropout is 0). A frozen, untargeted projection keeps nothing (its weight needs no
-  gradient, so autograd saves no input).
+  gradient, so autograd saves no input), except under DeepSpeed ZeRO-3, whose linear
+  (``LinearFunctionForZeroStage3``, ``memory_efficient_linear``) saves every input: there each
+  projection's input is kept once more for the frozen base layer.
 * Attention: q after rotary (b a d), k and v (b kv d each; repeated to ``a`` heads when the
   kernel gets a mask, as transformers' ``repeat_kv`` does), the output (b a d) and the
   log-sum-exp (4 a); ``o_proj`` reads a contiguous copy of the output (kept like ``z``). ``eager`` attention also keeps the fp32 softmax and its cast (6 a s).
@@ -54,6 +56,10 @@ class ActivationInputs:
     lora_targets: tuple[str, ...] = ()  # the Llama projections LoRA targets
     lora_dropout: float = 0.0
     lora_r: int = 0
+    # every projection keeps its input, frozen or not: DeepSpeed ZeRO-3 replaces
+    # ``torch.nn.functional.linear`` with ``LinearFunctionForZeroStage3`` (``memory_efficient_linear``,
+    # on by default), whose ``save_for_backward`` saves the input whatever needs a gradient
+    frozen_keep_input: bool = False
 
 
 def lora_targets(target_modules) -> tuple[str, ...]:
@@ -77,11 +83,12 @@ def _kept_input(x: ActivationInputs, in_dim: int, readers: tuple[str, ...]) -> t
     if x.full:
         return b * in_dim, f"{b}x{in_dim}"
     hit = [r for r in readers if r in x.lora_targets]
+    base, base_s = (b * in_dim, f"{b}x{in_dim} (ZeRO-3 linear) + ") if x.frozen_keep_input else (0, "")
     if not hit:
-        return 0, "0"
+        return base, (base_s[:-3] if base else "0")
     if x.lora_dropout > 0:  # each targeted projection has its own dropout: output + bool mask
-        return len(hit) * (b + 1) * in_dim, f"{len(hit)}x({b}+1)x{in_dim}"
-    return b * in_dim, f"{b}x{in_dim}"
+        return base + len(hit) * (b + 1) * in_dim, f"{base_s}{len(hit)}x({b}+1)x{in_dim}"
+    return b * in_dim, f"{b}x{in_dim}"  # the dropout-free adapters read the base layer's input
 
 
 def layer_bytes_per_token(info: ModelInfo, x: ActivationInputs) -> tuple[int, str]:

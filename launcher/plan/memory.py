@@ -68,6 +68,7 @@ class Layout:
     lora_targets: tuple[str, ...] = ()
     lora_dropout: float = 0.0
     lora_r: int = 0
+    zero3_linear: bool = False  # DeepSpeed's ZeRO-3 linear: every nn.Linear keeps its input
 
 
 def layout_of(plan) -> Layout:
@@ -87,6 +88,7 @@ def layout_of(plan) -> Layout:
         overlap_comm=bool(z.get("overlap_comm", False)), contiguous_gradients=bool(z.get("contiguous_gradients", True)),
         lora_targets=lora_targets(lora.target_modules) if job.train.method == "lora" else (),
         lora_dropout=lora.dropout, lora_r=lora.r,
+        zero3_linear=p.strategy == "zero" and p.zero_stage == 3 and bool(z.get("memory_efficient_linear", True)),
     )
 
 
@@ -236,7 +238,8 @@ def estimate_memory(info: ModelInfo, lay: Layout, n_trainable: int, *, loss_chun
     act = estimate_activations(info, ActivationInputs(
         bytes_per_value=b, micro_batch_size=lay.micro_batch_size, seq_len=lay.seq_len,
         checkpointing=lay.checkpointing, attn=lay.attn, packed=lay.packed, full=lay.method == "full",
-        lora_targets=lay.lora_targets, lora_dropout=lay.lora_dropout, lora_r=lay.lora_r), loss_chunk_tokens)
+        lora_targets=lay.lora_targets, lora_dropout=lay.lora_dropout, lora_r=lay.lora_r,
+        frozen_keep_input=lay.zero3_linear), loss_chunk_tokens)
     formulas += list(act.formulas)
     model_states = states["params"] + states["grads"] + states["optimizer"] + states["step_grads"]
     allocated = model_states + act.activations + act.logits + states["buffers"]

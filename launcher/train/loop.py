@@ -38,7 +38,7 @@ def train_main(run_dir: str, plan, prepared, tokenizer, t_start: float) -> int:
     from launcher.train.data import BatchSchedule, collate, pad_id_for
     from launcher.train.energy import start_node_tracker
     from launcher.train.model import build_model, check_packing
-    from launcher.train.strategies import build_strategy
+    from launcher.train.strategies import build_strategy, import_engine
     from launcher.train.watchdog import Watchdog, default_store
 
     run = Path(run_dir).resolve()
@@ -59,7 +59,8 @@ def train_main(run_dir: str, plan, prepared, tokenizer, t_start: float) -> int:
                          spec.train.lr_scheduler, spec.train.min_lr_ratio)
 
     hf_logging.disable_progress_bar()
-    monitor = MemoryMonitor()  # baseline: the libraries and the data, no model yet
+    import_engine(plan)
+    monitor = MemoryMonitor()  # baseline: the libraries (the engine's too) and the data, no model yet
     acc_before = None
     latest = ckpts.choose_checkpoint(run, log0)  # collective: the newest whose manifest verifies
     if spec.train.eval_accuracy_samples and rank == 0 and latest is None:

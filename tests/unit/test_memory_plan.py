@@ -147,6 +147,11 @@ def test_layer_activations_by_hand():
     # frozen norms keep no y; q and v each keep their dropout (2 + 1) x 64; nothing for o, gate, up, down
     # inputs; lora_A outputs 2 x 8 x 2
     assert layer_bytes_per_token(TINY, lora)[0] == 2 * 260 + 2 * 3 * 64 + 528 + 768 + 32
+    # under ZeRO-3 every projection keeps its input for the frozen base layer too (DeepSpeed's
+    # LinearFunctionForZeroStage3): q/k/v input, o_proj input, gate/up input 2x64 each, down 2x128
+    z3 = ActivationInputs(**{**lora.__dict__, "frozen_keep_input": True})
+    assert layer_bytes_per_token(TINY, z3)[0] == layer_bytes_per_token(TINY, lora)[0] + 3 * 128 + 256
+    assert layer_bytes_per_token(TINY, ActivationInputs(**{**x.__dict__, "frozen_keep_input": True}))[0] == 2712
 
 
 def test_checkpointing_micro_batch_and_sequence_scale_activations():

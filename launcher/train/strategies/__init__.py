@@ -48,6 +48,33 @@ class Strategy(Protocol):
         """The original (peft or transformers) module, for save_pretrained."""
 
 
+def import_engine(plan) -> None:
+    """Import the libraries a rank of ``plan`` imports lazily (DeepSpeed's engine and ZeRO
+    optimizer, which pulls in torch._dynamo; FSDP2 and DCP; peft), so that the memory baseline
+    taken next holds the libraries and a rank's peak above it is what the model and the training
+    cost: DeepSpeed's import alone is ~130 MiB of anonymous memory per rank."""
+    import importlib
+
+    names = ["transformers.integrations", "torch.distributed.checkpoint", "torch.distributed.checkpoint.state_dict"]
+    if plan.job.train.method == "lora":
+        names.append("peft")
+    if plan.strategy == "fsdp":
+        names.append("torch.distributed.fsdp")
+    else:
+        from launcher.train.strategies.zero import import_deepspeed
+
+        import_deepspeed()
+        names += ["deepspeed.runtime.engine",
+                  "deepspeed.runtime.zero.stage3" if plan.zero_stage == 3 else "deepspeed.runtime.zero.stage_1_and_2"]
+        if plan.zero_stage == 3:
+            names.append("deepspeed.runtime.zero.muon.original_muon")  # the ZeRO-3 optimizer imports it
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError:  # a module another version moved: the baseline is a little lower, no more
+            pass
+
+
 def build_strategy(plan, model, lr_lambda, model_path: str) -> Strategy:
     """Wrap ``model`` (from launcher.train.model.build_model); ``model_path`` is where a model
     built on the meta device gets its weights."""
