@@ -62,7 +62,13 @@ def render_env(plan: Plan, extra: Optional[Mapping[str, str]] = None, run_dir: O
     into RUN_DIR/logs when a collective times out: the record of who waited for whom."""
     # Hub ids were fetched into the local cache before any rank started (launcher.hub): a rank never
     # downloads, so ranks never race to fetch the same files, and a missing file fails at once
-    env = {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false",
+           # each rendezvous round gets a fresh store that its rank 0 hosts, instead of the agents'
+           # shared one, which outlives the round with the dead workers' keys in it; the keys the
+           # workers could scope them by (TORCHELASTIC_RESTART_COUNT) differ between nodes after a
+           # restart (only the node whose rank failed counts one), and the two nodes' new workers
+           # then waited for each other under different prefixes until the timeout
+           "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
     if plan.device == "cpu":
         env["OMP_NUM_THREADS"] = str(plan.threads_per_rank or 1)
         env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed's detection otherwise warns "Setting accelerator to CPU" per rank

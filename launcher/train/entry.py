@@ -9,15 +9,21 @@ from launcher import rundir
 
 
 def _attempt_store(timeout: timedelta):
-    """The rendezvous store, its keys scoped to torchrun's restart count. After a restart the
-    store still holds the dead workers' addresses under the default keys, and the new workers'
-    gloo mesh dialled them ("connectFullMesh failed ... Connection refused")."""
+    """The store this attempt's process group starts from. launcher's launch scripts set
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1: every rendezvous round, rank 0 hosts a new store on a
+    new port, empty of an earlier attempt's keys. Under a torchrun that shares its agent's store
+    (the default elsewhere), the store outlives the round and still holds the dead workers'
+    addresses under the default keys (the new workers' gloo mesh dialled them: "connectFullMesh
+    failed ... Connection refused"), so the keys are scoped to torchrun's restart count, which
+    agrees between ranks on one node only."""
     import torch.distributed as dist
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # torchrun's agent hosts it
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
                           is_master=not agent and rank == 0, timeout=timeout)
+    if not agent:
+        return store
     return dist.PrefixStore(f"launcher/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 

@@ -280,3 +280,62 @@ def test_one_energy_file_per_node_and_job_total_is_their_sum(zero3_runs):
     # one node, two ranks: one tracker (local rank 0 only), one file
     single_files = sorted(p.name for p in (single / rundir.EMISSIONS).glob("*.json"))
     assert len(single_files) == 1 and single_files[0].startswith("node0-"), single_files
+
+
+# --------------------------------------------------------------------------- kill -9 across nodes
+
+# Every node's agent restarts its workers when one dies: the node whose rank died restarts them
+# (train.max_restarts), the other sees the new rendezvous round (or its rank's collective fail on
+# the closed socket) and restarts its own. Both resume from the newest verified checkpoint.
+FAULT = ("train.max_restarts=2", "train.save_every_steps=1", "train.keep_last_checkpoints=2")
+
+
+def _rank_pids(run_dir: Path) -> list[int]:
+    """The pids of the ranks (`launcher train RUN_DIR`) that the torchrun of either namespace started."""
+    import psutil
+
+    out = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        cmd = p.info["cmdline"] or []
+        if "train" in cmd and str(run_dir) in cmd and not any("torch.distributed.run" in c for c in cmd):
+            out.append(p.info["pid"])
+    return sorted(out)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("key", ["fsdp", "zero3"])
+def test_a_rank_killed_on_either_node_restarts_both_and_loses_nothing(netns_pair, request, tmp_path_factory, key, seed):
+    import random
+    import threading
+
+    reference = request.getfixturevalue(f"{key}_runs")["single"]
+    base = tmp_path_factory.mktemp(f"multinode-kill-{key}-{seed}")
+    run_dir = base / f"{key}-kill"
+    rng = random.Random(seed)
+    step, victim = rng.randint(1, 4), {}  # a random step of the 5 (after it, one still runs)
+
+    def watch():
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        while time.monotonic() < deadline and not victim:
+            if (run_dir / rundir.METRICS).exists() and \
+                    any(r.kind == "train" and r.step >= step for r in rundir.read_metrics(run_dir)):
+                pids = _rank_pids(run_dir)
+                if pids:
+                    victim["pid"] = rng.choice(pids)
+                    os.kill(victim["pid"], signal.SIGKILL)
+                    return
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    multi, rcs = run_two_nodes(base, run_dir.name, (*STRATEGIES[key], *FAULT), netns_pair)
+    watcher.join(timeout=5)
+    assert victim, f"the run ended before step {step}: no rank was killed"
+    records = _check_completed(multi, rcs)
+    train = [r["step"] for r in records if r["kind"] == "train"]
+    assert train == [1, 2, 3, 4, 5], "every step exactly once"
+    starts = [r for r in records if r["kind"] == "start"]
+    assert len(starts) == 2 and (starts[1]["resumed_from_step"] or 0) <= step, starts
+    l1, l2 = _losses(_check_completed(reference)), _losses(records)
+    for s in l1:
+        assert l2[s] == pytest.approx(l1[s], rel=LOSS_RTOL), (s, l1, l2)
