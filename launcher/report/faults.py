@@ -19,7 +19,8 @@ def restarts_section(records: Sequence[Any], thr: dict) -> dict:
     starts = [r for r in records if isinstance(r, StartRecord)]
     return {
         "attempts": len(starts),
-        "automatic_restarts": sum(1 for s in starts if s.restart > 0),
+        # an attempt torchrun restarted has a higher count than the one before it (a new torchrun: 0)
+        "automatic_restarts": sum(1 for prev, s in zip([None, *starts], starts) if s.restart > (prev.restart if prev else 0)),
         "resumes": sum(1 for s in starts if s.resumed_from_step is not None),
         "resumed_from_steps": [s.resumed_from_step for s in starts if s.resumed_from_step is not None],
         "redone_steps": thr.get("redone_steps", 0),

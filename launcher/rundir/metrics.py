@@ -46,7 +46,8 @@ class StartRecord(_Record):
     train_tokens: Optional[int] = None
     resumed_from_step: Optional[int] = None
     setup_s: float = Field(0.0, description="process start to this record: counted in wall time and device-hours")
-    restart: int = Field(0, description="torchrun's restart count (TORCHELASTIC_RESTART_COUNT): automatic restarts")
+    restart: int = Field(0, description="torchrun's restart counts (TORCHELASTIC_RESTART_COUNT) summed over the "
+                         "nodes' agents: it grows at every automatic restart, and is 0 under a new torchrun")
     steps_lost: int = Field(0, description="steps the previous attempt had done past the checkpoint resumed from")
     packed: bool = False
     hostname: Optional[str] = None

@@ -15,7 +15,7 @@ from launcher.train.control import install_stop_handler, stop_requested
 from launcher.train.evaluate import accuracy_of_model, eval_loss
 from launcher.train.loss import label_count, model_inputs, token_loss_sum
 from launcher.train.memory import MemoryMonitor, gather_memory, release_free_memory
-from launcher.train.metrics import StepSums, progress_line, reduce_step, start_record
+from launcher.train.metrics import StepSums, progress_line, reduce_step, restarts_all_nodes, start_record
 from launcher.train.trackers import start_trackers
 
 
@@ -89,10 +89,11 @@ def train_main(run_dir: str, plan, prepared, tokenizer, t_start: float) -> int:
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     flops_tok = flops_per_token_from_config(base.config.to_dict(), plan.seq_len, n_params, n_trainable,
                                             spec.train.method)
+    restart = restarts_all_nodes(strategy.device)  # collective
     metrics.write(start_record(plan, world=world, n_params=n_params, n_trainable=n_trainable,
                                flops_per_token=flops_tok, planned_steps=total_steps, stats=prepared.stats,
                                train_rows=len(prepared.train), resumed_from=start_step, t_start=t_start,
-                               steps_lost=steps_lost))
+                               steps_lost=steps_lost, restart=restart))
     _memory_record(metrics, monitor, strategy, "setup", start_step)
     has_eval = len(prepared.eval) > 0
     if start_step == 0 and has_eval and (spec.train.eval_every_steps or spec.train.eval_accuracy_samples):

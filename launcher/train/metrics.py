@@ -27,9 +27,25 @@ def accelerator_name(device: str) -> str:
     return "cpu"
 
 
+def restarts_all_nodes(device) -> int:
+    """Collective: the sum over nodes of torchrun's restart counts (TORCHELASTIC_RESTART_COUNT,
+    read on each node's local rank 0). Each agent counts the restarts its own workers' failures
+    caused; when one node's rank dies, the other node restarts for the membership change without
+    counting, so rank 0's count alone says 0 when node 1's rank died. The sum grows at every
+    automatic restart and starts again at 0 with a new torchrun (a resume, a requeue)."""
+    import torch
+    import torch.distributed as dist
+
+    mine = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) if int(os.environ.get("LOCAL_RANK", "0")) == 0 else 0
+    t = torch.tensor([mine], dtype=torch.int64, device=device)
+    if dist.is_initialized():
+        dist.all_reduce(t)
+    return int(t.item())
+
+
 def start_record(plan, *, world: int, n_params: int, n_trainable: int, flops_per_token: float,
                  planned_steps: int, stats: dict, train_rows: int, resumed_from: int,
-                 t_start: float, steps_lost: int = 0) -> rundir.StartRecord:
+                 t_start: float, steps_lost: int = 0, restart: int = 0) -> rundir.StartRecord:
     return rundir.StartRecord(
         world_size=world, nodes=plan.nodes, device=plan.device, accelerator=accelerator_name(plan.device),
         strategy=plan.strategy, zero_stage=plan.zero_stage, method=plan.job.train.method, dtype=plan.dtype,
@@ -37,7 +53,7 @@ def start_record(plan, *, world: int, n_params: int, n_trainable: int, flops_per
         planned_steps=planned_steps, train_rows=train_rows, train_samples=stats.get("train_documents"),
         train_tokens=stats.get("train_tokens"), resumed_from_step=resumed_from or None,
         setup_s=time.time() - t_start, packed=bool(stats.get("packed")), hostname=socket.gethostname(),
-        restart=int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0), steps_lost=steps_lost,
+        restart=restart, steps_lost=steps_lost,
     )
 
 

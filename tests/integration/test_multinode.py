@@ -290,16 +290,21 @@ def test_one_energy_file_per_node_and_job_total_is_their_sum(zero3_runs):
 FAULT = ("train.max_restarts=2", "train.save_every_steps=1", "train.keep_last_checkpoints=2")
 
 
-def _rank_pids(run_dir: Path) -> list[int]:
-    """The pids of the ranks (`launcher train RUN_DIR`) that the torchrun of either namespace started."""
+def _rank_pids(run_dir: Path) -> dict[int, list[int]]:
+    """The pids of the ranks (`launcher train RUN_DIR`) that the torchrun of either namespace
+    started, by node (torchrun's GROUP_RANK in the rank's environment)."""
     import psutil
 
-    out = []
+    out: dict[int, list[int]] = {}
     for p in psutil.process_iter(["pid", "cmdline"]):
         cmd = p.info["cmdline"] or []
         if "train" in cmd and str(run_dir) in cmd and not any("torch.distributed.run" in c for c in cmd):
-            out.append(p.info["pid"])
-    return sorted(out)
+            try:
+                node = int(p.environ()["GROUP_RANK"])
+            except (psutil.Error, KeyError, ValueError):
+                continue
+            out.setdefault(node, []).append(p.info["pid"])
+    return out
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -313,13 +318,14 @@ def test_a_rank_killed_on_either_node_restarts_both_and_loses_nothing(netns_pair
     run_dir = base / f"{key}-kill"
     rng = random.Random(seed)
     step, victim = rng.randint(1, 4), {}  # a random step of the 5 (after it, one still runs)
+    node = seed % 2  # seeds 0 and 2: a rank of node 0 (whose agent hosts the rendezvous); 1: node 1
 
     def watch():
         deadline = time.monotonic() + RUN_TIMEOUT_S
         while time.monotonic() < deadline and not victim:
             if (run_dir / rundir.METRICS).exists() and \
                     any(r.kind == "train" and r.step >= step for r in rundir.read_metrics(run_dir)):
-                pids = _rank_pids(run_dir)
+                pids = _rank_pids(run_dir).get(node)
                 if pids:
                     victim["pid"] = rng.choice(pids)
                     os.kill(victim["pid"], signal.SIGKILL)
@@ -336,6 +342,8 @@ def test_a_rank_killed_on_either_node_restarts_both_and_loses_nothing(netns_pair
     assert train == [1, 2, 3, 4, 5], "every step exactly once"
     starts = [r for r in records if r["kind"] == "start"]
     assert len(starts) == 2 and (starts[1]["resumed_from_step"] or 0) <= step, starts
+    report = json.loads((multi / "report.json").read_text())
+    assert report["restarts"]["automatic_restarts"] == 1, report["restarts"]  # whichever node's rank died
     l1, l2 = _losses(_check_completed(reference)), _losses(records)
     for s in l1:
         assert l2[s] == pytest.approx(l1[s], rel=LOSS_RTOL), (s, l1, l2)
