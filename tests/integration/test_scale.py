@@ -239,3 +239,57 @@ def test_no_rank_holds_the_whole_model(big_model, big_runs, layout):
     assert losses(big_runs[layout]) == pytest.approx(losses(big_runs["single"]), rel=BF16_LAYOUTS)
     adapter = big_runs[layout] / "final" / "adapter_model.safetensors"
     assert adapter.exists() and adapter.stat().st_size > 0
+
+
+# --------------------------------------------------------------------------- planned totals, a 100M model
+
+# bench/memory_plan.py's model (a 100.8M-parameter Llama, the demo's character vocabulary): big
+# enough that a rank's peak is the model and its training, not the runtime's fixed cost. Its run
+# of ten configurations (bench/RESULTS.md, "Memory plan against real runs") had every total within
+# 25%; these two are the ones with the widest margin, one with activation checkpointing, one without.
+PLAN_MODEL = dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=16, num_attention_heads=12,
+                  num_key_value_heads=4, max_position_embeddings=1024, tie_word_embeddings=False)
+PLAN_RUN = [
+    "model.dtype=fp32", "train.method=full", "data.max_seq_len=256", "data.packing=true", "data.num_samples=600",
+    "data.eval_fraction=0.0", "train.micro_batch_size=2", "train.global_batch_size=8", "train.max_steps=1",
+    "train.eval_every_steps=null", "train.eval_accuracy_samples=0", "train.save_every_steps=null",
+    "cluster.device=cpu", "cluster.cpu_procs_per_node=2",
+]
+TOTAL_RTOL = 0.25  # the target
+
+
+@pytest.fixture(scope="module")
+def plan_model(tmp_path_factory):
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from launcher.demo import ensure_demo_assets
+
+    tok = AutoTokenizer.from_pretrained(str(ensure_demo_assets().tokenizer_dir))
+    cfg = LlamaConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id, **PLAN_MODEL)
+    path = tmp_path_factory.mktemp("plan-model") / "llama-100m"
+    with torch.device("meta"):
+        model = LlamaForCausalLM(cfg)
+    model = model.to_empty(device="cpu")
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.02, generator=g)
+    model.save_pretrained(str(path), safe_serialization=True)
+    tok.save_pretrained(str(path))
+    return path
+
+
+@pytest.mark.parametrize("layout", [
+    ["parallel.strategy=zero", "parallel.zero_stage=3"],
+    ["parallel.strategy=zero", "parallel.zero_stage=2", "train.activation_checkpointing=true"],
+], ids=["zero3", "zero2-ckpt"])
+def test_planned_total_is_within_25_percent_of_the_largest_ranks_peak(plan_model, tmp_path, layout):
+    d = tmp_path / "run"
+    launcher_run(d, f"model.path={plan_model}", *PLAN_RUN, *layout)
+    planned = json.loads((d / "plan.json").read_text())["memory"]["per_device_bytes"]["total"]
+    ranks = memory(d)
+    peak = max(r["rss_anon_peak_bytes"] - r["rss_anon_baseline_bytes"] for r in ranks)
+    assert planned == pytest.approx(peak, rel=TOTAL_RTOL), (f"planned {planned / 2**20:.0f} MiB, largest rank's "
+                                                            f"peak {peak / 2**20:.0f} MiB", ranks)
