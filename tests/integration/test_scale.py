@@ -180,12 +180,21 @@ BIG_RUN = [
 def big_model(tmp_path_factory):
     """A Llama-shaped model of ~290M parameters with random weights, saved in bf16 (581 MB)."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig
 
     from launcher.demo import ensure_demo_assets
 
     path = tmp_path_factory.mktemp("big") / "llama-271m"
-    config = LlamaConfig(**BIG, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    n = save_random_llama(path, LlamaConfig(**BIG, bos_token_id=1, eos_token_id=2, pad_token_id=0), torch.bfloat16)
+    return {"path": path, "n_params": n, "tokenizer": str(ensure_demo_assets().tokenizer_dir)}
+
+
+def save_random_llama(path: Path, config, dtype) -> int:
+    """A Llama with N(0, 0.02) weights, built on the meta device and filled in place (no second
+    copy), saved as safetensors in ``dtype``; returns its parameter count."""
+    import torch
+    from transformers import LlamaForCausalLM
+
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
     model = model.to_empty(device="cpu")
@@ -193,10 +202,8 @@ def big_model(tmp_path_factory):
     with torch.no_grad():
         for p in model.parameters():
             p.normal_(0.0, 0.02, generator=g)
-    model.to(torch.bfloat16).save_pretrained(str(path), safe_serialization=True)
-    n = sum(p.numel() for p in model.parameters())
-    del model
-    return {"path": path, "n_params": n, "tokenizer": str(ensure_demo_assets().tokenizer_dir)}
+    model.to(dtype).save_pretrained(str(path), safe_serialization=True)
+    return sum(p.numel() for p in model.parameters())
 
 
 def import_only_rss_anon(layout: str) -> int:
@@ -261,7 +268,7 @@ TOTAL_RTOL = 0.25  # the issue's target
 @pytest.fixture(scope="module")
 def plan_model(tmp_path_factory):
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaConfig
 
     from launcher.demo import ensure_demo_assets
 
@@ -269,14 +276,7 @@ def plan_model(tmp_path_factory):
     cfg = LlamaConfig(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                       pad_token_id=tok.pad_token_id, **PLAN_MODEL)
     path = tmp_path_factory.mktemp("plan-model") / "llama-100m"
-    with torch.device("meta"):
-        model = LlamaForCausalLM(cfg)
-    model = model.to_empty(device="cpu")
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.02, generator=g)
-    model.save_pretrained(str(path), safe_serialization=True)
+    save_random_llama(path, cfg, torch.float32)
     tok.save_pretrained(str(path))
     return path
 
