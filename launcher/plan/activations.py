@@ -83,11 +83,13 @@ def _kept_input(x: ActivationInputs, in_dim: int, readers: tuple[str, ...]) -> t
     if x.full:
         return b * in_dim, f"{b}x{in_dim}"
     hit = [r for r in readers if r in x.lora_targets]
-    base, base_s = (b * in_dim, f"{b}x{in_dim} (ZeRO-3 linear) + ") if x.frozen_keep_input else (0, "")
+    base = b * in_dim if x.frozen_keep_input else 0  # the frozen base layer's copy (ZeRO-3 linear)
+    base_s = f"{b}x{in_dim} (ZeRO-3 linear)"
     if not hit:
-        return base, (base_s[:-3] if base else "0")
+        return base, base_s if base else "0"
     if x.lora_dropout > 0:  # each targeted projection has its own dropout: output + bool mask
-        return base + len(hit) * (b + 1) * in_dim, f"{base_s}{len(hit)}x({b}+1)x{in_dim}"
+        dropout_s = f"{len(hit)}x({b}+1)x{in_dim}"
+        return base + len(hit) * (b + 1) * in_dim, f"{base_s} + {dropout_s}" if base else dropout_s
     return b * in_dim, f"{b}x{in_dim}"  # the dropout-free adapters read the base layer's input
 
 
