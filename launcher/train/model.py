@@ -16,8 +16,9 @@ def build_model(plan, model_path: str):
       weights of what trains, in the optimizer.
 
     Full fine-tuning under FSDP2 keeps fp32 shards (the mixed-precision policy casts for
-    compute). LoRA: frozen base weights in the compute dtype, adapters in fp32 with the
-    layout-independent init of ``weights.lora_init``. Activation checkpointing as the job asks."""
+    compute). LoRA: frozen base weights in the compute dtype, adapters initialised in fp32 by
+    ``weights.init_lora`` (the same on every layout); FSDP2 keeps them fp32, DeepSpeed holds them in
+    the compute dtype with fp32 masters in its optimizer. Activation checkpointing as the job asks."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -63,6 +64,14 @@ def build_model(plan, model_path: str):
                 if not p.requires_grad:
                     p.data = p.data.to(compute)  # frozen base: compute dtype (still on meta here)
         weights.init_lora(model, spec.train.seed)
+        if plan.strategy == "zero":
+            # DeepSpeed's module holds the compute dtype and its optimizer the fp32 masters. For
+            # ZeRO 0-2 its engine casts the adapters itself; under ZeRO-3 (a zero.Init model) it
+            # casts nothing, and fp32 adapters would make peft upcast each adapted layer's input
+            # to fp32 and keep that copy for the backward pass.
+            for p in model.parameters():
+                if p.requires_grad and p.dtype != compute:
+                    p.data = p.data.to(compute)
     return model
 
 
