@@ -1,8 +1,15 @@
-"""Energy of a node, measured in the ranks with CodeCarbon: one tracker per **node**, started by
-local rank 0 only (a tracker measures the whole machine: one per rank would count the node once
-per rank). It writes ``emissions/<node>.csv`` and ``emissions/<node>.json`` into the run
-directory; the report reads and sums them (:mod:`launcher.report.energy`, which also says why
-PUE is never applied twice).
+"""Energy of a node, measured with CodeCarbon: one tracker per **node**, started by local rank 0
+only (a tracker measures the whole machine: one per rank would count the node once per rank). It
+writes ``emissions/<node>.csv`` and ``emissions/<node>.json`` into the run directory; the report
+reads and sums them (:mod:`launcher.report.energy`, which also says why PUE is never applied
+twice).
+
+The tracker runs in a child process of local rank 0 (:class:`NodeEnergySidecar`), not in the
+rank: CodeCarbon's start imports pandas and pyarrow and its sampling thread wakes every few
+seconds, which made local rank 0 the node's largest rank by about 40 MiB of host memory and
+put its sampling on the GIL of a rank that every other rank waits for. The child lives as
+long as the rank: told to stop, it writes the final figures; when the rank dies (its stdin
+closes) it flushes what it measured and exits.
 
 Measured or estimated (CodeCarbon 3.x)
 --------------------------------------
@@ -35,7 +42,10 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -370,12 +380,118 @@ class NodeEnergyTracker:
         return summary
 
 
+# --------------------------------------------------------------------------- the tracker's process
+
+
+STOP_TIMEOUT_S = 120.0  # CodeCarbon's start (hardware probe) plus its final measurement
+
+
+class NodeEnergySidecar:
+    """A :class:`NodeEnergyTracker` run in a child process (``python -m launcher.train.energy``):
+    the same arguments, files and summary, none of CodeCarbon's memory or threads in the rank.
+
+    :meth:`start_in_background` spawns the child and returns at once (energy is counted from
+    when CodeCarbon's probe ends, as with the tracker's own background start); :meth:`stop`
+    asks it for the final figures and returns the node summary (None when CodeCarbon could not
+    run there). The child ignores the signals a job gets (SIGINT, SIGTERM, SIGUSR1/2, SIGHUP):
+    the rank decides when the job ends, and the child follows it through its stdin.
+    """
+
+    def __init__(self, run_dir: Union[str, os.PathLike], node_name: Optional[str] = None,
+                 country_iso_code: str = "USA", region: Optional[str] = None,
+                 gpu_ids: Optional[list[GpuId]] = None, pue: float = 1.0,
+                 measure_power_secs: float = 5.0, flush_every_s: Optional[float] = 60.0):
+        self.run_dir = Path(run_dir)
+        self.node = safe_node_name(node_name) if node_name else default_node_name()
+        self.country_iso_code = country_iso_code
+        self.region = region
+        self.gpu_ids = list(gpu_ids) if gpu_ids is not None else None
+        self.pue = float(pue)
+        self.measure_power_secs = float(measure_power_secs)
+        self.flush_every_s = flush_every_s
+        self.summary: Optional[dict] = None
+        self._started: Optional[bool] = None
+        self._proc: Optional[subprocess.Popen] = None
+
+    @property
+    def started(self) -> bool:
+        """Whether CodeCarbon started in the child (known once :meth:`stop` has returned)."""
+        return bool(self._started)
+
+    def _config(self) -> dict:
+        return dict(run_dir=str(self.run_dir), node_name=self.node, country_iso_code=self.country_iso_code,
+                    region=self.region, gpu_ids=self.gpu_ids, pue=self.pue,
+                    measure_power_secs=self.measure_power_secs, flush_every_s=self.flush_every_s)
+
+    def start_in_background(self) -> None:
+        if self._proc is not None:
+            return
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "launcher.train.energy", json.dumps(self._config())],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def wait_started(self, timeout: float = STOP_TIMEOUT_S) -> bool:
+        """Block until the child reports whether CodeCarbon started (False on timeout)."""
+        if self._started is None and self._proc is not None and self._proc.stdout is not None:
+            import select
+
+            ready, _, _ = select.select([self._proc.stdout], [], [], timeout)
+            if ready:
+                self._read(self._proc.stdout.readline())
+        return self.started
+
+    def _read(self, text: str) -> None:
+        for line in text.splitlines():
+            try:
+                msg = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(msg, dict):
+                self._started = msg.get("started", self._started)
+                self.summary = msg.get("summary", self.summary)
+
+    def stop(self) -> Optional[dict]:
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return self.summary
+        try:
+            out, _ = proc.communicate("stop\n", timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, _ = proc.communicate()
+            log.warning("energy: the tracker of %s did not stop within %.0f s; its last flush stands",
+                        self.node, STOP_TIMEOUT_S)
+        self._read(out or "")
+        return self.summary
+
+
+def _sidecar_main(argv: list[str]) -> None:
+    """The child of :class:`NodeEnergySidecar`: start the tracker, report on the saved stdout
+    (anything else printed goes to stderr), then wait for "stop" on stdin; at EOF (the rank
+    died) flush what was measured, not final, and leave."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    proto = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # CodeCarbon's prints (and C libraries') must not mix with the replies
+    logging.basicConfig(level=logging.WARNING, format="[launcher] %(message)s")
+    tracker = NodeEnergyTracker(**json.loads(argv[0]))
+    proto.write(json.dumps({"started": tracker.start()}) + "\n")
+    proto.flush()
+    if sys.stdin.readline().strip() == "stop":
+        proto.write(json.dumps({"summary": tracker.stop()}) + "\n")
+    else:
+        tracker.flush()
+    proto.flush()
+    os._exit(0)  # CodeCarbon's scheduler thread must not hold the exit
+
+
 # --------------------------------------------------------------------------- the trainer's entry
 
 
-def start_node_tracker(run_dir: Union[str, os.PathLike], plan: Any) -> Optional[NodeEnergyTracker]:
-    """This node's tracker, started, or None when energy cannot be measured (never fatal to
-    training: the report then says the energy is missing). Call it on local rank 0 only.
+def start_node_tracker(run_dir: Union[str, os.PathLike], plan: Any) -> Optional[NodeEnergySidecar]:
+    """This node's tracker, starting in its own process (:class:`NodeEnergySidecar`), or None
+    when energy cannot be measured (never fatal to training: the report then says the energy is
+    missing). Call it on local rank 0 only.
 
     Country, region and PUE come from ``plan.job.report``; on cuda the tracker watches the
     job's GPUs of this node (:func:`job_gpu_ids` of ``plan.procs_per_node``), on cpu none. It
@@ -384,7 +500,7 @@ def start_node_tracker(run_dir: Union[str, os.PathLike], plan: Any) -> Optional[
     gpus: list[GpuId] = job_gpu_ids(plan.procs_per_node) if plan.device == "cuda" else []
     r = plan.job.report
     try:
-        tracker = NodeEnergyTracker(run_dir, node, r.country_iso_code, r.region, gpus, r.pue,
+        tracker = NodeEnergySidecar(run_dir, node, r.country_iso_code, r.region, gpus, r.pue,
                                     measure_power_secs=2.0 if plan.device == "cpu" else 5.0)
         tracker.start_in_background()
         return tracker
@@ -395,5 +511,9 @@ def start_node_tracker(run_dir: Union[str, os.PathLike], plan: Any) -> Optional[
         return None
 
 
-__all__ = ["GpuId", "NodeEnergyTracker", "default_node_name", "job_gpu_ids", "measurement_labels",
+__all__ = ["GpuId", "NodeEnergySidecar", "NodeEnergyTracker", "default_node_name", "job_gpu_ids", "measurement_labels",
            "safe_node_name", "start_node_tracker"]
+
+
+if __name__ == "__main__":
+    _sidecar_main(sys.argv[1:])

@@ -11,7 +11,7 @@ import pytest
 from launcher.plan import plan_job
 from launcher.report.energy import read_node_energy, sum_energy
 from launcher.spec import JobSpec
-from launcher.train.energy import NodeEnergyTracker, start_node_tracker
+from launcher.train.energy import NodeEnergySidecar, NodeEnergyTracker, start_node_tracker
 
 
 def _rapl_expected() -> bool:
@@ -84,6 +84,50 @@ def test_start_node_tracker_follows_the_plan(tmp_path, monkeypatch, device, gpus
     assert t is not None and not t.started
     assert (t.gpu_ids, t.measure_power_secs, t.pue, t.country_iso_code) == (gpus, secs, 1.3, "FRA")
     assert t.stop() is None
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for a parent that does not reap it has ended)."""
+    try:
+        return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.slow  # ~8 s: two CodeCarbon starts in child processes
+def test_sidecar_keeps_codecarbon_out_of_the_rank_and_outlives_it_only_to_flush(tmp_path):
+    """The rank that starts the tracker never imports CodeCarbon; the job's signals do not stop
+    the child (SIGUSR2 is Slurm's preemption warning, SIGTERM its end): told to stop, it writes
+    the final figures; when its rank is killed, it flushes what it measured and exits."""
+    rank = ("import os, signal, sys, time\nfrom launcher.train.energy import NodeEnergySidecar\n"
+            "t = NodeEnergySidecar(sys.argv[1], 'node0-t', measure_power_secs=1, flush_every_s=None)\n"
+            "t.start_in_background()\nassert t.wait_started(60)\n"
+            "for sig in (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT):\n    os.kill(t._proc.pid, sig)\n"
+            "time.sleep(1.5)\n"
+            "print(t._proc.pid, 'codecarbon' in sys.modules, flush=True)\n"
+            "if sys.argv[2] == 'stop':\n    print(t.stop()['final'], flush=True)\nelse:\n    time.sleep(600)\n")
+    import signal
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", rank, str(tmp_path / "a"), "stop"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    child, imported, final = done.stdout.split()
+    assert (imported, final) == ("False", "True")
+    assert json.loads((tmp_path / "a" / "emissions" / "node0-t.json").read_text())["final"] is True
+
+    killed = subprocess.Popen([sys.executable, "-c", rank, str(tmp_path / "b"), "kill"], stdout=subprocess.PIPE,
+                              text=True)
+    child = int(killed.stdout.readline().split()[0])
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=30)
+    deadline = time.time() + 60
+    while _alive(child) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _alive(child), "the tracker outlived its rank"
+    (node,) = read_node_energy(tmp_path / "b")
+    assert node["final"] is False and node["energy_kwh"]["total"] > 0
 
 
 def test_node_without_json_is_rebuilt_from_csv(tmp_path):
