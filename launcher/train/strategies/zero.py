@@ -82,6 +82,14 @@ class ZeroStrategy:
                                                    load_lr_scheduler_states=True)
         if load_path is None:
             raise RuntimeError(f"{path}: DeepSpeed found no checkpoint to load")
+        if self.plan.zero_stage == 3:
+            # Loading ends with the persistent parameters (small ones: norms, LoRA adapters)
+            # gathered (DeepSpeed's checkpoint_event_epilogue); a fresh engine meets them
+            # partitioned in its first forward. The first forward after a resume then records
+            # ZeRO-3's module trace without the adapters that peft's layers reach into (external
+            # parameters, registered when met partitioned), a later one has them, and DeepSpeed
+            # stops with "tracing error at step N". Partition everything, as a fresh engine starts.
+            self.engine.empty_partition_cache()
 
     def full_state_dict(self, trainable_only: bool = False) -> Optional[dict]:
         import torch.distributed as dist
