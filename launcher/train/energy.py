@@ -159,7 +159,38 @@ def measurement_labels(tracker: Any) -> dict[str, str]:
 # --------------------------------------------------------------------------- the tracker
 
 
-class NodeEnergyTracker:
+class _NodeSettings:
+    """What a node's tracker is told: where it writes, what it watches, how often it samples."""
+
+    def __init__(
+        self,
+        run_dir: Union[str, os.PathLike],
+        node_name: Optional[str] = None,
+        country_iso_code: str = "USA",
+        region: Optional[str] = None,
+        gpu_ids: Optional[list[GpuId]] = None,
+        pue: float = 1.0,
+        measure_power_secs: float = 5.0,
+        flush_every_s: Optional[float] = 60.0,
+    ):
+        self.run_dir = Path(run_dir)
+        self.node = safe_node_name(node_name) if node_name else default_node_name()
+        self.country_iso_code = country_iso_code
+        self.region = region
+        self.gpu_ids = list(gpu_ids) if gpu_ids is not None else None
+        self.pue = float(pue)
+        self.measure_power_secs = float(measure_power_secs)
+        self.flush_every_s = flush_every_s
+        self.summary: Optional[dict] = None
+
+    def settings(self) -> dict:
+        """The constructor's arguments, as JSON can carry them."""
+        return dict(run_dir=str(self.run_dir), node_name=self.node, country_iso_code=self.country_iso_code,
+                    region=self.region, gpu_ids=self.gpu_ids, pue=self.pue,
+                    measure_power_secs=self.measure_power_secs, flush_every_s=self.flush_every_s)
+
+
+class NodeEnergyTracker(_NodeSettings):
     """CodeCarbon's ``OfflineEmissionsTracker`` for one node, writing into the run directory.
 
     Start it on **local rank 0 of each node only**::
@@ -182,25 +213,8 @@ class NodeEnergyTracker:
     data for ``country_iso_code`` (and ``region``, for US states / Canadian provinces).
     """
 
-    def __init__(
-        self,
-        run_dir: Union[str, os.PathLike],
-        node_name: Optional[str] = None,
-        country_iso_code: str = "USA",
-        region: Optional[str] = None,
-        gpu_ids: Optional[list[GpuId]] = None,
-        pue: float = 1.0,
-        measure_power_secs: float = 5.0,
-        flush_every_s: Optional[float] = 60.0,
-    ):
-        self.run_dir = Path(run_dir)
-        self.node = safe_node_name(node_name) if node_name else default_node_name()
-        self.country_iso_code = country_iso_code
-        self.region = region
-        self.gpu_ids = list(gpu_ids) if gpu_ids is not None else None
-        self.pue = float(pue)
-        self.measure_power_secs = float(measure_power_secs)
-        self.flush_every_s = flush_every_s
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
         self.dir = self.run_dir / EMISSIONS
         self.csv_path = self.dir / f"{self.node}.csv"
         self.json_path = self.dir / f"{self.node}.json"
@@ -210,7 +224,6 @@ class NodeEnergyTracker:
         self._stop_evt = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._lock = threading.Lock()
-        self.summary: Optional[dict] = None
 
     @property
     def started(self) -> bool:
@@ -386,7 +399,7 @@ class NodeEnergyTracker:
 STOP_TIMEOUT_S = 120.0  # CodeCarbon's start (hardware probe) plus its final measurement
 
 
-class NodeEnergySidecar:
+class NodeEnergySidecar(_NodeSettings):
     """A :class:`NodeEnergyTracker` run in a child process (``python -m launcher.train.energy``):
     the same arguments, files and summary, none of CodeCarbon's memory or threads in the rank.
 
@@ -397,37 +410,21 @@ class NodeEnergySidecar:
     the rank decides when the job ends, and the child follows it through its stdin.
     """
 
-    def __init__(self, run_dir: Union[str, os.PathLike], node_name: Optional[str] = None,
-                 country_iso_code: str = "USA", region: Optional[str] = None,
-                 gpu_ids: Optional[list[GpuId]] = None, pue: float = 1.0,
-                 measure_power_secs: float = 5.0, flush_every_s: Optional[float] = 60.0):
-        self.run_dir = Path(run_dir)
-        self.node = safe_node_name(node_name) if node_name else default_node_name()
-        self.country_iso_code = country_iso_code
-        self.region = region
-        self.gpu_ids = list(gpu_ids) if gpu_ids is not None else None
-        self.pue = float(pue)
-        self.measure_power_secs = float(measure_power_secs)
-        self.flush_every_s = flush_every_s
-        self.summary: Optional[dict] = None
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
         self._started: Optional[bool] = None
         self._proc: Optional[subprocess.Popen] = None
 
     @property
     def started(self) -> bool:
-        """Whether CodeCarbon started in the child (known once :meth:`stop` has returned)."""
+        """Whether CodeCarbon started in the child (known after :meth:`wait_started` or :meth:`stop`)."""
         return bool(self._started)
-
-    def _config(self) -> dict:
-        return dict(run_dir=str(self.run_dir), node_name=self.node, country_iso_code=self.country_iso_code,
-                    region=self.region, gpu_ids=self.gpu_ids, pue=self.pue,
-                    measure_power_secs=self.measure_power_secs, flush_every_s=self.flush_every_s)
 
     def start_in_background(self) -> None:
         if self._proc is not None:
             return
         self._proc = subprocess.Popen(
-            [sys.executable, "-m", "launcher.train.energy", json.dumps(self._config())],
+            [sys.executable, "-m", "launcher.train.energy", json.dumps(self.settings())],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def wait_started(self, timeout: float = STOP_TIMEOUT_S) -> bool:
@@ -511,8 +508,8 @@ def start_node_tracker(run_dir: Union[str, os.PathLike], plan: Any) -> Optional[
         return None
 
 
-__all__ = ["GpuId", "NodeEnergySidecar", "NodeEnergyTracker", "default_node_name", "job_gpu_ids", "measurement_labels",
-           "safe_node_name", "start_node_tracker"]
+__all__ = ["GpuId", "NodeEnergySidecar", "NodeEnergyTracker", "default_node_name", "job_gpu_ids",
+           "measurement_labels", "safe_node_name", "start_node_tracker"]
 
 
 if __name__ == "__main__":

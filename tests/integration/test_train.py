@@ -121,7 +121,7 @@ def test_counts_are_exact_and_run_dir_complete(runs, layout):
 
 
 # ZeRO-3 with LoRA: the loaded engine holds its persistent parameters (the adapters) gathered,
-# which made the second step after a resume stop with DeepSpeed's "tracing error at step N".
+# which made the first step after a resume stop with DeepSpeed's "tracing error at step N".
 @pytest.mark.parametrize("layout,method", [("zero3", "full"), ("fsdp", "full"), ("zero3", "lora")])
 def test_stop_and_resume_matches_an_uninterrupted_run(runs, tmp_path, layout, method):
     ref_dir = runs.get(layout, method)

@@ -113,7 +113,7 @@ def test_sidecar_keeps_codecarbon_out_of_the_rank_and_outlives_it_only_to_flush(
     done = subprocess.run([sys.executable, "-c", rank, str(tmp_path / "a"), "stop"], capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    child, imported, final = done.stdout.split()
+    _, imported, final = done.stdout.split()
     assert (imported, final) == ("False", "True")
     assert json.loads((tmp_path / "a" / "emissions" / "node0-t.json").read_text())["final"] is True
 
