@@ -36,12 +36,9 @@ def build_model(plan, model_path: str):
         if plan.zero_stage == 3:
             from transformers.integrations import HfDeepSpeedConfig
 
-            from launcher.train.strategies.zero import import_deepspeed
+            from launcher.train.strategies.zero import import_deepspeed, init_deepspeed_comm
 
-            deepspeed = import_deepspeed()
-
-            # DeepSpeed's own view of the process group (its config check counts the ranks)
-            deepspeed.init_distributed(dist_backend=plan.backend, auto_mpi_discovery=False)
+            init_deepspeed_comm(import_deepspeed(), plan.backend)
 
             # transformers holds it by weak reference: it must live while from_pretrained runs
             ds_config = HfDeepSpeedConfig(dict(plan.ds_config))

@@ -24,6 +24,7 @@ class FSDP2Strategy:
 
         from launcher.train.memory import StateCounter
         from launcher.train.model import decoder_layers
+        from launcher.train.strategies.comm import fsdp_in_place_all_gather, gather_in_place
         from launcher.train.weights import materialize
 
         self.plan = plan
@@ -34,9 +35,14 @@ class FSDP2Strategy:
         if settings.cpu_offload:
             kw["offload_policy"] = CPUOffloadPolicy()
         self.device = torch.device("cuda", torch.cuda.current_device()) if plan.device == "cuda" else torch.device("cpu")
-        for unit in decoder_layers(model) + _untied_embeddings(model):
+        units = decoder_layers(model) + _untied_embeddings(model)
+        for unit in units:
             fully_shard(unit, **kw)
         fully_shard(model, **kw)
+        if gather_in_place(plan.backend):  # gloo's own all_gather_into_tensor holds a second copy
+            for unit in [*units, model]:
+                if hasattr(unit, "set_custom_all_gather"):  # torch >= 2.8
+                    unit.set_custom_all_gather(fsdp_in_place_all_gather())
         if any(p.is_meta for p in model.parameters()):  # built on the meta device: storage for our shards only
             materialize(model, model_path, plan.job.train.seed,
                         torch.device("cpu") if settings.cpu_offload else self.device)

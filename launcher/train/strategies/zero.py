@@ -24,6 +24,17 @@ def _no_shm_op():
     return None
 
 
+def init_deepspeed_comm(deepspeed, backend: str) -> None:
+    """DeepSpeed's own view of the process group (its config check counts the ranks); on gloo,
+    its all-gathers write into their output alone (``strategies.comm``: gloo's own
+    ``all_gather_into_tensor`` holds a second copy of every gathered parameter). Idempotent."""
+    from launcher.train.strategies.comm import gather_in_place, use_in_place_gathers_in_deepspeed
+
+    deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+    if gather_in_place(backend):
+        use_in_place_gathers_in_deepspeed(deepspeed.comm.comm.cdb)
+
+
 class ZeroStrategy:
     name = "zero"
 
@@ -34,8 +45,10 @@ class ZeroStrategy:
 
         self.plan = plan
         config = copy.deepcopy(plan.ds_config)
+        deepspeed = import_deepspeed()
+        init_deepspeed_comm(deepspeed, plan.backend)
         # the loop owns the LR schedule (same function as FSDP2); DeepSpeed steps it at each boundary
-        self.engine, self.optimizer, _, self.scheduler = import_deepspeed().initialize(
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=model,
             model_parameters=[p for p in model.parameters() if p.requires_grad],
             config=config,
