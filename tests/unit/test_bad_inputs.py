@@ -316,4 +316,8 @@ def test_bad_input(case_id, setup, argv, expected, tmp_path, monkeypatch, capsys
     for text in expected:
         assert text in lines[0], f"{text!r} not in {lines[0]!r}"
     assert after == before, f"left behind: {sorted(after - before)}"
-    assert not any(systmp.iterdir()), f"left in the temp folder: {sorted(os.listdir(systmp))}"
+    # torch makes its own cache folder (torchinductor_<user>) in the temp folder the first time a
+    # process imports torch._dynamo (which counting a model's parameters does on a cold modelinfo
+    # cache): torch's cache, kept for every later process, not something launcher half-wrote
+    left = sorted(p.name for p in systmp.iterdir() if not p.name.startswith("torchinductor_"))
+    assert not left, f"left in the temp folder: {left}"
