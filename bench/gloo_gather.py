@@ -1,0 +1,108 @@
+"""Gloo's own all-gather against the in-place one (launcher.train.strategies.comm), on the runs of
+`tests/integration/test_scale.py::test_no_rank_holds_the_whole_model`: the same 290M-parameter
+Llama saved in bf16, LoRA r=8, bf16, 2 CPU ranks, 2 steps, under FSDP2 and ZeRO-3.
+
+Each round runs every layout twice, `LAUNCHER_GLOO_GATHER=gloo` then `in-place`, alternating, so
+that both meet the same machine. Per run: the largest rank's peak anonymous memory above a process
+that only imports what a rank imports (the test's measure, as a share of the model's fp32 size),
+the second step's time (the first holds the warm-up), and whether the losses equal the baseline's.
+
+    python bench/gloo_gather.py                    # 3 rounds x 2 layouts x 2: ~6 min on 2 cores
+    python bench/gloo_gather.py --rounds 1 --layouts zero3 --json /tmp/gloo_gather.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "tests" / "integration"))
+import _common as C  # noqa: E402
+import test_scale as T  # noqa: E402  the test's model, overrides and measure: one definition
+
+LAYOUTS = {"fsdp": ["parallel.strategy=fsdp", "cluster.cpu_procs_per_node=2"],
+           "zero3": ["parallel.strategy=zero", "parallel.zero_stage=3", "cluster.cpu_procs_per_node=2"]}
+MODES = ("gloo", "in-place")
+
+
+def run_once(work: Path, model: list[str], layout: str, mode: str, tag: str, base: int, n_params: int) -> dict:
+    d = work / f"{layout}-{mode}-{tag}"
+    shutil.rmtree(d, ignore_errors=True)
+    os.environ["LAUNCHER_GLOO_GATHER"] = mode  # the ranks inherit it through torchrun
+    try:
+        T.launcher_run(d, *T.BIG_RUN, *model, *LAYOUTS[layout])
+    finally:
+        os.environ.pop("LAUNCHER_GLOO_GATHER", None)
+    ranks = T.memory(d)
+    largest = max(ranks, key=lambda r: r["rss_anon_peak_bytes"])
+    steps = [r["step_time_s"] for r in T.records(d, "train")]
+    return {"layout": layout, "mode": mode, "round": tag, "largest_rank": largest["rank"],
+            "peak_mib": largest["rss_anon_peak_bytes"] / 2**20,
+            "above_mib": (largest["rss_anon_peak_bytes"] - base) / 2**20,
+            "share": (largest["rss_anon_peak_bytes"] - base) / (4 * n_params),
+            "step2_s": steps[1] if len(steps) > 1 else None, "losses": T.losses(d)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--layouts", default="fsdp,zero3")
+    ap.add_argument("--work", type=Path, default=None, help="folder for the model and the runs (default: a temp dir)")
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+    layouts = [x for x in args.layouts.split(",") if x]
+    work = args.work or Path(tempfile.mkdtemp(prefix="gloo-gather-"))
+    work.mkdir(parents=True, exist_ok=True)
+
+    import torch
+    from transformers import LlamaConfig
+
+    from launcher.demo import ensure_demo_assets
+
+    path = work / "llama-290m"
+    if not (path / "config.json").exists():
+        cfg = LlamaConfig(**T.BIG, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+        (work / "n_params").write_text(str(T.save_random_llama(path, cfg, torch.bfloat16)))
+    n_params = int((work / "n_params").read_text())
+    model = [f"model.path={path}", f"model.tokenizer={ensure_demo_assets().tokenizer_dir}"]
+    bases = {layout: T.import_only_rss_anon(layout) for layout in layouts}
+
+    t0 = time.time()
+    rows = []
+    for i in range(args.rounds):
+        for layout in layouts:
+            for mode in MODES:
+                r = run_once(work, model, layout, mode, str(i), bases[layout], n_params)
+                rows.append(r)
+                print(f"round {i} {layout:5} {mode:8} rank {r['largest_rank']}: {r['peak_mib']:.1f} MiB, "
+                      f"{r['above_mib']:.1f} above the import-only {bases[layout] / 2**20:.1f} = {r['share']:.3f}x; "
+                      f"step 2 {r['step2_s']:.2f} s", flush=True)
+
+    print(f"\n{args.rounds} rounds in {time.time() - t0:.0f} s; medians:\n")
+    print("| layout | gather | largest rank, x fp32 (median, range) | step 2 s (median) | losses equal gloo's |")
+    print("|---|---|---|---|---|")
+    for layout in layouts:
+        ref = [r for r in rows if r["layout"] == layout and r["mode"] == "gloo"]
+        for mode in MODES:
+            rs = [r for r in rows if r["layout"] == layout and r["mode"] == mode]
+            shares = [r["share"] for r in rs]
+            same = all(r["losses"] == ref[0]["losses"] for r in rs)
+            print(f"| {layout} | {mode} | {C.median(shares):.3f} ({min(shares):.3f}-{max(shares):.3f}) | "
+                  f"{C.median([r['step2_s'] for r in rs]):.2f} | {'yes' if same else 'no'} |")
+        s_g = C.median([r["step2_s"] for r in ref])
+        s_i = C.median([r["step2_s"] for r in rows if r["layout"] == layout and r["mode"] == "in-place"])
+        print(f"| {layout} | ratio | | {s_g / s_i:.2f}x faster in place | |")
+    if args.json:
+        C.write_json(args.json, {"machine": C.machine_info(), "n_params": n_params, "bases": bases, "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
