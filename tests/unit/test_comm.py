@@ -11,7 +11,7 @@ import sys
 RANK = r"""
 import json, os, sys
 import torch, torch.distributed as dist
-from launcher.train.strategies.comm import gather_into_tensor_by_broadcast
+from launcher.train.strategies.comm import IN_PLACE_MIN_BYTES, gather_into_tensor, gather_into_tensor_by_broadcast
 
 def status(key):
     with open("/proc/self/status") as f:
@@ -43,14 +43,18 @@ for dtype in (torch.float32, torch.bfloat16):
         in_place = torch.full((2, n), -1.0, dtype=dtype)  # 2-D output, input already in this rank's slot
         in_place[rank] = inp
         gather_into_tensor_by_broadcast(in_place, in_place[rank])
-        results[f"{dtype}-{n}"] = all(torch.equal(t.view(-1), want) for t in (got, got_async, in_place))
+        dispatched = torch.full((2 * n,), -1.0, dtype=dtype)  # under IN_PLACE_MIN_BYTES: gloo's own gather
+        gather_into_tensor(dispatched, inp, group=pair)
+        results[f"{dtype}-{n}"] = all(torch.equal(t.view(-1), want) for t in (got, got_async, in_place, dispatched))
 
 n = 8 * 2**20  # 32 MiB of fp32 per rank, 64 MiB gathered
-inp = torch.ones(n)
+assert 8 * n >= IN_PLACE_MIN_BYTES
+inp = torch.full((n,), float(rank))
 out = torch.zeros(2 * n)  # pages touched: the output counts before the gather
 native = lambda o, i: dist.all_gather_into_tensor(o, i)
 results["rise_native"] = high_water_rise(native, out, inp)
-results["rise_in_place"] = high_water_rise(gather_into_tensor_by_broadcast, out, inp)
+results["rise_in_place"] = high_water_rise(gather_into_tensor, out, inp)
+results["big_equal"] = bool((out[:n] == 0).all() and (out[n:] == 1).all())
 results["out_bytes"] = out.numel() * 4
 dist.barrier()
 dist.destroy_process_group()
