@@ -7,8 +7,13 @@ that both meet the same machine. Per run: the largest rank's peak anonymous memo
 that only imports what a rank imports (the test's measure, as a share of the model's fp32 size),
 the second step's time (the first holds the warm-up), and whether the losses equal the baseline's.
 
+With ``--tiny`` it measures speed where gathers are many and small instead: the embedded default
+(a 2-layer Llama of 321K parameters, packed) under ZeRO-2, ZeRO-3 and FSDP2, useful tokens/s over
+steps 2..N of each run, both gathers alternating, and the ratio in place / gloo per round.
+
     python bench/gloo_gather.py                    # 3 rounds x 2 layouts x 2: ~6 min on 2 cores
     python bench/gloo_gather.py --rounds 1 --layouts zero3 --json /tmp/gloo_gather.json
+    python bench/gloo_gather.py --tiny             # 3 rounds x 3 layouts x 2 x 40 steps: ~5 min
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests" / "integration"))
 import _common as C  # noqa: E402
+import demo_throughput as D  # noqa: E402
 import test_scale as T  # noqa: E402  the test's model, overrides and measure: one definition
 
 LAYOUTS = {"fsdp": ["parallel.strategy=fsdp", "cluster.cpu_procs_per_node=2"],
@@ -35,11 +41,7 @@ MODES = ("gloo", "in-place")
 def run_once(work: Path, model: list[str], layout: str, mode: str, tag: str, base: int, n_params: int) -> dict:
     d = work / f"{layout}-{mode}-{tag}"
     shutil.rmtree(d, ignore_errors=True)
-    os.environ["LAUNCHER_GLOO_GATHER"] = mode  # the ranks inherit it through torchrun
-    try:
-        T.launcher_run(d, *T.BIG_RUN, *model, *LAYOUTS[layout])
-    finally:
-        os.environ.pop("LAUNCHER_GLOO_GATHER", None)
+    with_gather(mode, T.launcher_run, d, *T.BIG_RUN, *model, *LAYOUTS[layout])
     ranks = T.memory(d)
     largest = max(ranks, key=lambda r: r["rss_anon_peak_bytes"])
     steps = [r["step_time_s"] for r in T.records(d, "train")]
@@ -50,16 +52,53 @@ def run_once(work: Path, model: list[str], layout: str, mode: str, tag: str, bas
             "step2_s": steps[1] if len(steps) > 1 else None, "losses": T.losses(d)}
 
 
+def with_gather(mode: str, fn, *args):
+    os.environ["LAUNCHER_GLOO_GATHER"] = mode  # the ranks inherit it through torchrun
+    try:
+        return fn(*args)
+    finally:
+        os.environ.pop("LAUNCHER_GLOO_GATHER", None)
+
+
+def tiny(work: Path, rounds: int, steps: int) -> list[dict]:
+    rows = []
+    for i in range(rounds):
+        for name, ov in D.STRATEGIES.items():
+            got = {}
+            for mode in MODES:
+                r = with_gather(mode, D.run_one, work, f"tiny-{name}-{mode}-{i}", [*ov, "data.packing=true"], steps)
+                if r["rc"] != 0:
+                    raise SystemExit(f"{name} {mode}: {r.get('error')}")
+                got[mode] = r["tok_s"]
+                rows.append({"layout": name, "mode": mode, "round": i, "tok_s": r["tok_s"], "last_loss": r["last_loss"]})
+            print(f"round {i} {name:5} gloo {got['gloo']:,.0f} tok/s, in place {got['in-place']:,.0f} tok/s: "
+                  f"{got['in-place'] / got['gloo']:.2f}x", flush=True)
+    print("\n| layout | gloo tok/s (median) | in place tok/s (median) | in place / gloo (median of rounds) |")
+    print("|---|---|---|---|")
+    for name in D.STRATEGIES:
+        g = [r["tok_s"] for r in rows if r["layout"] == name and r["mode"] == "gloo"]
+        p = [r["tok_s"] for r in rows if r["layout"] == name and r["mode"] == "in-place"]
+        print(f"| {name} | {C.median(g):,.0f} | {C.median(p):,.0f} | {C.median([b / a for a, b in zip(g, p)]):.2f}x |")
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--layouts", default="fsdp,zero3")
     ap.add_argument("--work", type=Path, default=None, help="folder for the model and the runs (default: a temp dir)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--tiny", action="store_true", help="the embedded default's tokens/s instead (many small gathers)")
+    ap.add_argument("--steps", type=int, default=40, help="with --tiny: steps per run")
     args = ap.parse_args(argv)
     layouts = [x for x in args.layouts.split(",") if x]
     work = args.work or Path(tempfile.mkdtemp(prefix="gloo-gather-"))
     work.mkdir(parents=True, exist_ok=True)
+    if args.tiny:
+        rows = tiny(work, args.rounds, args.steps)
+        if args.json:
+            C.write_json(args.json, {"machine": C.machine_info(), "rows": rows})
+        return 0
 
     import torch
     from transformers import LlamaConfig

@@ -165,9 +165,10 @@ BIG = dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=20, num_a
 # The largest rank's peak anonymous memory above a process that imports what a rank imports, as a
 # share of the model's fp32 size (before: at least 1.0, the whole fp32 model on every rank); the
 # issue's target is 0.45. Measured on 2 cores (2026-12-05, `python bench/gloo_gather.py`, 3 runs
-# each): FSDP2 0.430-0.433, ZeRO-3 0.441-0.442 with the in-place gathers on gloo (ZeRO-3 0.466-0.472
-# with gloo's own all_gather_into_tensor, which holds a second copy of each gathered module: the LM
-# head is the largest). The bf16 shard alone is 0.25. Ten ZeRO-3 runs that day spread over 3 MiB.
+# each): FSDP2 0.415-0.426, ZeRO-3 0.440 with the in-place gathers on gloo (FSDP2 0.430-0.442,
+# ZeRO-3 0.468-0.470 with gloo's own all_gather_into_tensor, which holds a second copy of each
+# gathered module: the LM head is the largest). The bf16 shard alone is 0.25. Ten ZeRO-3 runs by
+# hand that day spread over 3 MiB (0.439-0.442).
 PEAK_SHARE = {"fsdp": 0.45, "zero3": 0.45}
 BIG_RUN = [
     "train.method=lora", "model.dtype=bf16", "train.lora.r=8", "train.lora.dropout=0", "data.num_samples=64",
