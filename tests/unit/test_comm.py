@@ -55,6 +55,18 @@ native = lambda o, i: dist.all_gather_into_tensor(o, i)
 results["rise_native"] = high_water_rise(native, out, inp)
 results["rise_in_place"] = high_water_rise(gather_into_tensor, out, inp)
 results["big_equal"] = bool((out[:n] == 0).all() and (out[n:] == 1).all())
+
+# DeepSpeed's own entry point, as ZeRO calls it, after the trainer's set-up of its comm backend
+import deepspeed.comm as ds_comm
+from launcher.train.strategies.zero import import_deepspeed, init_deepspeed_comm
+init_deepspeed_comm(import_deepspeed(), "gloo")
+results["deepspeed_dispatches"] = ds_comm.comm.cdb.all_gather_function is gather_into_tensor  # the 1 MiB rule too
+out.zero_()
+results["rise_deepspeed"] = high_water_rise(lambda o, i: ds_comm.all_gather_into_tensor(o, i), out, inp)
+results["deepspeed_equal"] = bool((out[:n] == 0).all() and (out[n:] == 1).all())
+small = torch.empty(2 * 7)
+ds_comm.all_gather_into_tensor(small, torch.full((7,), float(rank)))
+results["deepspeed_small_equal"] = torch.equal(small, torch.tensor([0.0] * 7 + [1.0] * 7))
 results["out_bytes"] = out.numel() * 4
 dist.barrier()
 dist.destroy_process_group()
@@ -80,6 +92,8 @@ def test_gather_by_broadcast_equals_all_gather_and_holds_no_second_output():
     for out, _ in outs:
         r = json.loads(out.strip().splitlines()[-1])
         assert all(v for k, v in r.items() if not k.startswith(("rise", "out"))), r
+        assert r["deepspeed_equal"] and r["deepspeed_small_equal"], r
         # gloo's own gather holds a flat copy of the output; the in-place one holds nothing of that size
         assert r["rise_native"] > 0.9 * r["out_bytes"], r
         assert r["rise_in_place"] < 0.1 * r["out_bytes"], r
+        assert r["rise_deepspeed"] < 0.1 * r["out_bytes"], r  # the seam DeepSpeed's gathers go through

@@ -91,11 +91,11 @@ def gather_into_tensor(output_tensor, input_tensor, group=None, async_op: bool =
 
 def use_in_place_gathers_in_deepspeed(deepspeed_comm_backend) -> bool:
     """Route DeepSpeed's ``all_gather_into_tensor`` (ZeRO-3's parameter gathers, ZeRO 1-2's
-    gather of the updated partitions) through :func:`gather_into_tensor_by_broadcast`. Call on
-    gloo only; returns whether the backend had the hook."""
+    gather of the updated partitions) through :func:`gather_into_tensor`. Call on gloo only;
+    returns whether the backend had the hook."""
     if getattr(deepspeed_comm_backend, "all_gather_function", None) is None:
         return False
-    deepspeed_comm_backend.all_gather_function = gather_into_tensor_by_broadcast
+    deepspeed_comm_backend.all_gather_function = gather_into_tensor
     return True
 
 
