@@ -34,6 +34,28 @@ def check_device_here(device: str) -> None:
                            "use cluster.device=cpu (gloo) or auto")
 
 
+def bf16_problem(dtype: str, device: str, capability: Optional[tuple[int, int]]) -> Optional[str]:
+    """model.dtype bf16 on a GPU without bf16 arithmetic (compute capability below 8.0, before
+    Ampere): torch would emulate it slowly or fail in a kernel. ``capability`` is the GPU's."""
+    if dtype == "bf16" and device == "cuda" and capability is not None and capability < (8, 0):
+        return (f"model.dtype: bf16 needs a GPU of compute capability 8.0 or more (Ampere), and this one has "
+                f"{capability[0]}.{capability[1]}; use model.dtype=fp16 with parallel.strategy=zero, or fp32")
+    return None
+
+
+def check_precision_here(spec, device: str) -> None:
+    """The job's dtype is one this machine's device computes in (`launcher run` on this node)."""
+    capability = None
+    if device == "cuda" and spec.model.dtype == "bf16":
+        import torch
+
+        if torch.cuda.is_available():
+            capability = tuple(torch.cuda.get_device_capability(0))
+    problem = bf16_problem(spec.model.dtype, device, capability)
+    if problem:
+        raise JobError(problem)
+
+
 def check_nvme_here(spec) -> None:
     """A run on this node that offloads to NVMe: parallel.nvme_path is a folder here (DeepSpeed
     would fail in every rank, after the model loaded)."""
@@ -224,6 +246,18 @@ def clear_run_outputs(run_dir: Path) -> None:
     for name in (rundir.METRICS, rundir.COMPLETED, rundir.PREEMPTED, rundir.STOP, rundir.REPORT_JSON,
                  rundir.REPORT_MD, rundir.REPORT_HTML, rundir.TRACKERS_JSON):
         (run_dir / name).unlink(missing_ok=True)
+
+
+def clear_stop_markers(run_dir: Path) -> list[str]:
+    """The last attempt's ``STOP`` and ``PREEMPTED`` markers, removed before a resumed run's first
+    step, as the Slurm batch script does before each attempt (a stale ``STOP`` would stop the
+    resumed run at its first step). Returns the names removed."""
+    removed = []
+    for name in (rundir.STOP, rundir.PREEMPTED):
+        if (run_dir / name).exists():
+            (run_dir / name).unlink()
+            removed.append(name)
+    return removed
 
 
 def latest_run_dir(spec) -> Optional[Path]:

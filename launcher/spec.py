@@ -124,12 +124,24 @@ class ParallelSpec(_Strict):
     offload_params: Offload = Field(
         "none", description="Parameters in cpu memory or on nvme (ZeRO-3); FSDP2: cpu, optimizer states included.")
     nvme_path: Optional[str] = Field(None, description="Folder for NVMe offload (required with nvme).")
-    zero_buckets: Literal["deepspeed", "model"] = Field(
+    zero_buckets: Union[Literal["deepspeed", "model"], int] = Field(
         "deepspeed",
-        description="ZeRO bucket sizes: DeepSpeed's defaults, or derived from hidden_size as the "
-        "Hugging Face integration does (slower on small models).",
+        description="ZeRO bucket sizes: DeepSpeed's defaults, derived from hidden_size as the "
+        "Hugging Face integration does (slower on small models), or a number of elements for the reduce "
+        "and allgather buckets (even: DeepSpeed's ZeRO-1/2 assert it).",
     )
     reshard_after_forward: bool = Field(True, description="FSDP2: free gathered params after forward.")
+
+    @field_validator("zero_buckets")
+    @classmethod
+    def _bucket_size(cls, v: Union[str, int]) -> Union[str, int]:
+        if isinstance(v, int):
+            if v < 1:
+                raise ValueError(f"a bucket size must be >= 1, got {v}")
+            problem = size_problem(v, ZERO_SIZE_MULTIPLE["allgather_bucket_size"])
+            if problem:
+                raise ValueError(problem)
+        return v
 
     @model_validator(mode="after")
     def _offload_rules(self) -> "ParallelSpec":
@@ -138,6 +150,24 @@ class ParallelSpec(_Strict):
         if errs:
             raise ValueError("; ".join(errs))
         return self
+
+
+# What DeepSpeed's ZeRO optimizers assert of a size in the config, though its config parser accepts
+# any integer: ZeRO-1/2 (runtime/zero/stage_1_and_2.py) asserts
+# ``allgather_bucket_size % nccl_start_alignment_factor == 0`` inside ``deepspeed.initialize``, with
+# the factor 2 (a 4-byte start for 2-byte values). The allgather bucket takes the reduce bucket's
+# value here, so a derived reduce bucket is rounded to that multiple too.
+ZERO_SIZE_MULTIPLE = {"allgather_bucket_size": 2}
+
+
+def size_problem(value: int, multiple: int) -> Optional[str]:
+    """What is wrong with a size DeepSpeed would refuse, and the nearest valid values; None if valid."""
+    if value % multiple == 0:
+        return None
+    low = value - value % multiple
+    near = f"{low} or {low + multiple}" if low > 0 else f"{low + multiple}"
+    return (f"{value} is not a multiple of {multiple}, which DeepSpeed's ZeRO-1/2 optimizer asserts at start "
+            f"(allgather_bucket_size); nearest valid: {near}")
 
 
 # How the offload rules name things: the job's fields, or `launcher ds-config`'s flags.

@@ -43,6 +43,7 @@ def run(job_file, overrides, run_dir, resume, dry_run, nproc_per_node, device, h
     dev = prepare.resolve_device(spec, device, probe=True)
     if not hosts:
         prepare.check_device_here(dev)
+        prepare.check_precision_here(spec, dev)
     if run_dir is None and resume:
         run_dir = prepare.latest_run_dir(spec)
         if run_dir is None:
@@ -105,11 +106,14 @@ def _run_locked(target: Path, spec, dev: str, resuming: bool, start_over: bool, 
             shutil.rmtree(made, ignore_errors=True)
         raise
     note = prepare.check_resume(target, plan) if resuming else None
+    cleared = prepare.clear_stop_markers(target) if resuming else []
     argv, env, files = prepare.local_launch_files(plan, target)
     rundir.write_run_dir(target, plan, files)
     click.echo(f"{'resuming' if resuming else 'run directory'}: {target}")
     if note:
         click.echo(f"note: {note}")
+    if cleared:
+        click.echo(f"cleared the last attempt's {' and '.join(cleared)}")
     click.echo(f"{plan.world_size} x {plan.device} ({plan.backend}), {plan.strategy}"
                f"{'-' + str(plan.zero_stage) if plan.zero_stage is not None else ''}, {plan.total_steps} steps of "
                f"{plan.global_batch_size} rows")

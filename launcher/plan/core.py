@@ -78,12 +78,13 @@ def plan_job(
     ds_config = fsdp = None
     if p.strategy == "zero":
         hidden = model_info.hidden_size if (model_info and p.zero_buckets == "model") else None
+        bucket_size = p.zero_buckets if isinstance(p.zero_buckets, int) else None
         if p.zero_buckets == "model" and not model_info:
             notes.append("parallel.zero_buckets=model but the model's config is unknown: DeepSpeed defaults used")
         ds_config = build_ds_config(
             stage=p.zero_stage, micro_batch_size=batch.micro_batch_size, grad_accum_steps=batch.grad_accum_steps,
             world_size=world, precision=spec.model.dtype, offload_optimizer=p.offload_optimizer,
-            offload_params=p.offload_params, nvme_path=p.nvme_path, hidden_size=hidden,
+            offload_params=p.offload_params, nvme_path=p.nvme_path, hidden_size=hidden, bucket_size=bucket_size,
             n_params=model_info.n_params if model_info else None,
             n_trainable=(model_info.n_trainable_params if t.method == "lora" else model_info.n_params)
             if model_info else None, lr=t.lr,

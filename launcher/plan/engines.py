@@ -6,7 +6,7 @@ from typing import Any, Optional
 from pydantic import BaseModel, ConfigDict
 
 from launcher.errors import JobError
-from launcher.spec import DS_FLAG_NAMES, JobSpec, offload_problems
+from launcher.spec import DS_FLAG_NAMES, ZERO_SIZE_MULTIPLE, JobSpec, offload_problems, size_problem
 
 TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
@@ -28,6 +28,19 @@ def model_buckets(hidden_size: int) -> dict[str, int]:
     }
 
 
+def round_to_multiple(value: int, multiple: int) -> int:
+    """``value`` rounded up to a multiple of ``multiple`` (at least ``multiple``)."""
+    return max(multiple, -(-value // multiple) * multiple)
+
+
+def zero_size_problems(zero: dict, source: str = "ds_config.zero_optimization") -> list[str]:
+    """One line per size in ``zero`` that DeepSpeed's engine would refuse at start (empty when every
+    size is valid)."""
+    lines = [(key, size_problem(zero[key], multiple))
+             for key, multiple in ZERO_SIZE_MULTIPLE.items() if isinstance(zero.get(key), int)]
+    return [f"{source}.{key}: {problem}" for key, problem in lines if problem]
+
+
 def build_ds_config(
     *,
     stage: int,
@@ -39,6 +52,7 @@ def build_ds_config(
     offload_params: str = "none",
     nvme_path: Optional[str] = None,
     hidden_size: Optional[int] = None,
+    bucket_size: Optional[int] = None,
     n_params: Optional[int] = None,
     n_trainable: Optional[int] = None,
     lr: float = 2e-4,
@@ -57,6 +71,8 @@ def build_ds_config(
 
     ``n_params`` (the model's, when known) caps the buckets and what ZeRO-3 keeps gathered at a
     twentieth of the model (``live_parameter_cap``), and ``n_trainable`` caps the gradient bucket.
+    A derived bucket is rounded up to what DeepSpeed's ZeRO optimizers assert
+    (``ZERO_SIZE_MULTIPLE``); a ``bucket_size`` the user gave is checked, never changed.
     DeepSpeed's defaults are sized for models of tens of billions of parameters: 1e9 live
     parameters and reuse distance keep every parameter of a model under 1B gathered through
     forward and backward (the whole model on every rank), and a 5e8-element reduce bucket is
@@ -75,6 +91,10 @@ def build_ds_config(
     buckets = {k: min(v, cap) if k != "stage3_param_persistence_threshold" else v for k, v in buckets.items()}
     if n_trainable:  # a gradient bucket larger than all the gradients is memory for nothing (LoRA)
         buckets["reduce_bucket_size"] = max(1, min(buckets["reduce_bucket_size"], n_trainable))
+    buckets["reduce_bucket_size"] = round_to_multiple(buckets["reduce_bucket_size"],
+                                                      ZERO_SIZE_MULTIPLE["allgather_bucket_size"])
+    if bucket_size is not None:
+        buckets["reduce_bucket_size"] = bucket_size
     zero: dict[str, Any] = {"stage": stage}
     if stage >= 1:
         zero.update(
@@ -93,6 +113,9 @@ def build_ds_config(
             stage3_max_reuse_distance=min(ZERO3_MAX_LIVE_PARAMETERS, cap),
             stage3_gather_16bit_weights_on_model_save=True,
         )
+    problems = zero_size_problems(zero)
+    if problems:
+        raise JobError(*problems)
     for key, dev in (("offload_optimizer", offload_optimizer), ("offload_param", offload_params)):
         if dev != "none":
             entry: dict[str, Any] = {"device": dev, "pin_memory": True}

@@ -135,3 +135,31 @@ def test_shipped_presets_are_what_the_tool_writes(tmp_path):
 def test_presets_parse(ds_parse, name):
     cfg = json.loads((DS_CONFIGS_DIR / name).read_text())
     assert ds_parse(cfg, 1).train_batch_size == 1
+
+
+def test_an_odd_bucket_size_in_the_job_is_one_line_at_plan_time(tmp_path):
+    """DeepSpeed's config parser takes an odd allgather_bucket_size; its ZeRO-1/2 optimizer then
+    asserts at start. A user's bucket size is refused at plan time instead, never changed."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "launcher", "plan", "parallel.zero_buckets=5475",
+                          "parallel.zero_stage=2"], capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.count("\n") == 1 and "Traceback" not in res.stderr
+    assert "parallel.zero_buckets: 5475 is not a multiple of 2" in res.stderr
+    assert "nearest valid: 5474 or 5476" in res.stderr
+    res = CliRunner().invoke(cli, ["ds-config", "parallel.zero_buckets=5476", "parallel.zero_stage=2"])
+    assert res.exit_code == 0, res.output
+    z = json.loads(res.output)["zero_optimization"]
+    assert z["allgather_bucket_size"] == z["reduce_bucket_size"] == 5476
+
+
+@pytest.mark.parametrize("n_params,n_trainable", [(109_504, None), (4_212_980, None), (25_380, 175), (1_032, 40)])
+def test_derived_buckets_are_what_zero_asserts(n_params, n_trainable):
+    for stage in (1, 2):
+        z = build_ds_config(stage=stage, micro_batch_size=1, grad_accum_steps=1, world_size=2, n_params=n_params,
+                            n_trainable=n_trainable)["zero_optimization"]
+        assert z["allgather_bucket_size"] % 2 == 0 and z["allgather_bucket_size"] >= 2
+    z = build_ds_config(stage=2, micro_batch_size=1, grad_accum_steps=1, world_size=2, hidden_size=1023)
+    assert z["zero_optimization"]["allgather_bucket_size"] == 1023 * 1023 + 1
