@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import missing_prerequisite
+
 SLURM_SCRIPTS = Path(__file__).parent / "slurm"
 SLURM_SETUP_NO_PACKAGES = 3  # setup.sh's exit status when apt-get could not install Slurm
 
 
 def _slurm_unavailable(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason}; CI must run the Slurm tests", pytrace=False)
-    pytest.skip(reason)
+    missing_prerequisite(reason)
 
 
 @pytest.fixture(scope="session")

@@ -7,6 +7,8 @@ import os
 import string
 from pathlib import Path
 
+import pytest
+
 # A chat template in the ChatML style with {% generation %} markers around what the assistant
 # says (its closing <|im_end|> included, so that the model learns to stop).
 CHAT_TEMPLATE = (
@@ -131,3 +133,12 @@ def demo_hub_cache(root: Path, model_id: str, data_id: str) -> dict[str, str]:
     env.update(HF_HOME=str(root / "home"), HF_HUB_CACHE=str(cache), HF_DATASETS_CACHE=str(root / "datasets"),
                HF_HUB_OFFLINE="1")
     return env
+
+
+def missing_prerequisite(reason: str) -> None:
+    """A test whose prerequisite (root, network namespaces, Slurm, Chromium, a tmpfs) is missing:
+    skipped on a developer's machine, failed with the reason under CI (CI set), where every test
+    must run."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}; CI must run this test (CI={os.environ['CI']})", pytrace=False)
+    pytest.skip(reason)

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from launcher import rundir
+from tests.helpers import missing_prerequisite
 
 pytestmark = pytest.mark.slow
 
@@ -188,7 +189,7 @@ def test_a_truncated_newest_checkpoint_falls_back_to_the_previous_one(reference,
 
 def test_a_full_disk_during_a_save_is_one_line_and_the_previous_checkpoint_stays(tmp_path):
     if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
+        missing_prerequisite("mounting a tmpfs needs root")
     d = tmp_path / "full"
     (d / rundir.CHECKPOINTS).mkdir(parents=True)
     mnt = d / rundir.CHECKPOINTS
@@ -238,3 +239,42 @@ def test_one_run_per_run_directory_and_a_completed_run_is_left_alone(reference, 
     # a stale lock (its process gone) is taken over
     (busy / rundir.LOCK).write_text(json.dumps({"host": os.uname().nodename, "pid": 2**22 + 7, "time": 0}))
     launcher_run(busy, "train.max_steps=2")
+
+
+# Randomness the loss depends on: LoRA dropout on every rank's own RNG stream, and rows shuffled
+# anew in each of several epochs. A resume that did not restore each rank's RNG state would draw
+# other dropout masks from the resumed step on.
+RANDOM = ["train.method=lora", "train.lora.dropout=0.1", "train.lora.r=4", "parallel.strategy=zero",
+          "parallel.zero_stage=2", "data.num_samples=40", "data.packing=false", "train.epochs=3",
+          "train.max_steps=12", "train.save_every_steps=100"]
+RNG_RTOL = 1e-5
+
+
+def test_a_run_stopped_through_stop_resumes_with_its_rng_and_ends_as_if_never_stopped(tmp_path):
+    """The Slurm batch shell's STOP marker stops a run at a checkpoint; `launcher run RUN_DIR`
+    then clears that attempt's STOP and PREEMPTED (as the batch script does) and trains to the
+    end. Losses equal the uninterrupted run's to 1e-5, across epochs, with dropout; another
+    seed gives other losses, so the equality is no accident."""
+    whole = tmp_path / "whole"
+    launcher_run(whole, *COMMON, *RANDOM)
+    reference = losses(whole)
+    assert len(reference) == 12 and records(whole, "start")[0]["train_rows"] // 8 <= 4, "three epochs"
+
+    d = tmp_path / "stopped"
+    proc = subprocess.Popen([sys.executable, "-m", "launcher", "run", "--run-dir", str(d), *COMMON, *RANDOM],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    when_step(d, 5, lambda: (d / rundir.STOP).touch()).join(timeout=300)
+    out, _ = proc.communicate(timeout=300)
+    assert (d / rundir.PREEMPTED).exists() and (d / rundir.STOP).exists(), out[-3000:]
+    stopped_at = len(records(d, "train"))
+    assert 5 <= stopped_at < 12 and ckpts(d)[-1].name == f"step-{stopped_at}"
+
+    again = launcher_run(d)
+    assert "cleared the last attempt's STOP and PREEMPTED" in again.stdout
+    assert (d / rundir.COMPLETED).exists() and not (d / rundir.STOP).exists()
+    assert records(d, "start")[-1]["resumed_from_step"] == stopped_at
+    assert losses(d) == pytest.approx(reference, rel=RNG_RTOL, abs=0)
+
+    other = tmp_path / "seed1"
+    launcher_run(other, *COMMON, *RANDOM, "train.seed=1", "train.max_steps=3")
+    assert all(abs(a - b) > 1e-3 for a, b in zip(losses(other), reference))

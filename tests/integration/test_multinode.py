@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from launcher import rundir
+from tests.helpers import missing_prerequisite
 
 pytestmark = pytest.mark.slow
 
@@ -92,7 +93,7 @@ def netns_pair():
     """Two namespaces joined by a veth pair; yields [(namespace, veth, address), ...] per node.
     Always deleted afterwards (deleting a namespace deletes its end of the veth, and so the pair)."""
     if os.geteuid() != 0:
-        pytest.skip("network namespaces need root")
+        missing_prerequisite("network namespaces need root")
     _ensure_ip()
     tag = f"{os.getpid()}"
     nodes = [(f"lnch{tag}-{i}", f"vl{tag}n{i}", addr) for i, addr in enumerate(HOSTS)]

@@ -27,6 +27,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
+from tests.helpers import missing_prerequisite
 
 pytestmark = pytest.mark.slow
 
@@ -314,7 +315,7 @@ def chromium() -> str:
     if found:
         return found
     if os.geteuid() != 0:
-        pytest.skip("chromium missing and not root: cannot apt-get install it")
+        missing_prerequisite("chromium missing and not root: cannot apt-get install it")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]):
         out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1200)

@@ -24,6 +24,7 @@ from typing import Callable, Optional
 import pytest
 
 from launcher.demo import demo_model_config, ensure_demo_assets
+from tests.helpers import missing_prerequisite
 
 
 @dataclass
@@ -95,13 +96,13 @@ def read_only(rel: str) -> Callable[[Ctx], None]:
     """A read-only tmpfs mounted at ``rel`` (root only)."""
     def setup(ctx: Ctx) -> None:
         if os.geteuid() != 0:
-            pytest.skip("mounting a read-only tmpfs needs root")
+            missing_prerequisite("mounting a read-only tmpfs needs root")
         target = ctx.tmp / rel
         target.mkdir()
         res = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(target)],
                              capture_output=True, text=True)
         if res.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {res.stderr.strip()}")
+            missing_prerequisite(f"cannot mount a tmpfs here: {res.stderr.strip()}")
         ctx.cleanups.append(lambda: subprocess.run(["umount", str(target)], check=True))
     return setup
 
@@ -160,6 +161,13 @@ CASES: list = [  # (id, setup, argv, expected), or a pytest.param of the same
     ("nvme-path-missing", None, ["run", "--run-dir", "run", CPU, "parallel.offload_optimizer=nvme",
                                  "parallel.nvme_path=nvme-nope"],
      ("parallel.nvme_path: nvme-nope is not a folder on this machine", "mkdir -p")),
+    # --- precision: refused before launch, where the device cannot compute in the job's dtype
+    ("fp16-on-cpu", None, ["plan", CPU, "model.dtype=fp16"],
+     ("model.dtype: fp16 is not supported on CPU", "use bf16 or fp32")),
+    ("fp16-on-cpu-run", None, ["run", "--run-dir", "run", CPU, "model.dtype=fp16"],
+     ("model.dtype: fp16 is not supported on CPU", "use bf16 or fp32")),
+    ("fp16-under-fsdp2", None, ["plan", "cluster.device=cuda", "parallel.strategy=fsdp", "model.dtype=fp16"],
+     ("model.dtype: fp16 under FSDP2 needs a gradient scaler", "use bf16, or parallel.strategy=zero")),
     ("cuda-without-gpu", no_gpu, ["run", "--run-dir", "run", "cluster.device=cuda"],
      ("cluster.device: cuda was asked for but this machine has no visible GPU", "cluster.device=cpu")),
     # --- Slurm fields
@@ -321,3 +329,17 @@ def test_bad_input(case_id, setup, argv, expected, tmp_path, monkeypatch, capsys
     # cache): torch's cache, kept for every later process, not something launcher half-wrote
     left = sorted(p.name for p in systmp.iterdir() if not p.name.startswith("torchinductor_"))
     assert not left, f"left in the temp folder: {left}"
+
+
+@pytest.mark.parametrize("capability,refused", [((7, 0), True), ((7, 5), True), ((8, 0), False), ((9, 0), False)])
+def test_bf16_on_a_gpu_without_it_is_refused(capability, refused):
+    """The GPU's compute capability decides: bf16 arithmetic came with Ampere (8.0); a V100 (7.0)
+    or T4 (7.5) is refused in one line that proposes fp16 under ZeRO, or fp32."""
+    from launcher.prepare import bf16_problem
+
+    problem = bf16_problem("bf16", "cuda", capability)
+    assert (problem is not None) == refused
+    if refused:
+        assert problem.startswith("model.dtype: bf16 needs a GPU of compute capability 8.0")
+        assert f"{capability[0]}.{capability[1]}" in problem and "\n" not in problem
+    assert bf16_problem("fp16", "cuda", capability) is None and bf16_problem("bf16", "cpu", None) is None

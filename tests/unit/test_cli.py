@@ -108,3 +108,39 @@ def test_plan_with_data_knows_the_steps(tmp_path):
     assert plan["steps_per_epoch"] == plan["train_rows"] // plan["global_batch_size"]
     assert plan["total_steps"] == plan["steps_per_epoch"] * plan["job"]["train"]["epochs"]
     assert list(tmp_path.iterdir()) == [], "plan writes nothing"
+
+
+def tree(folder):
+    """Every path under ``folder`` with its size and modification time: what "wrote nothing" compares."""
+    from pathlib import Path
+
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in Path(folder).rglob("*")}
+
+
+def test_run_dry_run_prints_the_exact_command_and_writes_nothing(tmp_path):
+    before = tree(tmp_path)
+    res = run_cli(["run", "--dry-run", "--run-dir", "a 0", "cluster.device=cpu"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0] == "#!/usr/bin/env bash" and "export OMP_NUM_THREADS=1" in lines
+    torchrun = lines[-1].split()
+    assert torchrun[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert torchrun[3:8] == ["--standalone", "--nnodes", "1", "--nproc-per-node", "2"]
+    assert res.stdout.rstrip().endswith(f"-m launcher train '{tmp_path / 'a 0'}' \"$@\"")  # the run dir quoted
+    assert tree(tmp_path) == before, "a dry run writes nothing"
+
+
+def test_hosts_dry_run_prints_each_hosts_script_as_the_real_command_writes_it(tmp_path):
+    args = ["run", "--hosts", "h1,h2", "--run-dir", "r", "cluster.device=cpu", "train.global_batch_size=32"]
+    before = tree(tmp_path)
+    dry = run_cli([*args, "--dry-run"], tmp_path)
+    assert dry.returncode == 0, dry.stderr
+    assert tree(tmp_path) == before, "a dry run writes nothing"
+    real = run_cli(args, tmp_path)
+    assert real.returncode == 0, real.stderr
+    written = {p.name: p.read_text() for p in sorted((tmp_path / "r").glob("launch-*.sh"))}
+    assert list(written) == ["launch-0-h1.sh", "launch-1-h2.sh"]
+    assert dry.stdout == "".join(f"# {name}\n{text}\n" for name, text in written.items())
+    for rank, (name, text) in enumerate(written.items()):
+        assert (f"--nnodes 2 --rdzv-backend c10d --rdzv-endpoint h1:29500 --rdzv-id r --node-rank {rank} "
+                f"--local-addr h{rank + 1} --nproc-per-node 2") in text
