@@ -67,15 +67,13 @@ def check_nvme_here(spec) -> None:
 
 
 def check_trackers_here(spec) -> None:
-    """report.trackers: each tracker's package is installed here (rank 0 imports it at its start)."""
-    from launcher.train.trackers import missing_packages
+    """report.trackers: each tracker can start here (its package is installed, its URI or folder
+    is one it accepts): rank 0 starts them after the queue wait, too late to find out."""
+    from launcher.train.trackers import tracker_problems
 
-    missing = missing_packages(spec.report.trackers)
-    if missing:
-        names = ", ".join(name for name, _ in missing)
-        raise JobError(f"report.trackers: {names} {'is' if len(missing) == 1 else 'are'} not installed here; "
-                       f"pip install {' '.join(pip for _, pip in missing)} (all of them: pip install 'launcher[trackers]'), "
-                       "or leave it out of report.trackers")
+    problems = tracker_problems(spec.report.trackers)
+    if problems:
+        raise JobError(*problems)
 
 
 def with_procs(spec, device: str, nproc: Optional[int]):

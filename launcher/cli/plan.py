@@ -247,6 +247,7 @@ def plan(job_file, overrides, as_json, device, with_data, gpu_memory, margin, ca
     gpu_bytes = parse_size(gpu_memory) if gpu_memory else None
     spec = load_job_or_default(job_file, overrides)
     dev = prepare.resolve_device(spec, device)
+    prepare.check_trackers_here(spec)
     if with_data:
         import tempfile
         from pathlib import Path

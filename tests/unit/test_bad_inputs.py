@@ -114,7 +114,18 @@ def no_gpu(ctx: Ctx) -> None:
         pytest.skip("this machine has a GPU: cluster.device=cuda is valid here")
 
 
+def setenv(**values: str) -> Callable[[Ctx], None]:
+    def setup(ctx: Ctx) -> None:
+        for name, value in values.items():
+            ctx.mp.setenv(name, value)
+    return setup
+
+
 JOB = write("job.yaml", "name: bad-inputs\n")
+MLFLOW = "report.trackers=[mlflow]"
+FILE_STORE = setenv(MLFLOW_TRACKING_URI="file:./mlruns")
+FILE_STORE_FIX = ("report.trackers: mlflow: MLFLOW_TRACKING_URI=file:./mlruns is MLflow's file store",
+                  "sqlite:///", "MLFLOW_ALLOW_FILE_STORE=true")
 ROW = {"prompt": "1+1=", "response": "2"}
 
 
@@ -186,6 +197,15 @@ CASES: list = [  # (id, setup, argv, expected), or a pytest.param of the same
      ("old: already a run directory", "choose a new --run-dir")),
     ("slurm-run-dir-under-a-file", write("afile", "x"), ["slurm", "--run-dir", "afile/run"],
      ("--run-dir:", "afile is a file", "under a folder")),
+    # --- trackers: checked before launch, not by rank 0 after the queue wait
+    ("mlflow-file-store-plan", FILE_STORE, ["plan", MLFLOW], FILE_STORE_FIX),
+    ("mlflow-file-store-run", FILE_STORE, ["run", "--run-dir", "run", CPU, MLFLOW], FILE_STORE_FIX),
+    ("mlflow-file-store-slurm", FILE_STORE, ["slurm", "--dry-run", MLFLOW], FILE_STORE_FIX),
+    ("mlflow-sqlite-folder-missing", setenv(MLFLOW_TRACKING_URI="sqlite:///nope/mlflow.db"), ["plan", MLFLOW],
+     ("MLFLOW_TRACKING_URI=sqlite:///nope/mlflow.db: folder", "nope does not exist", "mkdir -p")),
+    ("wandb-dir-under-a-file", both(write("afile", "x"), setenv(WANDB_DIR="afile/wandb")),
+     ["run", "--run-dir", "run", CPU, "report.trackers=[wandb]"],
+     ("report.trackers: wandb: WANDB_DIR=afile/wandb:", "afile is not a folder")),
     # --- the model folder and the tokenizer
     ("model-path-missing", None, [*WITH_DATA, "model.path=./models/llama"],
      ("model.path: ./models/llama: no such folder", "config.json")),
@@ -343,3 +363,23 @@ def test_bf16_on_a_gpu_without_it_is_refused(capability, refused):
         assert problem.startswith("model.dtype: bf16 needs a GPU of compute capability 8.0")
         assert f"{capability[0]}.{capability[1]}" in problem and "\n" not in problem
     assert bf16_problem("fp16", "cuda", capability) is None and bf16_problem("bf16", "cpu", None) is None
+
+
+def test_mlflow_starts_where_the_check_lets_it(tmp_path, monkeypatch):
+    """The check follows MLflow itself: the file store it refuses starts once
+    MLFLOW_ALLOW_FILE_STORE=true, and a SQLite file in an existing folder starts."""
+    from mlflow.tracking import MlflowClient
+
+    from launcher.train.trackers import mlflow_refuses_file_store, mlflow_uri_problem
+
+    store = f"file:{tmp_path / 'mlruns'}"
+    if mlflow_refuses_file_store():
+        assert mlflow_uri_problem(store, {}) is not None
+        with pytest.raises(Exception, match="maintenance mode"):
+            MlflowClient(tracking_uri=store).search_experiments()
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    assert mlflow_uri_problem(store, {"MLFLOW_ALLOW_FILE_STORE": "true"}) is None
+    MlflowClient(tracking_uri=store).create_experiment("allowed")
+    db = f"sqlite:///{tmp_path / 'm.db'}"
+    assert mlflow_uri_problem(db, {}) is None
+    MlflowClient(tracking_uri=db).create_experiment("sqlite")
