@@ -2,8 +2,8 @@
 
 * restarts: attempts after the first one, automatic (torchrun's restart count, from the start
   records) or requeues and manual resumes; the steps they redid.
-* stragglers: each rank's compute time per step (the rest of the step is waiting in the step's
-  collective for the slowest rank); the slowest rank, its host, and the spread.
+* stragglers: each rank's compute time per step (its time outside collectives; the rest of the
+  step is waiting for other ranks); a table per rank, the slowest rank, its node, and the spread.
 * allocation: what Slurm allocated (sacct: every attempt's elapsed time x GPUs, or x the ranks on
   a CPU cluster), next to what the trainer measured.
 """
@@ -43,13 +43,24 @@ def stragglers_section(steps: Sequence[TrainRecord], memory: Sequence[MemoryReco
     hosts = {m.rank: m.host for rec in memory for m in rec.ranks}
     slowest = max(medians, key=medians.get)
     fastest = min(medians, key=medians.get)
-    step_med = statistics.median(s.step_time_s for s in steps if s.rank_compute_s)
+    timed = [s for s in steps if s.rank_compute_s]
+    step_med = statistics.median(s.step_time_s for s in timed)
+    # a rank's wait: the rest of the step, blocked in collectives (launcher.train.collectives times
+    # those inside forward and backward too) until the last rank arrives
+    table = []
+    for r in sorted(per_rank):
+        waits_r = [max(0.0, s.step_time_s - s.rank_compute_s[r]) for s in timed if r < len(s.rank_compute_s)]
+        table.append({"rank": r, "host": hosts.get(r), "compute_median_s": medians[r],
+                      "wait_median_s": statistics.median(waits_r), "compute_s": sum(per_rank[r]),
+                      "wait_s": sum(waits_r)})
     return {
         "available": True,
         "ranks": len(medians),
         "compute_median_s": {str(r): medians[r] for r in sorted(medians)},
+        "per_rank": table,
         "slowest_rank": slowest,
         "slowest_host": hosts.get(slowest),
+        "slowest_node": hosts.get(slowest),
         "fastest_rank": fastest,
         "spread": medians[slowest] / medians[fastest] if medians[fastest] > 0 else None,
         "step_median_s": step_med,

@@ -234,11 +234,25 @@ def fault_rows(report: dict) -> list[tuple[str, str]]:
                                      f"{fmt_dur(med[str(st['fastest_rank'])])} (x{st['spread']:.2f})"
                      if st.get("spread") else f"rank {st['slowest_rank']}{host}"))
         rows.append(("Waiting in the step's collective", f"{fmt_pct(st.get('wait_share'))} of the median step"))
+        rows += straggler_rows(st)
     if al.get("available"):
         share = f" ({fmt_pct(al['trainer_share'])} of it)" if al.get("trainer_share") is not None else ""
         rows.append(("Allocated (sacct)", f"{fmt_num(al['device_hours'])} device-hours over {al['attempts']} "
                                           f"attempt(s) ({', '.join(al['states'])}); devices: {al['devices_from']}"))
         rows.append(("Measured by the trainer", f"{fmt_num(al.get('trainer_device_hours'))} device-hours{share}"))
+    return rows
+
+
+def straggler_rows(st: dict) -> list[tuple[str, str]]:
+    """One row per rank: its compute and its wait at the step's end (medians per step, and totals),
+    the slowest rank marked; the rank the others wait for computes longest and waits least."""
+    rows = []
+    for r in st.get("per_rank") or []:
+        where = f" ({r['host']})" if r.get("host") else ""
+        mark = "  <- slowest" if r["rank"] == st.get("slowest_rank") else ""
+        rows.append((f"  rank {r['rank']}{where}",
+                     f"compute {fmt_dur(r['compute_median_s'])}, waiting {fmt_dur(r['wait_median_s'])} per step; "
+                     f"{fmt_dur(r['compute_s'])} / {fmt_dur(r['wait_s'])} in all{mark}"))
     return rows
 
 

@@ -69,7 +69,7 @@ class TrainRecord(_Record):
     step_time_s: float
     cum_samples: int
     cum_tokens: int
-    rank_compute_s: Optional[list[float]] = None  # each rank's compute time; the rest of step_time_s is waiting
+    rank_compute_s: Optional[list[float]] = None  # each rank's time outside collectives; the rest of step_time_s is waiting
 
 
 class EvalRecord(_Record):

@@ -11,6 +11,7 @@ from launcher import rundir
 from launcher.plan.schedule import LrLambda, warmup_steps
 from launcher.train import checkpoint as ckpts
 from launcher.train.console import progress_every, say
+from launcher.train.collectives import CollectiveClock
 from launcher.train.control import install_stop_handler, stop_requested
 from launcher.train.evaluate import accuracy_of_model, eval_loss
 from launcher.train.loss import label_count, model_inputs, token_loss_sum
@@ -112,9 +113,11 @@ def train_main(run_dir: str, plan, prepared, tokenizer, t_start: float) -> int:
     show_every = progress_every(total_steps, spec.train.log_every_steps)
     t_last = time.time()
     step_time = None
+    clock = CollectiveClock().install()  # a rank's compute is its step less the time it waits on others
     for step in range(start_step, total_steps):
         watchdog.beat(step, step_time)
         t_compute = time.perf_counter()
+        clock.take()
         global_labels = label_count(prepared.train[i] for i in sched.global_rows(step))
         sums = StepSums()
         for micro in range(plan.grad_accum_steps):
@@ -127,7 +130,7 @@ def train_main(run_dir: str, plan, prepared, tokenizer, t_start: float) -> int:
             sums.add(lsum, batch, rows)
         grad_norm = strategy.step()
         lr_used = strategy.lr()
-        compute_s = time.perf_counter() - t_compute  # this rank's work; the rest of the step is waiting
+        compute_s = time.perf_counter() - t_compute - clock.take()  # the rest of the step is waiting
         total = reduce_step(sums, grad_norm, stop_requested(run), strategy.device, compute_s)
         now = time.time()
         step_time, t_last = now - t_last, now

@@ -278,3 +278,46 @@ def test_a_run_stopped_through_stop_resumes_with_its_rng_and_ends_as_if_never_st
     other = tmp_path / "seed1"
     launcher_run(other, *COMMON, *RANDOM, "train.seed=1", "train.max_steps=3")
     assert all(abs(a - b) > 1e-3 for a, b in zip(losses(other), reference))
+
+
+def pid_of_rank(run_dir: Path, rank: int) -> int:
+    """The pid of global rank ``rank`` of this run (torchrun puts RANK in each worker's environment)."""
+    for pid in rank_pids(run_dir):
+        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        if f"RANK={rank}".encode() in env:
+            return pid
+    raise AssertionError(f"no process of rank {rank} for {run_dir}")
+
+
+def test_a_throttled_rank_is_named_in_the_reports_per_rank_table(tmp_path):
+    """Rank 1 is stopped and continued every few milliseconds (SIGSTOP/SIGCONT, about half of
+    the time): a real slow rank. The report's per-rank table names it as the slowest: it
+    computes longest and waits least, while rank 0 waits for it at the end of every step."""
+    d = tmp_path / "straggler"
+    proc = subprocess.Popen([sys.executable, "-m", "launcher", "run", "--run-dir", str(d), *COMMON,
+                             *STRATEGY["zero3"], "train.max_steps=12", "train.save_every_steps=100"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+
+    def throttle():
+        pid = pid_of_rank(d, 1)
+        while proc.poll() is None:
+            try:
+                os.kill(pid, signal.SIGSTOP)
+                time.sleep(0.02)
+                os.kill(pid, signal.SIGCONT)
+                time.sleep(0.02)
+            except ProcessLookupError:
+                return
+
+    watcher = when_step(d, 1, throttle)
+    out, _ = proc.communicate(timeout=600)
+    watcher.join(timeout=10)
+    assert proc.returncode == 0, out[-3000:]
+    st = json.loads((d / rundir.REPORT_JSON).read_text())["stragglers"]
+    by_rank = {r["rank"]: r for r in st["per_rank"]}
+    assert st["slowest_rank"] == 1 and st["slowest_node"] == by_rank[1]["host"]
+    assert by_rank[1]["compute_median_s"] > 1.3 * by_rank[0]["compute_median_s"], by_rank
+    assert by_rank[0]["wait_median_s"] > by_rank[1]["wait_median_s"], by_rank
+    md = (d / rundir.REPORT_MD).read_text()
+    row = next(ln for ln in md.splitlines() if ln.startswith("| rank 1"))
+    assert "<- slowest" in row and "compute" in row and "waiting" in row
