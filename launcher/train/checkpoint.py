@@ -128,21 +128,27 @@ def save_checkpoint(run: Path, strategy, step: int, keep_last: int, metrics) -> 
     root = run / rundir.CHECKPOINTS
     tmp = root / f".tmp-{rundir.CHECKPOINT_PREFIX}{step}"
     final = root / f"{rundir.CHECKPOINT_PREFIX}{step}"
+    failed = torch.zeros(1)
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    dist.barrier()
-    problem = _space_problem(root, strategy, step)
-    failed = torch.zeros(1)
-    if problem is None:
         try:
-            strategy.save(str(tmp / ENGINE))
-            torch.save(rng_state(), _rng_file(tmp, rank))
-        except Exception as e:  # noqa: BLE001 - agreed on below; a full disk is said in one line
+            tmp.mkdir(parents=True)
+        except OSError as e:
             if not _is_enospc(e):
                 raise
             failed += 1
-            problem = f"checkpoint at step {step}: no space left on the device of {root}"
+    dist.all_reduce(failed)  # the folder exists for every rank, or none saves
+    problem = _space_problem(root, strategy, step) if failed.item() == 0 else None
+    if problem is None and failed.item() == 0:
+        try:
+            strategy.save(str(tmp / ENGINE))
+            torch.save(rng_state(), _rng_file(tmp, rank))
+        # DCP's CheckpointException (a write that failed on any rank, raised on every rank) is a
+        # BaseException: `except Exception` let a disk that filled during the write through
+        except BaseException as e:  # noqa: BLE001 - agreed on below; a full disk is said in one line
+            if isinstance(e, (KeyboardInterrupt, SystemExit)) or not _is_enospc(e):
+                raise
+            failed += 1
     dist.all_reduce(failed)
     if problem is not None or failed.item() > 0:
         dist.barrier()

@@ -210,6 +210,37 @@ def test_a_full_disk_during_a_save_is_one_line_and_the_previous_checkpoint_stays
         subprocess.run(["umount", str(mnt)], check=False)
 
 
+def test_a_disk_that_fills_during_the_write_is_one_line_and_the_previous_checkpoint_stays(tmp_path):
+    """The space check passes (64 MiB free for a 4 MiB checkpoint) and the write itself fails
+    half-way: the tmpfs runs out of inodes, a real ENOSPC from the kernel in the middle of DCP's
+    save. The first checkpoint takes 10 inodes (step-2/, engine/, two .distcp shards, .metadata,
+    lr_scheduler.pt, two RNG files, trainer_state.json, manifest.json), the mount's root one: 14
+    leave the second save room for its folders and rank 0's shard, not rank 1's."""
+    if os.geteuid() != 0:
+        missing_prerequisite("mounting a tmpfs needs root")
+    d = tmp_path / "full-inodes"
+    mnt = d / rundir.CHECKPOINTS
+    mnt.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,nr_inodes=14", "tmpfs", str(mnt)], check=True)
+    try:
+        out = launcher_run(d, *COMMON, *STRATEGY["fsdp"], "train.save_every_steps=2", check=False)
+        text = out.stdout + out.stderr
+        assert out.returncode != 0
+        lines = [ln for ln in text.splitlines() if "checkpoint at step 4" in ln]
+        assert lines, text[-3000:]
+        assert "no space left on the device" in lines[0] and "needs about" not in lines[0], "the write failed"
+        assert "the previous checkpoint step-2 is intact" in lines[0]
+        # no rank's traceback (torchrun's own summary of a failed worker still follows the line)
+        assert "CheckpointException" not in text and "OSError" not in text, text[-3000:]
+        saved = ckpts(d)
+        assert [p.name for p in saved] == ["step-2"] and not list(mnt.glob(".tmp-*")), "partial folder removed"
+        from launcher.train.manifest import check_manifest
+
+        assert check_manifest(saved[0]) is None, "the previous checkpoint verifies"
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+
+
 def test_one_run_per_run_directory_and_a_completed_run_is_left_alone(reference, tmp_path):
     d = reference["zero3"]
     final = {p.name: p.stat().st_mtime_ns for p in (d / rundir.FINAL).iterdir()}
