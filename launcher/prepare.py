@@ -56,9 +56,51 @@ def check_precision_here(spec, device: str) -> None:
         raise JobError(problem)
 
 
+def async_io_buildable() -> bool:
+    """Whether DeepSpeed can build its async I/O op (``async_io``, what NVMe offload swaps with)
+    here: its own compatibility check (libaio's headers and library). The check compiles a probe
+    and prints through the process's file descriptors, which are pointed at /dev/null meanwhile."""
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    streams = sys.stdout, sys.stderr
+    null = open(os.devnull, "w")  # the check calls sys.stderr.fileno(): a real file, not a capture
+    try:
+        os.dup2(null.fileno(), 1)
+        os.dup2(null.fileno(), 2)
+        sys.stdout = sys.stderr = null
+        from deepspeed.ops.op_builder import AsyncIOBuilder
+
+        return bool(AsyncIOBuilder().is_compatible(verbose=False))
+    finally:
+        sys.stdout, sys.stderr = streams
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+        null.close()
+
+
+def check_nvme_buildable(spec) -> None:
+    """NVMe offload needs DeepSpeed's async I/O op: refused in one line, naming what to install,
+    where it cannot be built (every rank would fail at its first swap, after the queue wait)."""
+    par = spec.parallel
+    if spec.parallel.strategy != "zero" or "nvme" not in (par.offload_optimizer, par.offload_params):
+        return
+    if not async_io_buildable():
+        key = "offload_optimizer" if par.offload_optimizer == "nvme" else "offload_params"
+        raise JobError(f"parallel.{key}: nvme needs DeepSpeed's async I/O op (async_io), which cannot be built "
+                       "here (DeepSpeed's check compiles and links a call to libaio's io_submit); install a C "
+                       "compiler and libaio's headers and library (Debian, Ubuntu: apt-get install libaio-dev; "
+                       "RHEL, Rocky: dnf install libaio-devel), or offload to cpu")
+
+
 def check_nvme_here(spec) -> None:
     """A run on this node that offloads to NVMe: parallel.nvme_path is a folder here (DeepSpeed
-    would fail in every rank, after the model loaded)."""
+    would fail in every rank, after the model loaded), and the async I/O op can be built."""
+    check_nvme_buildable(spec)
     par = spec.parallel
     if "nvme" in (par.offload_optimizer, par.offload_params) and par.nvme_path \
             and not Path(par.nvme_path).expanduser().is_dir():

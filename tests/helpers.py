@@ -142,3 +142,24 @@ def missing_prerequisite(reason: str) -> None:
     if os.environ.get("CI"):
         pytest.fail(f"{reason}; CI must run this test (CI={os.environ['CI']})", pytrace=False)
     pytest.skip(reason)
+
+
+def ensure_libaio() -> None:
+    """DeepSpeed's async I/O op (NVMe offload) builds against libaio: install Debian's libaio-dev
+    when it is missing (as root, like tests/slurm/setup.sh installs Slurm), else a missing prerequisite."""
+    import shutil
+    import subprocess
+
+    from launcher.prepare import async_io_buildable
+
+    if async_io_buildable():
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        missing_prerequisite("NVMe offload needs libaio-dev, and this is not root on Debian to install it")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-q", "libaio-dev"]
+    if subprocess.run(install, capture_output=True, env=env).returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env)
+        subprocess.run(install, capture_output=True, env=env)
+    if not async_io_buildable():
+        missing_prerequisite("apt-get could not install libaio-dev: DeepSpeed's async I/O op cannot be built")

@@ -248,6 +248,7 @@ def plan(job_file, overrides, as_json, device, with_data, gpu_memory, margin, ca
     spec = load_job_or_default(job_file, overrides)
     dev = prepare.resolve_device(spec, device)
     prepare.check_trackers_here(spec)
+    prepare.check_nvme_buildable(spec)
     if with_data:
         import tempfile
         from pathlib import Path

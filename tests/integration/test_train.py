@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import ensure_libaio
+
 pytestmark = pytest.mark.slow
 
 RTOL = 1e-4
@@ -23,6 +25,7 @@ COMMON = [
     "train.micro_batch_size=2", "train.save_every_steps=100", "train.eval_every_steps=3", "train.lora.dropout=0",
     "train.lora.r=4", "cluster.device=cpu",
 ]
+NVME = "nvme-swap"  # under the runs' folder (their working directory)
 LAYOUTS = {
     "single": ["cluster.cpu_procs_per_node=1", "parallel.strategy=zero", "parallel.zero_stage=0"],
     "zero1": ["cluster.cpu_procs_per_node=2", "parallel.strategy=zero", "parallel.zero_stage=1"],
@@ -32,6 +35,11 @@ LAYOUTS = {
     # DeepSpeedCPUAdam (JIT-built once, cached in TORCH_EXTENSIONS_DIR) steps the optimizer on the host
     "zero3-offload": ["cluster.cpu_procs_per_node=2", "parallel.strategy=zero", "parallel.zero_stage=3",
                       "parallel.offload_optimizer=cpu", "parallel.offload_params=cpu"],
+    "zero2-offload": ["cluster.cpu_procs_per_node=2", "parallel.strategy=zero", "parallel.zero_stage=2",
+                      "parallel.offload_optimizer=cpu"],
+    # DeepSpeed's async I/O op (JIT-built once against Debian's libaio) swaps to a folder here
+    "zero3-nvme": ["cluster.cpu_procs_per_node=2", "parallel.strategy=zero", "parallel.zero_stage=3",
+                   "parallel.offload_optimizer=nvme", "parallel.offload_params=nvme", f"parallel.nvme_path={NVME}"],
 }
 
 
@@ -64,6 +72,9 @@ class Runs:
     def get(self, layout: str, method: str) -> Path:
         key = (layout, method)
         if key not in self.done:
+            if "nvme" in layout:
+                ensure_libaio()
+            (self.root / NVME).mkdir(exist_ok=True)
             d = self.root / f"{layout}-{method}"
             launcher_run(d, *COMMON, *LAYOUTS[layout], f"train.method={method}")
             self.done[key] = d
@@ -90,6 +101,20 @@ def test_strategies_match_a_single_process(runs, layout, method):
 
 def test_zero3_cpu_offload_matches_a_single_process(runs):
     assert losses(runs.get("zero3-offload", "full")) == pytest.approx(losses(runs.get("single", "full")), rel=RTOL)
+
+
+def test_zero2_optimizer_offload_matches_a_single_process(runs):
+    assert losses(runs.get("zero2-offload", "full")) == pytest.approx(losses(runs.get("single", "full")), rel=RTOL)
+
+
+def test_zero3_nvme_offload_trains_and_matches_a_single_process(runs):
+    """Optimizer states and parameters swapped through DeepSpeed's async I/O (libaio) to a folder:
+    each rank's swap folders for both were made there, and the losses are a single process's."""
+    d = runs.get("zero3-nvme", "full")
+    assert losses(d) == pytest.approx(losses(runs.get("single", "full")), rel=RTOL)
+    swap = runs.root / NVME / "zero_stage_3"
+    assert {p.relative_to(swap).as_posix() for p in swap.glob("*/rank*")} == {
+        "optimizer/rank0", "optimizer/rank1", "float32params/rank0", "float32params/rank1"}
 
 
 def test_fsdp_offload_on_cpu_is_refused_before_launch(tmp_path):
