@@ -300,6 +300,19 @@ def clear_stop_markers(run_dir: Path) -> list[str]:
     return removed
 
 
+def preflight_failure(run_dir: Path, since: float) -> Optional[str]:
+    """The line of a preflight that failed after ``since`` (logs/preflight.json), or None."""
+    import json
+
+    try:
+        report = json.loads((run_dir / rundir.LOGS / rundir.PREFLIGHT_JSON).read_text())
+    except (OSError, ValueError):
+        return None
+    if report.get("ok") is False and report.get("time", 0) >= since and report.get("error"):
+        return str(report["error"])
+    return None
+
+
 def latest_run_dir(spec) -> Optional[Path]:
     runs = [p for p in Path(spec.output_dir).glob(f"{spec.name}-*") if rundir.is_run_dir(p)]
     return max(runs, key=lambda p: p.stat().st_mtime).resolve() if runs else None

@@ -117,10 +117,19 @@ def _run_locked(target: Path, spec, dev: str, resuming: bool, start_over: bool, 
     click.echo(f"{plan.world_size} x {plan.device} ({plan.backend}), {plan.strategy}"
                f"{'-' + str(plan.zero_stage) if plan.zero_stage is not None else ''}, {plan.total_steps} steps of "
                f"{plan.global_batch_size} rows")
+    import time
+
     from launcher.execute.local import launch_local
 
+    launched_at = time.time()
     rc = launch_local(argv, env, target)
     completed = (target / rundir.COMPLETED).exists()
+    if rc and not completed:
+        failed = prepare.preflight_failure(target, since=launched_at)
+        if failed:  # bad input of the cluster's kind: one line, exit 2, nothing trained
+            from launcher.errors import JobError
+
+            raise JobError(failed)
     if completed and rc != 0:
         click.echo(f"note: torchrun exited {rc} after the job completed ({rundir.COMPLETED} marker written): "
                    "treating the job as successful", err=True)

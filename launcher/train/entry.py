@@ -20,28 +20,48 @@ def _attempt_store(timeout: timedelta):
 
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # torchrun's agent hosts it
+    # wait_for_workers=False: the ranks check in on the store themselves (preflight's
+    # wait_for_every_rank), which names a rank that did not arrive where the store would not
     store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world,
-                          is_master=not agent and rank == 0, timeout=timeout)
+                          is_master=not agent and rank == 0, timeout=timeout, wait_for_workers=False)
     if not agent:
         return store
     return dist.PrefixStore(f"launcher/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
-def init_distributed(plan, timeout_s: int = 600):
+def init_distributed(plan, timeout_s: int = 600, join_timeout_s: float = 60) -> None:
+    """The process group, joined under ``join_timeout_s`` (cluster.preflight_timeout_s): every
+    rank first checks in on the rendezvous store (a rank that does not arrive is named), then the
+    group is built (gloo connects its full mesh here: a peer that cannot be reached fails here). A
+    failure is one line (JobError). The group then takes the trainer's long ``timeout_s``."""
     import torch
     import torch.distributed as dist
+    from torch.distributed.distributed_c10d import _set_pg_timeout
+
+    from launcher.errors import JobError
+    from launcher.train.preflight import unreachable_line, wait_for_every_rank
 
     if dist.is_initialized():
         return
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    timeout = timedelta(seconds=timeout_s)
-    kw = {"timeout": timeout, "store": _attempt_store(timeout), "rank": int(os.environ["RANK"]),
-          "world_size": int(os.environ["WORLD_SIZE"])}
-    if plan.device == "cuda":
-        torch.cuda.set_device(local_rank)
-        dist.init_process_group(plan.backend, device_id=torch.device("cuda", local_rank), **kw)
-    else:
-        dist.init_process_group(plan.backend, **kw)
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    join = timedelta(seconds=join_timeout_s)
+    try:
+        store = _attempt_store(join)
+    except Exception as e:  # DistNetworkError: rank 0's store did not answer in time
+        raise JobError(unreachable_line(e, rank, join_timeout_s, "reaching the rendezvous store")) from None
+    wait_for_every_rank(store, rank, world, join_timeout_s)
+    kw = {"timeout": join, "store": store, "rank": rank, "world_size": world}
+    try:
+        if plan.device == "cuda":
+            torch.cuda.set_device(local_rank)
+            dist.init_process_group(plan.backend, device_id=torch.device("cuda", local_rank), **kw)
+        else:
+            dist.init_process_group(plan.backend, **kw)
+    except Exception as e:  # DistBackendError, DistStoreError, RuntimeError: gloo's mesh did not connect
+        raise JobError(unreachable_line(e, rank, join_timeout_s, "joining the process group")) from None
+    _set_pg_timeout(timedelta(seconds=timeout_s))
+    store.set_timeout(timedelta(seconds=timeout_s))
 
 
 def main(run_dir: str, preflight_only: bool = False) -> int:
@@ -74,6 +94,8 @@ def _tell_failure(run_dir: str, e: Exception) -> None:
 
 
 def _main(run_dir: str, preflight_only: bool, t_start: float) -> int:
+    from launcher.errors import JobError
+
     plan = rundir.read_plan(run_dir)
     prepared = tok = None
     if not preflight_only:
@@ -87,10 +109,15 @@ def _main(run_dir: str, preflight_only: bool, t_start: float) -> int:
         paths = job_paths(plan.job)
         tok = read_tokenizer(plan.job, paths.tokenizer)
         prepared = prepare_data(plan.job, tok, paths.data, Path(run_dir) / rundir.CACHE)
-    init_distributed(plan)
-    from launcher.train.preflight import run_preflight
+    from launcher.train.preflight import run_preflight, write_preflight_failure
 
-    run_preflight(run_dir, timeout_s=60)
+    timeout_s = plan.job.cluster.preflight_timeout_s
+    try:
+        init_distributed(plan, join_timeout_s=timeout_s)
+        run_preflight(run_dir, timeout_s=timeout_s)
+    except JobError as e:  # the launching process turns it into its one line and exit 2
+        write_preflight_failure(run_dir, e.lines[0])
+        raise
     if preflight_only:
         import torch.distributed as dist
 

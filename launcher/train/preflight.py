@@ -74,15 +74,16 @@ def find_mismatches(infos: list[dict]) -> list[str]:
     """One phrase per package whose version differs across ranks, naming the nodes of each value."""
     phrases = []
     for key in ("python", *CHECKED_PACKAGES):
-        by_value: dict[Optional[str], dict[str, list[int]]] = {}
+        by_value: dict[Optional[str], dict[tuple[str, int], list[int]]] = {}
         for info in infos:
-            by_value.setdefault(info.get(key), {}).setdefault(info["hostname"], []).append(info["rank"])
+            node = (info["hostname"], int(info.get("node_rank", 0)))
+            by_value.setdefault(info.get(key), {}).setdefault(node, []).append(info["rank"])
         if len(by_value) < 2:
             continue
         parts = []
         for value, hosts in sorted(by_value.items(), key=lambda kv: min(min(r) for r in kv[1].values())):
-            where = ", ".join(f"{h} (rank{'s' if len(r) > 1 else ''} {_ranges(r)})"
-                              for h, r in sorted(hosts.items(), key=lambda kv: min(kv[1])))
+            where = ", ".join(f"{h} (node {n}, rank{'s' if len(r) > 1 else ''} {_ranges(r)})"
+                              for (h, n), r in sorted(hosts.items(), key=lambda kv: min(kv[1])))
             parts.append(f"{value or 'not installed'} on {where}")
         phrases.append(f"{key} {' vs '.join(parts)}")
     return phrases
@@ -97,6 +98,70 @@ def _node_of(rank: int) -> str:
     """torchrun numbers ranks node by node: the node rank of a global rank (same procs per node)."""
     per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) or 1
     return str(rank // per_node)
+
+
+ARRIVED = "launcher/preflight/arrived/"  # + rank: set on the rendezvous store by each rank that started
+
+
+def wait_for_every_rank(store: Any, rank: int, world: int, timeout_s: float) -> None:
+    """Check in on the rendezvous store and wait, at most ``timeout_s``, for every other rank to
+    check in too: a rank that is late (stuck tokenizing, stopped, on a node that did not start)
+    is named with its node, rather than found by a collective's timeout half an hour later."""
+    from datetime import timedelta
+
+    keys = [f"{ARRIVED}{r}" for r in range(world)]
+    store.set(keys[rank], socket.gethostname())
+    try:
+        store.wait(keys, timedelta(seconds=timeout_s))
+    except Exception:  # DistStoreError: the wait timed out
+        missing = [r for r in range(world) if not store.check([keys[r]])]
+        if not missing:  # they arrived just as the wait gave up
+            return
+        nodes = sorted({_node_of(r) for r in missing}, key=int)
+        raise JobError(f"preflight: rank(s) {_ranges(missing)} (node rank {', '.join(nodes)}) did not arrive "
+                       f"within {timeout_s:g} s of the others (rank {rank} on {socket.gethostname()} waited); is "
+                       "that node up and its ranks started (logs/), or slow before the process group (data "
+                       "tokenizing, a slow disk)? raise cluster.preflight_timeout_s if they need longer") from None
+
+
+def write_preflight_failure(run_dir: str | os.PathLike, line: str) -> None:
+    """logs/preflight.json with the failure's line, written by a rank that failed the preflight:
+    `launcher run` prints that line and exits 2 once torchrun returns. Rank 0's own report (every
+    rank's facts, when it got that far) wins; another rank writes only where this attempt has
+    written none, and never over one (created with a hard link, which fails if the file exists)."""
+    import json
+    import tempfile
+
+    path = Path(run_dir) / rundir.LOGS / rundir.PREFLIGHT_JSON
+    rank = int(os.environ.get("RANK", "0"))
+    try:
+        old = json.loads(path.read_text())
+        if old.get("ok") is False and old.get("time", 0) >= _STARTED:
+            return  # this attempt's failure is written (rank 0's report, or the first rank's line)
+    except (OSError, ValueError):
+        old = None
+    report = {"ok": False, "error": line, "rank": rank, "hostname": socket.gethostname(), "time": time.time()}
+    if rank == 0:
+        _write_report(run_dir, report)
+        return
+    if old is not None:
+        path.unlink(missing_ok=True)  # an earlier attempt's
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".preflight-")
+    with os.fdopen(fd, "w") as f:
+        json.dump(report, f, indent=2, sort_keys=True)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        os.unlink(tmp)
+
+
+_STARTED = time.time()  # this rank's start (the module is imported as the rank starts)
+
+
+def unreachable_line(err: BaseException, rank: int, timeout_s: float, stage: str) -> str:
+    return _unreachable_line(err, rank, socket.gethostname(), timeout_s, stage)
 
 
 def _unreachable_line(err: BaseException, rank: int, host: str, timeout_s: float, stage: str) -> str:

@@ -153,8 +153,10 @@ def run_single_node(base: Path, name: str, overrides: tuple[str, ...]) -> Path:
     return run_dir
 
 
-def run_two_nodes(base: Path, name: str, overrides: tuple[str, ...], nodes) -> tuple[Path, list[int]]:
-    """Render with `launcher run --hosts`, then run node i's script inside namespace i, both at once."""
+def run_two_nodes(base: Path, name: str, overrides: tuple[str, ...], nodes,
+                  node_env: dict[int, dict[str, str]] | None = None) -> tuple[Path, list[int]]:
+    """Render with `launcher run --hosts`, then run node i's script inside namespace i, both at once
+    (``node_env``: variables set on node i only, after its GLOO_SOCKET_IFNAME)."""
     run_dir = base / name
     res = _launcher("run", "--hosts", ",".join(HOSTS), "--run-dir", str(run_dir), "cluster.cpu_procs_per_node=1",
                     *COMMON, *overrides, cwd=base, timeout=120)
@@ -169,11 +171,12 @@ def run_two_nodes(base: Path, name: str, overrides: tuple[str, ...], nodes) -> t
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     procs, logs = [], []
     try:
-        for (ns, veth, _), script in zip(nodes, scripts):
+        for i, ((ns, veth, _), script) in enumerate(zip(nodes, scripts)):
             log = open(run_dir / rundir.LOGS / f"node-{script.name.split('-')[1]}.log", "wb")
             logs.append(log)
+            extra = [f"{k}={v}" for k, v in ((node_env or {}).get(i) or {}).items()]
             procs.append(subprocess.Popen(
-                ["ip", "netns", "exec", ns, "env", f"GLOO_SOCKET_IFNAME={veth}", "bash", str(script)],
+                ["ip", "netns", "exec", ns, "env", f"GLOO_SOCKET_IFNAME={veth}", *extra, "bash", str(script)],
                 cwd=base, env=env, stdout=log, stderr=subprocess.STDOUT))
         deadline = time.monotonic() + RUN_TIMEOUT_S
         rcs = []
@@ -348,3 +351,39 @@ def test_a_rank_killed_on_either_node_restarts_both_and_loses_nothing(netns_pair
     l1, l2 = _losses(_check_completed(reference)), _losses(records)
     for s in l1:
         assert l2[s] == pytest.approx(l1[s], rel=LOSS_RTOL), (s, l1, l2)
+
+
+def _preflight_failed(run_dir: Path, rcs: list[int]) -> str:
+    assert all(rc != 0 for rc in rcs), rcs
+    report = json.loads((run_dir / rundir.LOGS / rundir.PREFLIGHT_JSON).read_text())
+    assert report["ok"] is False, report
+    made = [n for n in (rundir.METRICS, rundir.CHECKPOINTS, rundir.FINAL, rundir.EMISSIONS) if (run_dir / n).exists()]
+    assert not made, f"a failed preflight wrote {made}"
+    return report["error"]
+
+
+def test_versions_that_differ_across_two_namespaces_are_named(netns_pair, tmp_path):
+    """Node 1 finds another transformers distribution first on its path (as where another version
+    was installed): the preflight names both values and both nodes, before any model loads."""
+    from importlib.metadata import version
+
+    site = tmp_path / "node1-site" / "transformers-0.0.0.dist-info"
+    site.mkdir(parents=True)
+    (site / "METADATA").write_text("Metadata-Version: 2.1\nName: transformers\nVersion: 0.0.0\n")
+    run_dir, rcs = run_two_nodes(tmp_path, "mismatch", STRATEGIES["zero3"], netns_pair,
+                                 node_env={1: {"PYTHONPATH": str(site.parent)}})
+    error = _preflight_failed(run_dir, rcs)
+    assert error.startswith("preflight: versions differ across ranks: transformers"), error
+    assert f"transformers {version('transformers')} on " in error and "(node 0, rank 0)" in error
+    assert "vs 0.0.0 on " in error and "(node 1, rank 1)" in error
+
+
+def test_a_peer_that_cannot_be_reached_is_one_line(netns_pair, tmp_path):
+    """Node 1 offers gloo its loopback (GLOO_SOCKET_IFNAME=lo, the classic misconfiguration): the
+    store answers over the veth, but no rank can open gloo's connections to the other. Within
+    cluster.preflight_timeout_s the job stops, saying what failed and where to look."""
+    run_dir, rcs = run_two_nodes(tmp_path, "unreachable", (*STRATEGIES["zero3"], "cluster.preflight_timeout_s=10"),
+                                 netns_pair, node_env={1: {"GLOO_SOCKET_IFNAME": "lo"}})
+    error = _preflight_failed(run_dir, rcs)
+    assert error.startswith("preflight: joining the process group failed on rank "), error
+    assert "(timeout 10 s)" in error and "GLOO_SOCKET_IFNAME" in error and "\n" not in error
