@@ -244,7 +244,7 @@ def fault_rows(report: dict) -> list[tuple[str, str]]:
 
 
 def straggler_rows(st: dict) -> list[tuple[str, str]]:
-    """One row per rank: its compute and its wait at the step's end (medians per step, and totals),
+    """One row per rank: its compute and its waiting for the others (medians per step, and totals),
     the slowest rank marked; the rank the others wait for computes longest and waits least."""
     rows = []
     for r in st.get("per_rank") or []:

@@ -29,29 +29,41 @@ def _attempt_store(timeout: timedelta):
     return dist.PrefixStore(f"launcher/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
-def init_distributed(plan, timeout_s: int = 600, join_timeout_s: float = 60) -> None:
-    """The process group, joined under ``join_timeout_s`` (cluster.preflight_timeout_s): every
-    rank first checks in on the rendezvous store (a rank that does not arrive is named), then the
-    group is built (gloo connects its full mesh here: a peer that cannot be reached fails here). A
-    failure is one line (JobError). The group then takes the trainer's long ``timeout_s``."""
+def join_store(timeout_s: float):
+    """The attempt's rendezvous store, on which every rank checks in as it starts: a rank that
+    does not arrive within ``timeout_s`` (cluster.preflight_timeout_s: its node is down, it is
+    stopped, it never started) is named, in one line (JobError)."""
+    from launcher.errors import JobError
+    from launcher.train.preflight import STARTED, unreachable_line, wait_for_every_rank
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    try:
+        store = _attempt_store(timedelta(seconds=timeout_s))
+    except Exception as e:  # DistNetworkError: rank 0's store did not answer in time
+        raise JobError(unreachable_line(e, rank, timeout_s, "reaching the rendezvous store")) from None
+    wait_for_every_rank(store, STARTED, rank, world, timeout_s)
+    return store
+
+
+def init_distributed(plan, store, timeout_s: int = 600, join_timeout_s: float = 60) -> None:
+    """The process group on ``store`` (:func:`join_store`). Every rank first says it is ready (its
+    data prepared: the slowest node's tokenizing may take up to ``timeout_s``), then the group is
+    built under ``join_timeout_s`` (gloo connects its full mesh here: a peer that cannot be reached
+    fails in one line, JobError). The group then takes the trainer's long ``timeout_s``."""
     import torch
     import torch.distributed as dist
     from torch.distributed.distributed_c10d import _set_pg_timeout
 
     from launcher.errors import JobError
-    from launcher.train.preflight import unreachable_line, wait_for_every_rank
+    from launcher.train.preflight import READY, unreachable_line, wait_for_every_rank
 
     if dist.is_initialized():
         return
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    join = timedelta(seconds=join_timeout_s)
-    try:
-        store = _attempt_store(join)
-    except Exception as e:  # DistNetworkError: rank 0's store did not answer in time
-        raise JobError(unreachable_line(e, rank, join_timeout_s, "reaching the rendezvous store")) from None
-    wait_for_every_rank(store, rank, world, join_timeout_s)
-    kw = {"timeout": join, "store": store, "rank": rank, "world_size": world}
+    wait_for_every_rank(store, READY, rank, world, timeout_s)
+    store.set_timeout(timedelta(seconds=join_timeout_s))
+    kw = {"timeout": timedelta(seconds=join_timeout_s), "store": store, "rank": rank, "world_size": world}
     try:
         if plan.device == "cuda":
             torch.cuda.set_device(local_rank)
@@ -96,7 +108,15 @@ def _tell_failure(run_dir: str, e: Exception) -> None:
 def _main(run_dir: str, preflight_only: bool, t_start: float) -> int:
     from launcher.errors import JobError
 
+    from launcher.train.preflight import run_preflight, write_preflight_failure
+
     plan = rundir.read_plan(run_dir)
+    timeout_s = plan.job.cluster.preflight_timeout_s
+    try:
+        store = join_store(timeout_s)
+    except JobError as e:  # the launching process turns it into its one line and exit 2
+        write_preflight_failure(run_dir, e.lines[0])
+        raise
     prepared = tok = None
     if not preflight_only:
         # tokenize (or read the cache) before any process group exists: slow preprocessing never
@@ -109,13 +129,10 @@ def _main(run_dir: str, preflight_only: bool, t_start: float) -> int:
         paths = job_paths(plan.job)
         tok = read_tokenizer(plan.job, paths.tokenizer)
         prepared = prepare_data(plan.job, tok, paths.data, Path(run_dir) / rundir.CACHE)
-    from launcher.train.preflight import run_preflight, write_preflight_failure
-
-    timeout_s = plan.job.cluster.preflight_timeout_s
     try:
-        init_distributed(plan, join_timeout_s=timeout_s)
+        init_distributed(plan, store, join_timeout_s=timeout_s)
         run_preflight(run_dir, timeout_s=timeout_s)
-    except JobError as e:  # the launching process turns it into its one line and exit 2
+    except JobError as e:
         write_preflight_failure(run_dir, e.lines[0])
         raise
     if preflight_only:

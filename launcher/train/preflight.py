@@ -100,16 +100,18 @@ def _node_of(rank: int) -> str:
     return str(rank // per_node)
 
 
-ARRIVED = "launcher/preflight/arrived/"  # + rank: set on the rendezvous store by each rank that started
+# the ranks' check-ins on the rendezvous store (+ rank): as each starts, and once its data is ready
+STARTED = "launcher/preflight/started/"
+READY = "launcher/preflight/ready/"
 
 
-def wait_for_every_rank(store: Any, rank: int, world: int, timeout_s: float) -> None:
-    """Check in on the rendezvous store and wait, at most ``timeout_s``, for every other rank to
-    check in too: a rank that is late (stuck tokenizing, stopped, on a node that did not start)
-    is named with its node, rather than found by a collective's timeout half an hour later."""
+def wait_for_every_rank(store: Any, prefix: str, rank: int, world: int, timeout_s: float) -> None:
+    """Check in on the rendezvous store under ``prefix`` and wait, at most ``timeout_s``, for every
+    other rank to check in too: a rank that is late (stopped, on a node that did not start, stuck
+    tokenizing) is named with its node, rather than found by a collective's timeout much later."""
     from datetime import timedelta
 
-    keys = [f"{ARRIVED}{r}" for r in range(world)]
+    keys = [f"{prefix}{r}" for r in range(world)]
     store.set(keys[rank], socket.gethostname())
     try:
         store.wait(keys, timedelta(seconds=timeout_s))
@@ -118,10 +120,14 @@ def wait_for_every_rank(store: Any, rank: int, world: int, timeout_s: float) -> 
         if not missing:  # they arrived just as the wait gave up
             return
         nodes = sorted({_node_of(r) for r in missing}, key=int)
-        raise JobError(f"preflight: rank(s) {_ranges(missing)} (node rank {', '.join(nodes)}) did not arrive "
-                       f"within {timeout_s:g} s of the others (rank {rank} on {socket.gethostname()} waited); is "
-                       "that node up and its ranks started (logs/), or slow before the process group (data "
-                       "tokenizing, a slow disk)? raise cluster.preflight_timeout_s if they need longer") from None
+        if prefix == STARTED:
+            raise JobError(f"preflight: rank(s) {_ranges(missing)} (node rank {', '.join(nodes)}) did not arrive "
+                           f"within {timeout_s:g} s of the others (rank {rank} on {socket.gethostname()} waited); "
+                           "is that node up and are its ranks running (logs/)? raise cluster.preflight_timeout_s "
+                           "if they need longer to start") from None
+        raise JobError(f"preflight: rank(s) {_ranges(missing)} (node rank {', '.join(nodes)}) did not get their "
+                       f"data ready within {timeout_s:g} s of rank {rank} on {socket.gethostname()}; check that "
+                       "node's logs/ (tokenizing a large data set, a slow disk)") from None
 
 
 def write_preflight_failure(run_dir: str | os.PathLike, line: str) -> None:
