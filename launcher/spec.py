@@ -268,9 +268,9 @@ class ClusterSpec(_Strict):
         29500, ge=1024, le=65535, description="Rendezvous port on the first host of a --hosts launch (one node "
         "picks a free port; Slurm derives one from the job id).")
     preflight_timeout_s: float = Field(
-        60, gt=0, description="Seconds every rank has, after torchrun starts it, to arrive and join the process "
-        "group, and for each preflight check; past it the job stops in one line naming the late or unreachable "
-        "ranks and their nodes, before any model loads.")
+        60, gt=0, description="Seconds every rank has, once torchrun starts it, to check in on the rendezvous "
+        "store, then to join the process group, and for each preflight check; past it the job stops in one line "
+        "naming the late or unreachable ranks and their nodes, before any model loads.")
     interconnect_gbps: Optional[float] = Field(
         None, gt=0, description="Network bandwidth per node between nodes, Gbit/s (e.g. 3200 for 8x400G "
         "InfiniBand): the plan's lower bound on communication time per step.")
