@@ -102,7 +102,6 @@ def test_every_config_builds_deepspeeds_engine_and_steps(sweep):
 def test_the_sweep_has_odd_twentieths_and_odd_lora_counts(sweep):
     """What made the bug: a bucket derived from the model's size, odd for about half the models."""
     from launcher.modelinfo import read_model_info_from_folder
-    from launcher.spec import LoraSpec
 
     cases, results = sweep
     seen = {}
@@ -117,7 +116,6 @@ def test_the_sweep_has_odd_twentieths_and_odd_lora_counts(sweep):
     assert {k: seen[k] for k in EXPECTED_PARAMS} == EXPECTED_PARAMS
     lora_counts = {r["n_trainable"] for name, r in results.items() if "-lora-" in name and r["ok"]}
     assert any(n % 2 for n in lora_counts), lora_counts
-    assert LoraSpec(**LORA).r == 1
 
 
 def test_launcher_run_trains_zero2_on_the_model_deepspeed_refused(tmp_path):
