@@ -6,7 +6,8 @@ from typing import Any, Optional
 from pydantic import BaseModel, ConfigDict
 
 from launcher.errors import JobError
-from launcher.spec import DS_FLAG_NAMES, ZERO_SIZE_MULTIPLE, JobSpec, offload_problems, size_problem
+from launcher.engine_rules import DS_FLAG_NAMES, ZERO_SIZE_MULTIPLE, offload_problems, size_problem
+from launcher.spec import JobSpec
 
 TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 

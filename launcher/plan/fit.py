@@ -17,7 +17,8 @@ from launcher.errors import JobError
 from launcher.plan.core import plan_job
 from launcher.plan.memory import FIT_MARGIN
 from launcher.plan.types import Calibration, ModelInfo, Plan
-from launcher.spec import JobSpec, apply_overrides, build_job, offload_problems
+from launcher.engine_rules import offload_problems
+from launcher.spec import JobSpec, apply_overrides, build_job
 
 FORECAST_KEYS = ("steps", "tokens", "hours", "gpu_hours", "kwh", "kg_co2e", "cost", "currency", "mfu_assumed",
                  "tokens_per_s_per_device", "step_time_s")
