@@ -163,3 +163,30 @@ def ensure_libaio() -> None:
         subprocess.run(install, capture_output=True, env=env)
     if not async_io_buildable():
         missing_prerequisite("apt-get could not install libaio-dev: DeepSpeed's async I/O op cannot be built")
+
+
+def rank_pid(run_dir: str | os.PathLike, rank: int) -> int | None:
+    """The pid of global rank ``rank`` of a run (`launcher train RUN_DIR`, with RANK=<rank> in its
+    environment, as torchrun starts it), or None while it has not started."""
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            cmd = (p / "cmdline").read_bytes().split(b"\0")
+            env = (p / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"train" in cmd and str(run_dir).encode() in cmd and f"RANK={rank}".encode() in env \
+                and not any(b"torch.distributed.run" in c for c in cmd):
+            return int(p.name)
+    return None
+
+
+def fake_distribution(root: Path, name: str, version: str) -> Path:
+    """A folder whose only content is a distribution's metadata: first on a node's PYTHONPATH,
+    ``importlib.metadata.version(name)`` answers ``version`` there, as on a node where another
+    version was installed."""
+    info = root / f"{name}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    return root

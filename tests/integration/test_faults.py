@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from launcher import rundir
-from tests.helpers import missing_prerequisite
+from tests.helpers import missing_prerequisite, rank_pid
 
 pytestmark = pytest.mark.slow
 
@@ -312,12 +312,9 @@ def test_a_run_stopped_through_stop_resumes_with_its_rng_and_ends_as_if_never_st
 
 
 def pid_of_rank(run_dir: Path, rank: int) -> int:
-    """The pid of global rank ``rank`` of this run (torchrun puts RANK in each worker's environment)."""
-    for pid in rank_pids(run_dir):
-        env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        if f"RANK={rank}".encode() in env:
-            return pid
-    raise AssertionError(f"no process of rank {rank} for {run_dir}")
+    pid = rank_pid(run_dir, rank)
+    assert pid is not None, f"no process of rank {rank} for {run_dir}"
+    return pid
 
 
 def test_a_throttled_rank_is_named_in_the_reports_per_rank_table(tmp_path):

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from launcher import rundir
-from tests.helpers import missing_prerequisite
+from tests.helpers import fake_distribution, missing_prerequisite
 
 pytestmark = pytest.mark.slow
 
@@ -367,11 +367,9 @@ def test_versions_that_differ_across_two_namespaces_are_named(netns_pair, tmp_pa
     was installed): the preflight names both values and both nodes, before any model loads."""
     from importlib.metadata import version
 
-    site = tmp_path / "node1-site" / "transformers-0.0.0.dist-info"
-    site.mkdir(parents=True)
-    (site / "METADATA").write_text("Metadata-Version: 2.1\nName: transformers\nVersion: 0.0.0\n")
+    site = fake_distribution(tmp_path / "node1-site", "transformers", "0.0.0")
     run_dir, rcs = run_two_nodes(tmp_path, "mismatch", STRATEGIES["zero3"], netns_pair,
-                                 node_env={1: {"PYTHONPATH": str(site.parent)}})
+                                 node_env={1: {"PYTHONPATH": str(site)}})
     error = _preflight_failed(run_dir, rcs)
     assert error.startswith("preflight: versions differ across ranks: transformers"), error
     assert f"transformers {version('transformers')} on " in error and "(node 0, rank 0)" in error

@@ -19,27 +19,12 @@ from pathlib import Path
 import pytest
 
 from launcher import rundir
+from tests.helpers import fake_distribution, rank_pid
 
 pytestmark = pytest.mark.slow
 
 COMMON = ["train.max_steps=2", "data.num_samples=400", "train.eval_accuracy_samples=0", "cluster.device=cpu"]
 TRAINED = (rundir.METRICS, rundir.CHECKPOINTS, rundir.FINAL, rundir.EMISSIONS, rundir.REPORT_JSON, rundir.COMPLETED)
-
-
-def rank_pid(run_dir: Path, rank: int) -> int | None:
-    """The pid of rank ``rank`` of this run (`launcher train RUN_DIR` with RANK=<rank>), if started."""
-    for p in Path("/proc").iterdir():
-        if not p.name.isdigit():
-            continue
-        try:
-            cmd = (p / "cmdline").read_bytes().split(b"\0")
-            env = (p / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"train" in cmd and str(run_dir).encode() in cmd and f"RANK={rank}".encode() in env \
-                and not any(b"torch.distributed.run" in c for c in cmd):
-            return int(p.name)
-    return None
 
 
 def nothing_trained(run_dir: Path) -> None:
@@ -86,16 +71,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def fake_distribution(root: Path, name: str, version: str) -> Path:
-    """A folder whose only content is a distribution's metadata: put first on a node's PYTHONPATH,
-    ``importlib.metadata.version(name)`` answers ``version`` there, as on a node where another
-    version was installed."""
-    info = root / f"{name}-{version}.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
-    return root
 
 
 def test_versions_that_differ_between_two_nodes_are_named(tmp_path):
