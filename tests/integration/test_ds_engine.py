@@ -139,3 +139,33 @@ def test_launcher_run_trains_zero2_on_the_model_deepspeed_refused(tmp_path):
     assert (run / "COMPLETED").exists()
     z = json.loads((run / "ds_config.json").read_text())["zero_optimization"]
     assert z["allgather_bucket_size"] == 5476
+
+
+IMPORT_PROBE = """
+import json, sys
+if sys.argv[1] == "launcher":
+    from launcher.train.strategies.zero import import_deepspeed
+    import_deepspeed()
+else:
+    import deepspeed, deepspeed.runtime.zero.muon.original_muon
+from deepspeed.autotuning import autotuner
+from deepspeed.runtime.zero.muon import original_muon
+compiled = hasattr(original_muon.muon_update, "_torchdynamo_orig_callable")
+seen = {"mlflow_at_import": "mlflow" in sys.modules, "autotuner_mlflow": autotuner.has_mlflow, "muon_compiled": compiled}
+import mlflow  # a job that tracks with mlflow still imports it
+seen["mlflow_later"] = bool(mlflow.__version__)
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.parametrize("how", ["launcher", "plain"])
+def test_a_rank_imports_deepspeed_without_mlflow_or_compiling_muon(how):
+    """import_deepspeed: DeepSpeed's autotuner does not import mlflow, and Muon's update functions
+    are not wrapped by torch.compile (together about 2 s of every rank's start); a later
+    ``import mlflow`` works. The plain import, in the same environment, does both: the probe can fail."""
+    out = subprocess.run([sys.executable, "-c", IMPORT_PROBE, how], capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, DS_ACCELERATOR="cpu"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    plain = how == "plain"
+    assert seen == {"mlflow_at_import": plain, "autotuner_mlflow": plain, "muon_compiled": plain, "mlflow_later": True}

@@ -210,14 +210,14 @@ def save_random_llama(path: Path, config, dtype) -> int:
 
 def import_only_rss_anon(layout: str) -> int:
     """Anonymous memory of a process that only imports the libraries a rank of ``layout`` imports
-    (DeepSpeed's ZeRO-3 optimizer imports its Muon module, which pulls in torch._dynamo; CodeCarbon
+    (DeepSpeed as a rank imports it: launcher.train.strategies.zero.import_deepspeed; CodeCarbon
     runs in its own process, launcher.train.energy.NodeEnergySidecar)."""
     code = ("import torch, torch.distributed, torch.distributed.fsdp, torch.distributed.checkpoint, safetensors\n"
             "import transformers, peft\nfrom transformers import LlamaForCausalLM\n"
             "from peft import LoraConfig, get_peft_model\n")
     if layout == "zero3":
-        code += "import deepspeed, deepspeed.runtime.engine, deepspeed.runtime.zero.stage3\n" \
-                "import deepspeed.runtime.zero.muon.original_muon\n"
+        code += "from launcher.train.strategies.zero import import_deepspeed\nimport_deepspeed()\n" \
+                "import deepspeed.runtime.engine, deepspeed.runtime.zero.stage3\n"
     code += "from launcher.train.memory import read_status\nprint(read_status()['RssAnon'])"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     return int(out.stdout.strip().splitlines()[-1])

@@ -2,22 +2,66 @@
 from __future__ import annotations
 
 import copy
+import sys
+from contextlib import contextmanager
 from typing import Any, Optional
 
 
 def import_deepspeed():
-    """``deepspeed``, without the build of its CPU shared-memory comm op. That op only speeds up
-    ``inference_all_reduce`` (tensor-parallel inference; training never calls it, and without it
-    DeepSpeed falls back to the process group), yet DeepSpeed compiles it at every process group
-    start on CPU: 43 s in a fresh environment (bench/RESULTS.md, time to first step)."""
+    """``deepspeed``, imported for training alone. Three things DeepSpeed does at import or at
+    the engine's start serve features launcher never uses, and cost every rank its start time
+    (bench/RESULTS.md, time to first step):
+
+    * its CPU shared-memory comm op, built at every process group start on CPU (43 s in a fresh
+      environment), only speeds up ``inference_all_reduce``; without it DeepSpeed falls back to
+      the process group;
+    * its autotuner imports mlflow, when installed, to log tuning experiments (about 1 s);
+    * its ZeRO optimizers import the Muon optimizer to check a client optimizer against it, and
+      that module compiles its update functions with ``torch.compile`` at import, which imports
+      torch._dynamo (about 1 s). launcher's optimizer is AdamW: Muon's functions stay plain.
+
+    A job that logs to mlflow imports it later, unaffected (only DeepSpeed's autotuner's view is)."""
     import importlib
 
+    if "deepspeed" not in sys.modules:
+        with _hidden("mlflow"):
+            import deepspeed
+        with _plain_compile(importlib.import_module("deepspeed.runtime.compiler")):
+            try:
+                importlib.import_module("deepspeed.runtime.zero.muon.original_muon")
+            except ImportError:  # a DeepSpeed without Muon
+                pass
     import deepspeed
 
     ds_torch = importlib.import_module("deepspeed.comm.torch")  # not `import ... as`: deepspeed.comm.torch is torch
     if getattr(ds_torch, "build_shm_op", None) is not None:
         ds_torch.build_shm_op = _no_shm_op
     return deepspeed
+
+
+@contextmanager
+def _hidden(module: str):
+    """``import module`` fails (ImportError) inside the block, where it is not yet imported."""
+    if module in sys.modules:
+        yield
+        return
+    sys.modules[module] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        if sys.modules.get(module, False) is None:
+            del sys.modules[module]
+
+
+@contextmanager
+def _plain_compile(compiler):
+    """DeepSpeed's ``compiler.compile()`` decorator leaves functions as they are, inside the block."""
+    saved = compiler.compile
+    compiler.compile = lambda: (lambda fn: fn)
+    try:
+        yield
+    finally:
+        compiler.compile = saved
 
 
 def _no_shm_op():
