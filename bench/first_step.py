@@ -9,12 +9,15 @@ start of the command to the end of the first optimizer step (rank 0's record of 
 * cold: as in a fresh environment: empty ``TORCH_EXTENSIONS_DIR`` (DeepSpeed's JIT-built ops),
   ``XDG_CACHE_HOME``, ``HF_HOME`` and ``MPLCONFIGDIR``, new for every run.
 
-Order: launcher warm, Trainer warm, repeated ``--rounds`` times (interleaved, so other load hits
-both alike), then ``--cold-rounds`` of launcher cold, Trainer cold. Per launcher run, where the
-time goes: the parent `launcher run` (job, plan, tokenizing into the run's cache, until plan.json),
-torchrun starting the ranks and their imports (until the rank's own clock starts), the rank's
-set-up (data, process group, preflight, model, strategy, energy tracker: the start record's
-``setup_s``), and the first step itself.
+Order: launcher warm, launcher warm with its ranks started after the data (LAUNCHER_NO_PRESTART=1,
+how every launch went before), Trainer warm, repeated ``--rounds`` times (interleaved, so other
+load hits all alike), then ``--cold-rounds`` of launcher cold, Trainer cold. `launcher run` starts
+torchrun once the job is planned and before it tokenizes: the ranks import their libraries while
+the parent tokenizes, then wait for plan.json. Per launcher run, where the time goes: the parent
+(job, plan, tokenizing into the run's cache: until plan.json), when the ranks' clocks started
+(from the start of the command; before plan.json when they start early), what comes after
+plan.json until the first step (data from the cache, process group, preflight, model, strategy,
+energy tracker), and the first step itself.
 
     python bench/first_step.py                 # 3 warm rounds, 1 cold round (~5 min on 2 cores)
     python bench/first_step.py --rounds 5 --cold-rounds 2 --json /tmp/first_step.json
@@ -65,13 +68,21 @@ def launcher_breakdown(work: Path, tag: str, t0: float) -> dict:
     first = next(r for r in recs if r["kind"] == "train")
     planned = (run_dir / "plan.json").stat().st_mtime
     rank_clock = start["time"] - start["setup_s"]
-    return {"parent_s": planned - t0, "torchrun_and_imports_s": rank_clock - planned, "rank_setup_s": start["setup_s"],
+    return {"parent_s": planned - t0, "ranks_started_s": rank_clock - t0, "after_plan_s": start["time"] - planned,
             "first_step_s": first["time"] - start["time"]}
 
 
 def one(work: Path, tool: str, tag: str, ds: dict, a) -> dict:
-    if tool == "launcher":
-        r = T.run_launcher(work, "zero2", True, tag, a)
+    if tool.startswith("launcher"):
+        saved = os.environ.pop("LAUNCHER_NO_PRESTART", None)
+        if tool == "launcher-after-data":
+            os.environ["LAUNCHER_NO_PRESTART"] = "1"
+        try:
+            r = T.run_launcher(work, "zero2", True, tag, a)
+        finally:
+            os.environ.pop("LAUNCHER_NO_PRESTART", None)
+            if saved is not None:
+                os.environ["LAUNCHER_NO_PRESTART"] = saved
         if r.get("time_to_first_step_s") is not None:
             r["breakdown"] = launcher_breakdown(work, tag, r["t0"])
     else:
@@ -95,10 +106,11 @@ def main(argv=None) -> int:
           f"{info['versions']}", flush=True)
     ds = T.prepare(work, a)
     t_all = time.time()
-    runs: dict[str, list[dict]] = {"launcher warm": [], "trainer warm": [], "launcher cold": [], "trainer cold": []}
+    runs: dict[str, list[dict]] = {"launcher warm": [], "launcher-after-data warm": [], "trainer warm": [],
+                                   "launcher cold": [], "trainer cold": []}
     plan = [("warm", i) for i in range(a.rounds)] + [("cold", i) for i in range(a.cold_rounds)]
     for kind, i in plan:
-        for tool in ("launcher", "trainer"):
+        for tool in ("launcher", "launcher-after-data", "trainer") if kind == "warm" else ("launcher", "trainer"):
             tag = f"{tool}-{kind}-{i}"
             if kind == "cold":
                 with cold_environment():
@@ -117,21 +129,22 @@ def main(argv=None) -> int:
         parts = [r["breakdown"] for r in rs if r.get("breakdown")]
         if parts:
             summary[k]["breakdown_median_s"] = {p: round(C.median(x[p] for x in parts), 2) for p in parts[0]}
-    for kind in ("warm", "cold"):
+    for name, kind in (("launcher", "warm"), ("launcher-after-data", "warm"), ("launcher", "cold")):
         pairs = [(lr.get("time_to_first_step_s"), tr.get("time_to_first_step_s"))
-                 for lr, tr in zip(runs[f"launcher {kind}"], runs[f"trainer {kind}"])]
+                 for lr, tr in zip(runs[f"{name} {kind}"], runs[f"trainer {kind}"])]
         ratios = [x / y for x, y in pairs if x and y]
-        summary[f"ratio launcher/trainer {kind}"] = {"median": C.median(ratios), "per_round": [round(r, 3) for r in ratios]}
-    print("\n| run | time to first step, median s (all) | launcher: parent / torchrun+imports / rank set-up / step 1 |")
+        summary[f"ratio {name}/trainer {kind}"] = {"median": C.median(ratios), "per_round": [round(r, 3) for r in ratios]}
+    print("\n| run | time to first step, median s (all) | launcher: parent until plan.json / ranks' clocks start / "
+          "plan.json to start record / step 1 |")
     print("|---|---|---|")
     for k in runs:
         s = summary[k]
         b = s.get("breakdown_median_s")
         print(f"| {k} | {C.fmt(s['median_s'])} ({', '.join(map(str, s['all_s']))}) | "
               + (" / ".join(f"{v:.2f}" for v in b.values()) if b else "") + " |")
-    for kind in ("warm", "cold"):
-        r = summary[f"ratio launcher/trainer {kind}"]
-        print(f"ratio launcher / Trainer, {kind}: median {C.fmt(r['median'])} (per round {r['per_round']})")
+    for name, kind in (("launcher", "warm"), ("launcher-after-data", "warm"), ("launcher", "cold")):
+        r = summary[f"ratio {name}/trainer {kind}"]
+        print(f"ratio {name} / Trainer, {kind}: median {C.fmt(r['median'])} (per round {r['per_round']})")
     out = Path(a.json) if a.json else work / "first_step.json"
     C.write_json(out, {"machine": info, "args": vars(a), "summary": summary, "runs": runs,
                        "total_wall_s": time.time() - t_all, "load_after": C.load_avg()})

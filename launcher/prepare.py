@@ -186,10 +186,14 @@ def fetch_hub(spec, echo=None) -> dict[str, str]:
     """The job's hub ids (model, tokenizer, data set) into the local Hugging Face cache, once,
     before planning and before any rank starts: {field: snapshot folder}. The ranks find them
     there with HF_HUB_OFFLINE=1 (render_env); offline, a missing one is one line."""
-    from launcher.hub import fetch
     from launcher.sources import hub_refs
 
-    return fetch(hub_refs(spec), echo=echo)
+    refs = hub_refs(spec)
+    if not refs:  # local paths and the demo: not even huggingface_hub's download code is imported
+        return {}
+    from launcher.hub import fetch
+
+    return fetch(refs, echo=echo)
 
 
 def count_rows(spec, cache_dir: Path) -> int:
@@ -206,16 +210,44 @@ def count_rows(spec, cache_dir: Path) -> int:
 def plan_run(spec, device: str, run_dir: Path, *, with_data: bool = True):
     """The plan of a local run, data counted into RUN_DIR/cache (the batch arithmetic and the
     job's other rules are checked first, before any file is read)."""
-    from launcher.plan import with_train_rows
+    spec, plan = plan_before_data(spec, device, fetch=with_data)
+    return plan_with_data(spec, plan, run_dir) if with_data else plan
 
+
+def plan_before_data(spec, device: str, *, fetch: bool = True):
+    """(spec, plan) of a local run before its data is read: every rule but the count of training
+    rows checked, the hub ids fetched (``fetch``; not for --dry-run, which downloads nothing).
+    torchrun's command line and environment are already final (they depend on the ranks, the
+    device and the threads, not on the rows): `launcher run` starts the ranks from here, and they
+    import their libraries while :func:`plan_with_data` tokenizes."""
     check_nvme_here(spec)
     check_trackers_here(spec)
-    if with_data:  # not for --dry-run: that starts nothing, and downloads nothing either
+    if fetch:
         fetch_hub(spec)
-    spec, plan = plan_without_data(spec, device, cpu_count=os.cpu_count())
-    if with_data:
-        plan = with_train_rows(plan, count_rows(spec, Path(run_dir) / rundir.CACHE))
-    return plan
+    return plan_without_data(spec, device, cpu_count=os.cpu_count())
+
+
+def plan_with_data(spec, plan, run_dir: Path):
+    """``plan`` with its training rows counted: the data tokenized into RUN_DIR/cache."""
+    from launcher.plan import with_train_rows
+
+    return with_train_rows(plan, count_rows(spec, Path(run_dir) / rundir.CACHE))
+
+
+def prestart_hint(plan) -> dict:
+    """What a rank started before its plan is written imports while it waits
+    (launcher.train.prestart): the engine's modules and the model's (by its config's
+    model_type)."""
+    import json
+
+    from launcher.sources import job_paths
+
+    try:
+        model_type = json.loads((Path(job_paths(plan.job).model) / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        model_type = None  # the ranks find out, after the plan; nothing is warmed for it here
+    return {"strategy": plan.strategy, "zero_stage": plan.zero_stage, "method": plan.job.train.method,
+            "model_type": model_type if isinstance(model_type, str) else None}
 
 
 def local_launch_files(plan, run_dir: Path) -> tuple[list[str], dict[str, str], dict[str, str]]:

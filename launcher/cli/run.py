@@ -93,22 +93,36 @@ def run(job_file, overrides, run_dir, resume, dry_run, nproc_per_node, device, h
 
 
 def _run_locked(target: Path, spec, dev: str, resuming: bool, start_over: bool, made) -> None:
+    import os
+
     from launcher import prepare, rundir
+    from launcher.execute.local import Torchrun
 
     if resuming and start_over:
         prepare.clear_run_outputs(target)
+    early = None  # torchrun, started while the data is tokenized (its ranks import meanwhile)
     try:
-        plan = prepare.plan_run(spec, dev, target)
+        spec, plan = prepare.plan_before_data(spec, dev)
+        if os.environ.get("LAUNCHER_NO_PRESTART") != "1":  # 1: ranks start after the data (bench/first_step.py)
+            argv, env, _ = prepare.local_launch_files(plan, target)
+            early = Torchrun(argv, env, target, prestart=prepare.prestart_hint(plan))
+        plan = prepare.plan_with_data(spec, plan, target)
+        note = prepare.check_resume(target, plan) if resuming else None
+        cleared = prepare.clear_stop_markers(target) if resuming else []
+        argv, env, files = prepare.local_launch_files(plan, target)
+        rundir.write_run_dir(target, plan, files)
     except BaseException:
-        if made is not None:  # nothing half-made is left behind: only the tokenized-data cache was there
+        if early is not None:
+            early.cancel()
+        if made is not None:  # nothing half-made is left behind
             import shutil
 
             shutil.rmtree(made, ignore_errors=True)
         raise
-    note = prepare.check_resume(target, plan) if resuming else None
-    cleared = prepare.clear_stop_markers(target) if resuming else []
-    argv, env, files = prepare.local_launch_files(plan, target)
-    rundir.write_run_dir(target, plan, files)
+    if early is None or not early.runs(argv, env):
+        if early is not None:
+            early.cancel()
+        early = Torchrun(argv, env, target)
     click.echo(f"{'resuming' if resuming else 'run directory'}: {target}")
     if note:
         click.echo(f"note: {note}")
@@ -119,10 +133,8 @@ def _run_locked(target: Path, spec, dev: str, resuming: bool, start_over: bool, 
                f"{plan.global_batch_size} rows")
     import time
 
-    from launcher.execute.local import launch_local
-
     launched_at = time.time()
-    rc = launch_local(argv, env, target)
+    rc = early.go()
     completed = (target / rundir.COMPLETED).exists()
     if rc and not completed:
         failed = prepare.preflight_failure(target, since=launched_at)

@@ -1,13 +1,16 @@
 """The one place that starts torchrun on this node."""
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 from launcher import rundir
 
@@ -51,21 +54,59 @@ class _Terminal:
             self.progress.stop()
 
 
-def launch_local(argv: Sequence[str], env: Mapping[str, str], run_dir: Path) -> int:
-    """Run ``argv`` with ``env`` added; stream its output to the terminal and RUN_DIR/logs.
-    SIGINT/SIGTERM/SIGUSR2 are passed on to torchrun, which forwards them to its workers."""
-    from launcher.train.console import PROGRESS_ENV
+PRESTART_ENV = "LAUNCHER_PRESTART"  # a rank started before its plan: what to import, where its go is
 
-    log_dir = run_dir / rundir.LOGS
-    log_dir.mkdir(parents=True, exist_ok=True)
-    full_env = {**os.environ, **env}
-    tty = sys.stdout.isatty()
-    if tty:
-        full_env[PROGRESS_ENV] = "tty"  # rank 0 prints every step; the terminal redraws one line
-    term = _Terminal(tty)
-    with open(log_dir / rundir.TORCHRUN_LOG, "ab") as log:
-        proc = subprocess.Popen(list(argv), env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                start_new_session=False)
+
+class Torchrun:
+    """torchrun on this node, started with ``argv`` and ``env`` added to this environment.
+
+    With ``prestart`` (launcher.prepare.prestart_hint), it starts before the run directory is
+    complete: its ranks import their libraries, then wait (launcher.train.prestart) until
+    :meth:`go`; :meth:`cancel` ends them unseen. Its output stays in the pipe until :meth:`go`,
+    then :meth:`go` streams it to the terminal and RUN_DIR/logs.
+    SIGINT/SIGTERM are passed on to torchrun, which forwards them to its workers."""
+
+    def __init__(self, argv: Sequence[str], env: Mapping[str, str], run_dir: Path, prestart: Optional[dict] = None):
+        from launcher.train.console import PROGRESS_ENV
+
+        self.argv, self.env, self.run_dir = list(argv), dict(env), Path(run_dir)
+        full_env = {**os.environ, **env}
+        self.tty = sys.stdout.isatty()
+        if self.tty:
+            full_env[PROGRESS_ENV] = "tty"  # rank 0 prints every step; the terminal redraws one line
+        self.gate: Optional[Path] = None
+        if prestart is not None:
+            self.gate = Path(tempfile.mkdtemp(prefix="launcher-start-"))
+            full_env[PRESTART_ENV] = json.dumps({**prestart, "go": str(self.gate / "go"), "parent": os.getpid()})
+        else:
+            full_env.pop(PRESTART_ENV, None)
+        self.proc = subprocess.Popen(self.argv, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    def runs(self, argv: Sequence[str], env: Mapping[str, str]) -> bool:
+        """It was started with this command line and environment (and is still waiting)."""
+        return self.argv == list(argv) and self.env == dict(env) and self.proc.poll() is None
+
+    def cancel(self) -> None:
+        """End torchrun and its waiting ranks; what they printed is dropped."""
+        if self.proc.poll() is None:
+            self.proc.terminate()  # torchrun passes SIGTERM on to its workers
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._close_gate()
+
+    def go(self) -> int:
+        """Let the ranks start training; stream torchrun's output until it exits: its code."""
+        log_dir = self.run_dir / rundir.LOGS
+        log_dir.mkdir(parents=True, exist_ok=True)
+        if self.gate is not None:
+            (self.gate / "go").touch()
+        term = _Terminal(self.tty)
+        proc = self.proc
 
         def forward(signum, frame):  # noqa: ARG001
             if proc.poll() is None:
@@ -73,13 +114,25 @@ def launch_local(argv: Sequence[str], env: Mapping[str, str], run_dir: Path) -> 
 
         old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            assert proc.stdout is not None
-            for line in iter(proc.stdout.readline, b""):
-                log.write(line)
-                log.flush()
-                term.line(line)
-            return proc.wait()
+            with open(log_dir / rundir.TORCHRUN_LOG, "ab") as log:
+                assert proc.stdout is not None
+                for line in iter(proc.stdout.readline, b""):
+                    log.write(line)
+                    log.flush()
+                    term.line(line)
+                return proc.wait()
         finally:
             term.close()
             for s, h in old.items():
                 signal.signal(s, h)
+            self._close_gate()
+
+    def _close_gate(self) -> None:
+        if self.gate is not None:
+            shutil.rmtree(self.gate, ignore_errors=True)
+            self.gate = None
+
+
+def launch_local(argv: Sequence[str], env: Mapping[str, str], run_dir: Path) -> int:
+    """Run ``argv`` with ``env`` added; stream its output to the terminal and RUN_DIR/logs."""
+    return Torchrun(argv, env, run_dir).go()

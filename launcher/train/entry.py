@@ -84,8 +84,12 @@ def main(run_dir: str, preflight_only: bool = False) -> int:
         raise JobError("launcher train: runs once per rank under torchrun (RANK/WORLD_SIZE unset); "
                        f"start it with `launcher run {run_dir}` or the run directory's launch.sh")
     from launcher.train.console import capture_output
+    from launcher.train.prestart import wait_for_go
 
+    held = wait_for_go()  # started by `launcher run` before its plan: import, then wait (counted in setup_s)
     capture_output(run_dir, int(os.environ["RANK"]))  # third-party output into logs/rank<R>.log
+    if held:
+        os.write(1, held)
     try:
         return _main(run_dir, preflight_only, t_start)
     except Exception as e:

@@ -152,6 +152,16 @@ from deepspeed.autotuning import autotuner
 from deepspeed.runtime.zero.muon import original_muon
 compiled = hasattr(original_muon.muon_update, "_torchdynamo_orig_callable")
 seen = {"mlflow_at_import": "mlflow" in sys.modules, "autotuner_mlflow": autotuner.has_mlflow, "muon_compiled": compiled}
+import subprocess
+forks = []
+real = subprocess.check_output
+subprocess.check_output = lambda cmd, *a, **k: forks.append(cmd) or real(cmd, *a, **k)
+from deepspeed.accelerator import get_accelerator
+try:
+    get_accelerator().device_count()  # ZeRO-3 asks once per gradient bucket
+except Exception:
+    pass  # numactl not installed: the fork happened all the same
+seen["numactl_forks"] = len(forks)
 import mlflow  # a job that tracks with mlflow still imports it
 seen["mlflow_later"] = bool(mlflow.__version__)
 print(json.dumps(seen))
@@ -162,10 +172,14 @@ print(json.dumps(seen))
 def test_a_rank_imports_deepspeed_without_mlflow_or_compiling_muon(how):
     """import_deepspeed: DeepSpeed's autotuner does not import mlflow, and Muon's update functions
     are not wrapped by torch.compile (together about 2 s of every rank's start); a later
-    ``import mlflow`` works. The plain import, in the same environment, does both: the probe can fail."""
+    ``import mlflow`` works; DeepSpeed's CPU accelerator counts a node's devices without forking
+    the rank for ``numactl`` (LOCAL_SIZE from torchrun's LOCAL_WORLD_SIZE). The plain import, in
+    the same environment, does all three: the probe can fail."""
+    env = {k: v for k, v in os.environ.items() if k != "LOCAL_SIZE"}
     out = subprocess.run([sys.executable, "-c", IMPORT_PROBE, how], capture_output=True, text=True, timeout=300,
-                         env=dict(os.environ, DS_ACCELERATOR="cpu"))
+                         env=dict(env, DS_ACCELERATOR="cpu", LOCAL_WORLD_SIZE="2"))
     assert out.returncode == 0, out.stderr[-2000:]
     seen = json.loads(out.stdout.strip().splitlines()[-1])
     plain = how == "plain"
-    assert seen == {"mlflow_at_import": plain, "autotuner_mlflow": plain, "muon_compiled": plain, "mlflow_later": True}
+    assert seen == {"mlflow_at_import": plain, "autotuner_mlflow": plain, "muon_compiled": plain, "mlflow_later": True,
+                    "numactl_forks": int(plain)}

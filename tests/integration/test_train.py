@@ -9,6 +9,7 @@ number of ranks cannot reproduce.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -217,13 +218,25 @@ def test_lora_adapter_saved_gathered_and_reproduces_eval_loss(runs, layout):
 
 
 def test_bad_data_fails_before_the_model_loads(tmp_path):
+    """torchrun starts while the data is tokenized (its ranks import, then wait for the plan): bad
+    data ends it unseen. One line, exit 2, no run directory, no rank left running, no gate left
+    in the temp folder."""
     data = tmp_path / "d.jsonl"
     data.write_text('{"prompt": "1+1=", "response": "2"}\n{"prompt": "2+2="}\n')
-    out = launcher_run(tmp_path / "r", f"data.path={data}", check=False)
-    assert out.returncode == 2
+    systmp = tmp_path / "systmp"
+    systmp.mkdir()
+    run_dir = tmp_path / "r"
+    out = subprocess.run([sys.executable, "-m", "launcher", "run", "--run-dir", str(run_dir), *COMMON, *LAYOUTS["zero3"],
+                          f"data.path={data}"], capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                         env=dict(os.environ, TMPDIR=str(systmp)))
+    assert out.returncode == 2, out.stderr
     assert "Traceback" not in out.stderr
-    assert f"{data}:2: missing field 'response'" in out.stderr
-    assert not (tmp_path / "r").exists(), "a failed start leaves no run directory behind"
+    lines = out.stderr.splitlines()
+    assert len(lines) == 1 and f"{data}:2: missing field 'response'" in lines[0], out.stderr
+    assert not run_dir.exists(), "a failed start leaves no run directory behind"
+    ranks = subprocess.run(["pgrep", "-f", f"launcher train {run_dir}"], capture_output=True, text=True).stdout
+    assert not ranks.strip(), f"ranks of the cancelled start still run: {ranks}"
+    assert not [p.name for p in systmp.iterdir() if p.name.startswith("launcher-start-")]
 
 
 def test_embedded_default_learns(tmp_path):

@@ -326,7 +326,26 @@ def test_bad_input(case_id, setup, argv, expected, tmp_path, monkeypatch, capsys
     def launched(*a, **k):
         raise AssertionError(f"{case_id}: torchrun was started; this input must fail before launch")
 
+    started, cancelled = [], []
+
+    class Prestarted:
+        """torchrun started while the data is tokenized (its ranks wait for the go): cancelled on
+        bad input, never let go. The real one: tests/integration/test_train.py."""
+
+        def __init__(self, argv, env, run_dir, prestart=None):
+            started.append(prestart)
+
+        def runs(self, argv, env):
+            return True
+
+        def cancel(self):
+            cancelled.append(True)
+
+        def go(self):
+            launched()
+
     monkeypatch.setattr("launcher.execute.local.launch_local", launched)
+    monkeypatch.setattr("launcher.execute.local.Torchrun", Prestarted)
     ctx = Ctx(work, monkeypatch)
     try:
         if setup is not None:
@@ -347,6 +366,7 @@ def test_bad_input(case_id, setup, argv, expected, tmp_path, monkeypatch, capsys
     for text in expected:
         assert text in lines[0], f"{text!r} not in {lines[0]!r}"
     assert after == before, f"left behind: {sorted(after - before)}"
+    assert len(cancelled) == len(started), f"{case_id}: a torchrun started early was not ended"
     # torch makes its own cache folder (torchinductor_<user>) in the temp folder the first time a
     # process imports torch._dynamo (which counting a model's parameters does on a cold modelinfo
     # cache): torch's cache, kept for every later process, not something launcher half-wrote

@@ -50,24 +50,28 @@ class Strategy(Protocol):
 
 def import_engine(plan) -> None:
     """Import the libraries a rank of ``plan`` imports lazily (DeepSpeed's engine and ZeRO
-    optimizer, which pulls in torch._dynamo; FSDP2 and DCP; peft), so that the memory baseline
-    taken next holds the libraries and a rank's peak above it is what the model and the training
-    cost: DeepSpeed's import alone is ~130 MiB of anonymous memory per rank."""
+    optimizer; FSDP2 and DCP; peft), so that the memory baseline taken next holds the libraries
+    and a rank's peak above it is what the model and the training cost: DeepSpeed's import alone
+    is ~130 MiB of anonymous memory per rank."""
+    import_engine_for(plan.strategy, plan.zero_stage, plan.job.train.method)
+
+
+def import_engine_for(strategy: str, zero_stage: Optional[int], method: str) -> None:
+    """:func:`import_engine` from the three facts it depends on (a rank started before its plan
+    is written knows them from the job: launcher.train.prestart)."""
     import importlib
 
     names = ["transformers.integrations", "torch.distributed.checkpoint", "torch.distributed.checkpoint.state_dict"]
-    if plan.job.train.method == "lora":
+    if method == "lora":
         names.append("peft")
-    if plan.strategy == "fsdp":
+    if strategy == "fsdp":
         names.append("torch.distributed.fsdp")
     else:
         from launcher.train.strategies.zero import import_deepspeed
 
         import_deepspeed()
         names += ["deepspeed.runtime.engine",
-                  "deepspeed.runtime.zero.stage3" if plan.zero_stage == 3 else "deepspeed.runtime.zero.stage_1_and_2"]
-        if plan.zero_stage == 3:
-            names.append("deepspeed.runtime.zero.muon.original_muon")  # the ZeRO-3 optimizer imports it
+                  "deepspeed.runtime.zero.stage3" if zero_stage == 3 else "deepspeed.runtime.zero.stage_1_and_2"]
     for name in names:
         try:
             importlib.import_module(name)

@@ -18,11 +18,19 @@ def import_deepspeed():
     * its autotuner imports mlflow, when installed, to log tuning experiments (about 1 s);
     * its ZeRO optimizers import the Muon optimizer to check a client optimizer against it, and
       that module compiles its update functions with ``torch.compile`` at import, which imports
-      torch._dynamo (about 1 s). launcher's optimizer is AdamW: Muon's functions stay plain.
+      torch._dynamo (about 1 s). launcher's optimizer is AdamW: Muon's functions stay plain;
+    * its CPU accelerator counts the devices of a node from ``LOCAL_SIZE``, which DeepSpeed's own
+      launcher sets and torchrun does not (it sets LOCAL_WORLD_SIZE). Without it, every
+      ``device_count()`` forks the rank to run ``numactl --hardware``: ZeRO-3 asks once per
+      gradient bucket, about a hundred forks a second on two CPU ranks. LOCAL_SIZE is set from
+      torchrun's LOCAL_WORLD_SIZE, where it is unset.
 
     A job that logs to mlflow imports it later, unaffected (only DeepSpeed's autotuner's view is)."""
     import importlib
+    import os
 
+    if "LOCAL_WORLD_SIZE" in os.environ:
+        os.environ.setdefault("LOCAL_SIZE", os.environ["LOCAL_WORLD_SIZE"])
     if "deepspeed" not in sys.modules:
         with _hidden("mlflow"):
             import deepspeed
