@@ -13,4 +13,6 @@ def train(run_dir, preflight_only):
     `launcher run` or `launcher slurm`. Resumes from the run's latest checkpoint by itself."""
     from launcher.train.entry import main
 
-    sys.exit(main(run_dir, preflight_only=preflight_only))
+    rc = main(run_dir, preflight_only=preflight_only)
+    if rc:
+        sys.exit(rc)

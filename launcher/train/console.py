@@ -53,6 +53,16 @@ def capture_output(run_dir: str | os.PathLike, rank: int) -> Path:
     return path
 
 
+def flush_streams() -> None:
+    """Flush the user's streams and this process's own (before an exit that skips teardown)."""
+    for stream in (_user["out"], _user["err"], sys.stdout, sys.stderr):
+        if stream is not None:
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+
+
 def say(msg: str, *, err: bool = False) -> None:
     """One of launcher's own lines: to the user's stream, and to the rank's log."""
     stream = _user["err" if err else "out"]
