@@ -46,6 +46,10 @@ def parse_args(argv=None):
     ap.add_argument("--packing", action="store_true",
                     help="Trainer's own padding-free batching (DataCollatorWithFlattening) instead of padding")
     ap.add_argument("--gradient-checkpointing", action="store_true")
+    ap.add_argument("--rows", default=None,
+                    help="a launcher run's tokenized data (RUN_DIR/cache/data-<key>): train on exactly its rows "
+                         "(input_ids, labels, position_ids; packed or not), batched by launcher's own collate "
+                         "(a packed batch without attention_mask, as launcher runs it): identical work")
     return ap.parse_args(argv)
 
 
@@ -76,6 +80,8 @@ def main(argv=None) -> int:
         PartialState(backend="gloo" if not torch.cuda.is_available() else "nccl")
         extra["accelerator_config"] = {"use_configured_state": True}
 
+    if a.rows:
+        extra["remove_unused_columns"] = False  # n_docs tells collate a packed row from a padded one
     if a.strategy == "zero":
         extra["deepspeed"] = a.ds_config
     elif a.strategy == "fsdp":
@@ -115,7 +121,10 @@ def main(argv=None) -> int:
     import datasets
 
     datasets.disable_progress_bars()
-    ds = datasets.load_dataset("json", data_files=a.data, split="train")
+    if a.rows:
+        ds, rows_collator = _launcher_rows(a.rows, tok.pad_token_id)
+    else:
+        ds = datasets.load_dataset("json", data_files=a.data, split="train")
     bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
 
     def encode(row):
@@ -125,10 +134,13 @@ def main(argv=None) -> int:
         labels = ([-100] * (len(bos) + len(p)) + r)[: a.max_seq_len]
         return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
 
-    ds = ds.map(encode, remove_columns=ds.column_names)
+    if not a.rows:
+        ds = ds.map(encode, remove_columns=ds.column_names)
 
     counts = {"tokens": 0, "samples": 0, "padded": 0}
-    if a.packing:
+    if a.rows:
+        base_collator = rows_collator
+    elif a.packing:
         from transformers import DataCollatorWithFlattening
 
         base_collator = DataCollatorWithFlattening(return_position_ids=True)
@@ -158,6 +170,9 @@ def main(argv=None) -> int:
         counts["padded"] += int(ids.numel())
         if mask is not None:
             counts["tokens"] += int(mask.sum())
+            counts["samples"] += int(ids.shape[0])
+        elif a.rows:  # launcher's packed rows, padded to the longest with pad ids (never inside a document)
+            counts["tokens"] += int((ids != tok.pad_token_id).sum())
             counts["samples"] += int(ids.shape[0])
         else:
             pos = kwargs.get("position_ids")
@@ -228,6 +243,28 @@ def main(argv=None) -> int:
         dist.barrier()
         dist.destroy_process_group()
     return 0
+
+
+def _launcher_rows(folder: str, pad_id: int):
+    """(dataset, collator): the rows of a launcher run's data cache, batched by launcher's collate."""
+    import datasets
+
+    from launcher.train.data.cache import _open_cache
+    from launcher.train.data.collate import collate
+
+    rows = _open_cache(__import__("pathlib").Path(folder)).train
+    ds = datasets.Dataset.from_list([{"input_ids": list(map(int, r["input_ids"])), "labels": list(map(int, r["labels"])),
+                                      "position_ids": list(map(int, r["position_ids"])), "n_docs": int(r["n_docs"])}
+                                     for r in rows])
+
+    def collator(features):
+        b = collate(features, pad_id)
+        out = {"input_ids": b["input_ids"], "labels": b["labels"], "position_ids": b["position_ids"]}
+        if not b["packed"]:
+            out["attention_mask"] = b["attention_mask"]
+        return out
+
+    return ds, collator
 
 
 def _count_dtensors(model) -> int:
