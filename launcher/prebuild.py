@@ -22,9 +22,14 @@ OPS = (("CPUAdamBuilder", "cpu_adam", "offload_optimizer: cpu"),
 
 
 def main() -> int:
+    import torch
+    from torch.utils.cpp_extension import get_default_build_root
+
     from launcher.prepare import async_io_buildable
     from launcher.train.strategies.zero import import_deepspeed
 
+    # the accelerator launcher's ranks name (render_env): the ops for this machine, no probing
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
     import_deepspeed()
     from deepspeed.accelerator import get_accelerator
 
@@ -43,7 +48,7 @@ def main() -> int:
             print(f"{op}: build failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
                   file=sys.stderr, flush=True)
             continue
-        where = os.environ.get("TORCH_EXTENSIONS_DIR") or "~/.cache/torch_extensions"
+        where = os.environ.get("TORCH_EXTENSIONS_DIR") or get_default_build_root()
         print(f"{op}: ready in {time.time() - t0:.0f} s ({what}), cached in {where}", flush=True)
     return 1 if failed else 0
 

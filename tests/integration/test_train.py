@@ -118,6 +118,21 @@ def test_zero3_nvme_offload_trains_and_matches_a_single_process(runs):
         "optimizer/rank0", "optimizer/rank1", "float32params/rank0", "float32params/rank1"}
 
 
+def test_prebuild_builds_the_offload_ops_where_jobs_find_them():
+    """python -m launcher.prebuild: DeepSpeed's CPU Adam and async I/O ops, built (or found built)
+    in TORCH_EXTENSIONS_DIR, where a rank's DeepSpeedCPUAdam and NVMe swapper load them."""
+    ensure_libaio()
+    out = subprocess.run([sys.executable, "-m", "launcher.prebuild"], capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert [ln.split(":")[0] for ln in lines] == ["cpu_adam", "async_io"], out.stdout
+    assert all(": ready in " in ln for ln in lines), out.stdout
+    from torch.utils.cpp_extension import _get_build_directory
+
+    for op in ("cpu_adam", "async_io"):
+        assert (Path(_get_build_directory(op, verbose=False)) / f"{op}.so").is_file(), op
+
+
 def test_fsdp_offload_on_cpu_is_refused_before_launch(tmp_path):
     out = launcher_run(tmp_path / "r", *COMMON, "parallel.strategy=fsdp", "parallel.offload_params=cpu", check=False)
     assert out.returncode == 2 and "Traceback" not in out.stderr
