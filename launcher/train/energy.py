@@ -462,6 +462,23 @@ class NodeEnergySidecar(_NodeSettings):
         return self.summary
 
 
+def _cpu_brand_from_proc() -> None:
+    """CodeCarbon names the CPU (for its power table) from py-cpuinfo's ``brand_raw``, and
+    py-cpuinfo starts another Python interpreter to run CPUID: about 1.3 s of CPU on the node,
+    while its ranks start or train. On Linux the kernel's ``model name`` in /proc/cpuinfo is the
+    same CPUID brand string: py-cpuinfo answers from it here (elsewhere, or without the line, it
+    runs as it would)."""
+    try:
+        import cpuinfo
+
+        with open("/proc/cpuinfo") as f:
+            brand = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+    except (ImportError, OSError):
+        return
+    if brand:
+        cpuinfo.get_cpu_info = lambda: {"brand_raw": brand}
+
+
 def _sidecar_main(argv: list[str]) -> None:
     """The child of :class:`NodeEnergySidecar`: start the tracker, report on the saved stdout
     (anything else printed goes to stderr), then wait for "stop" on stdin; at EOF (the rank
@@ -471,6 +488,7 @@ def _sidecar_main(argv: list[str]) -> None:
     proto = os.fdopen(os.dup(1), "w")
     os.dup2(2, 1)  # CodeCarbon's prints (and C libraries') must not mix with the replies
     logging.basicConfig(level=logging.WARNING, format="[launcher] %(message)s")
+    _cpu_brand_from_proc()
     tracker = NodeEnergyTracker(**json.loads(argv[0]))
     proto.write(json.dumps({"started": tracker.start()}) + "\n")
     proto.flush()
