@@ -142,3 +142,42 @@ def test_node_without_json_is_rebuilt_from_csv(tmp_path):
     assert n["energy_kwh"]["total"] == pytest.approx(0.70 + 0.175)  # last row per session, summed
     assert n["emissions_kg"] == pytest.approx(0.25)
     assert n["measured"]["gpu"].startswith("unknown")
+
+
+CPU_PROBE = """
+import json, subprocess, sys
+spawned = []
+real = subprocess.Popen.__init__
+def record(self, args, *a, **k):
+    if "python" in str(args[0] if isinstance(args, (list, tuple)) else args).rsplit("/", 1)[-1]:
+        spawned.append(args)  # a Python interpreter (CodeCarbon's other probes: uname, file, nvidia-smi)
+    real(self, args, *a, **k)
+subprocess.Popen.__init__ = record
+if sys.argv[1] == "launcher":
+    from launcher.train.energy import _cpu_brand_from_proc
+    _cpu_brand_from_proc()
+from codecarbon.core.util import detect_cpu_model
+print(json.dumps({"brand": detect_cpu_model(), "spawned": len(spawned)}))
+"""
+
+
+@pytest.mark.parametrize("how", ["launcher", "plain"])
+def test_the_energy_child_names_the_cpu_without_another_interpreter(how):
+    """CodeCarbon's CPU name comes from py-cpuinfo, which starts a second Python to run CPUID
+    (about 1.3 s of CPU while the ranks run); the energy child answers it from /proc/cpuinfo's
+    model name, the same CPUID brand string. The plain path, in the same environment, spawns."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    proc = Path("/proc/cpuinfo")
+    model = next((ln.split(":", 1)[1].strip() for ln in proc.read_text().splitlines()
+                  if ln.startswith("model name")), "") if proc.exists() else ""
+    if not model:
+        pytest.skip("no model name in /proc/cpuinfo: py-cpuinfo runs as it would")
+    out = subprocess.run([sys.executable, "-c", CPU_PROBE, how], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["brand"] == model
+    assert (seen["spawned"] == 0) == (how == "launcher"), seen
