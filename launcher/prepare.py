@@ -126,10 +126,34 @@ def with_procs(spec, device: str, nproc: Optional[int]):
     return spec.model_copy(update={"cluster": spec.cluster.model_copy(update={key: nproc})})
 
 
-def plan_without_data(spec, device: str, *, cpu_count: Optional[int] = None, **plan_kw):
+_SBATCH_MEM_UNITS = {"": 2**20, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def node_ram_bytes(spec, *, here: bool = True) -> Optional[int]:
+    """A node's memory: ``cluster.slurm.mem`` (sbatch units: M when none is given) where the job
+    asks for it, else this machine's MemTotal when the job runs ``here``, else unknown."""
+    mem = spec.cluster.slurm.mem
+    if mem:
+        import re
+
+        m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)B?\s*", str(mem).upper())
+        return int(float(m.group(1)) * _SBATCH_MEM_UNITS[m.group(2)]) if m else None
+    if not here:
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def plan_without_data(spec, device: str, *, cpu_count: Optional[int] = None, here: bool = True, **plan_kw):
     """(job with absolute paths, its plan): everything but the steps, which need the data. The
     forecast's carbon intensity is CodeCarbon's for the job's country; ``plan_kw`` go to plan_job
-    (``calibration``)."""
+    (``calibration``). ``here``: the job runs on this machine (its RAM is the node's)."""
     from launcher.plan import plan_job
     from launcher.sources import absolute_paths, model_info
 
@@ -138,7 +162,7 @@ def plan_without_data(spec, device: str, *, cpu_count: Optional[int] = None, **p
     spec = absolute_paths(spec)
     intensity, source = carbon_intensity(spec.report.country_iso_code)
     plan = plan_job(spec, device=device, model_info=model_info(spec), cpu_count=cpu_count,
-                    carbon_intensity=intensity, carbon_source=source, **plan_kw)
+                    host_memory_bytes=node_ram_bytes(spec, here=here), carbon_intensity=intensity, carbon_source=source, **plan_kw)
     check_attention(plan)
     return spec, plan
 
@@ -302,7 +326,7 @@ def slurm_files(spec, run_dir: str, *, python: str, extra_train_args: Sequence[s
     from launcher.render.slurm import render_sbatch
 
     check_trackers_here(spec)  # the nodes run this Python environment (sys.executable)
-    spec, plan = plan_without_data(spec, resolve_device(spec), cpu_count=spec.cluster.slurm.cpus_per_task)
+    spec, plan = plan_without_data(spec, resolve_device(spec), cpu_count=spec.cluster.slurm.cpus_per_task, here=False)
     script = render_sbatch(plan, run_dir, python=python, extra_train_args=list(extra_train_args))
     return plan, {**engine_files(plan), rundir.SBATCH: script}
 

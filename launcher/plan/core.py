@@ -26,13 +26,15 @@ def plan_job(
     model_info: Optional[ModelInfo] = None,
     train_rows: Optional[int] = None,
     cpu_count: Optional[int] = None,
+    host_memory_bytes: Optional[int] = None,
     carbon_intensity: Optional[float] = None,
     carbon_source: Optional[str] = None,
     calibration: Optional[Calibration] = None,
 ) -> Plan:
     """Resolve every derived value of ``spec``. ``device`` is the resolved device ("auto" is
     resolved by the caller, who may look at the hardware). ``train_rows`` (rows after
-    tokenization/packing) gives steps per epoch; ``cpu_count`` gives threads per rank on CPU.
+    tokenization/packing) gives steps per epoch; ``cpu_count`` gives threads per rank on CPU,
+    ``host_memory_bytes`` (a node's RAM) the host-memory mode ``parallel.host_memory=auto`` picks.
     ``carbon_intensity`` (gCO2e/kWh of ``report.country_iso_code``, read by the caller:
     :func:`launcher.report.carbon.carbon_intensity`) and ``calibration`` (an earlier run's
     measurements) feed the forecast."""
@@ -120,10 +122,36 @@ def plan_job(
         if t.method == "lora" and model_info.n_trainable_params is None:
             raise JobError("model info: LoRA adapters were not counted (a ModelInfo counted for full fine-tuning)")
         plan = plan.model_copy(update={"memory": estimate_memory(model_info, layout_of(plan), plan.params["trainable"])})
+    mode, why = resolve_host_memory(p.host_memory, plan.memory.host_per_node_bytes if plan.memory else None,
+                                    host_memory_bytes)
+    plan = plan.model_copy(update={"host_memory": mode, "derivations": [*plan.derivations, why],
+                                   "notes": [*plan.notes, *([LEAN_NOTE] if mode == "lean" else [])]})
     if train_rows is not None:
         plan = with_train_rows(plan, train_rows)
     return plan.model_copy(update={"forecast": build_forecast(plan, carbon_intensity=carbon_intensity,
                                                               carbon_source=carbon_source, calibration=calibration)})
+
+
+LEAN_SHARE = 0.5  # auto picks lean when a node's planned host memory passes this share of its RAM
+LEAN_NOTE = ("parallel.host_memory=lean trades speed for host memory: on bench/vs_trainer.py's 4.2M-parameter "
+             "Llama on CPU it ran 0.66x the tokens/s of fast (bench/RESULTS.md); set parallel.host_memory=fast "
+             "where the node's memory allows")
+
+
+def resolve_host_memory(asked: str, planned_host_bytes: Optional[int], ram_bytes: Optional[int]) -> tuple[str, str]:
+    """``parallel.host_memory`` resolved, and the line that says why. lean: a fixed glibc mmap
+    threshold (CPU ranks) and the allocator's free memory returned to the system after every
+    step, the lowest host peak; fast: glibc's own dynamic threshold, memory returned only after
+    loading. auto: lean when the node's planned host memory passes LEAN_SHARE of its RAM."""
+    if asked != "auto":
+        return asked, f"host_memory = {asked} (parallel.host_memory)"
+    if planned_host_bytes is None or not ram_bytes:
+        return "fast", "host_memory = fast (auto: the planned host memory or the node's RAM is unknown)"
+    share = planned_host_bytes / ram_bytes
+    mode = "lean" if share > LEAN_SHARE else "fast"
+    return mode, (f"host_memory = {mode} (auto: planned host memory {planned_host_bytes / 2**30:.2f} GiB per node is "
+                  f"{share:.0%} of its {ram_bytes / 2**30:.1f} GiB RAM, {'over' if mode == 'lean' else 'within'} "
+                  f"{LEAN_SHARE:.0%})")
 
 
 def with_train_rows(plan: Plan, train_rows: int) -> Plan:

@@ -154,6 +154,7 @@ class Plan(_Frozen):
     steps_per_epoch: Optional[int] = None
     total_steps: Optional[int] = None
     threads_per_rank: Optional[int] = None
+    host_memory: Literal["lean", "fast"] = "fast"  # parallel.host_memory resolved (auto: from the memory plan)
 
     # Facts of the job, shown in plan.json for readers (jq, scripts) but never stored twice:
     # they are computed from ``job`` and dropped again when a plan.json is read.

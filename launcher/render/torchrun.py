@@ -72,11 +72,11 @@ def render_env(plan: Plan, extra: Optional[Mapping[str, str]] = None, run_dir: O
     if plan.device == "cpu":
         env["OMP_NUM_THREADS"] = str(plan.threads_per_rank or 1)
         env["DS_ACCELERATOR"] = "cpu"  # DeepSpeed's detection otherwise warns "Setting accelerator to CPU" per rank
-        # glibc raises its mmap threshold as large blocks are freed, so parameter shards and
-        # gathered layers end up in heap holes it never returns: a fixed 1 MiB threshold cut a
-        # 290M-parameter LoRA rank's peak from 1.4x to 0.4x the fp32 model (bench/RESULTS.md),
-        # with no measurable cost in steps/s (lower thresholds cost 25%)
-        env["MALLOC_MMAP_THRESHOLD_"] = str(MALLOC_MMAP_THRESHOLD)
+        if plan.host_memory == "lean":
+            # glibc raises its mmap threshold as large blocks are freed, so parameter shards and
+            # gathered layers end up in heap holes it never returns; a fixed threshold maps and
+            # unmaps every large block instead (the lowest peak, paid in page faults every step)
+            env["MALLOC_MMAP_THRESHOLD_"] = str(MALLOC_MMAP_THRESHOLD)
     else:
         env["TORCH_NCCL_ASYNC_ERROR_HANDLING"] = "1"
         env["TORCH_NCCL_TRACE_BUFFER_SIZE"] = "2000"

@@ -150,7 +150,8 @@ def train_main(run_dir: str, plan, prepared, tokenizer, t_start: float) -> int:
             watchdog.beat(step, phase="after eval")
             t_last = time.time()
         monitor.sample()
-        release_free_memory()
+        if plan.host_memory == "lean":
+            release_free_memory()
         if total.stop:
             ckpts.save_checkpoint(run, strategy, done, spec.train.keep_last_checkpoints, metrics)
             status = "preempted"

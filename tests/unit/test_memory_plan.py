@@ -400,3 +400,42 @@ def test_with_forecast_keeps_what_it_was_handed():
     again = with_forecast(p)
     assert again.forecast == p.forecast
     assert build_forecast(p, carbon_intensity=123.0) == p.forecast
+
+
+# --------------------------------------------------------------------------- host memory: lean or fast
+
+def test_host_memory_auto_is_lean_only_when_the_node_is_short_of_ram():
+    """parallel.host_memory=auto: lean (fixed mmap threshold, a trim every step) when the planned
+    host memory of a node passes half of its RAM, fast otherwise or when either is unknown; a
+    mode the job names is kept. The launch environment follows the resolved mode."""
+    from launcher.plan.core import LEAN_SHARE
+    from launcher.render.torchrun import render_env
+
+    def planned(ram, **parallel):
+        spec = build_job({"parallel": {"strategy": "zero", "zero_stage": 2, **parallel},
+                          "cluster": {"device": "cpu", "cpu_procs_per_node": 2}})
+        return plan_job(spec, device="cpu", model_info=TINY, cpu_count=2, host_memory_bytes=ram)
+
+    host = planned(None).memory.host_per_node_bytes
+    roomy, short = planned(int(host / LEAN_SHARE) + 2**20), planned(int(host / LEAN_SHARE) - 2**20)
+    assert (roomy.host_memory, short.host_memory) == ("fast", "lean")
+    assert any("host_memory = lean (auto: planned host memory" in d and "over 50%" in d for d in short.derivations)
+    assert any("parallel.host_memory=lean trades speed for host memory" in n for n in short.notes)
+    assert not any("host_memory=lean" in n for n in roomy.notes)
+    assert planned(None).host_memory == "fast"
+    assert planned(2**50, host_memory="lean").host_memory == "lean"
+    assert planned(2**20, host_memory="fast").host_memory == "fast"
+    assert "MALLOC_MMAP_THRESHOLD_" in render_env(short) and "MALLOC_MMAP_THRESHOLD_" not in render_env(roomy)
+
+
+def test_a_nodes_ram_comes_from_slurm_mem_or_this_machine():
+    from launcher.prepare import node_ram_bytes
+
+    def spec(mem=None):
+        return build_job({"cluster": {"slurm": {"mem": mem}}})
+
+    assert node_ram_bytes(spec("200G"), here=False) == 200 * 2**30
+    assert node_ram_bytes(spec("4096"), here=False) == 4096 * 2**20  # sbatch's unit: megabytes
+    assert node_ram_bytes(spec("1.5T")) == int(1.5 * 2**40)
+    assert node_ram_bytes(spec(), here=False) is None
+    assert node_ram_bytes(spec()) == os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")  # MemTotal
