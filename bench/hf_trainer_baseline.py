@@ -50,6 +50,10 @@ def parse_args(argv=None):
                     help="a launcher run's tokenized data (RUN_DIR/cache/data-<key>): train on exactly its rows "
                          "(input_ids, labels, position_ids; packed or not), batched by launcher's own collate "
                          "(a packed batch without attention_mask, as launcher runs it): identical work")
+    ap.add_argument("--same-batches", action="store_true",
+                    help="with --rows: every rank's micro batches are the rows launcher's own schedule gives it "
+                         "(launcher.train.data.BatchSchedule, seed --seed, one epoch), in launcher's order, instead "
+                         "of the Trainer's sampler: padded runs then pad the same rows together on both sides")
     return ap.parse_args(argv)
 
 
@@ -122,7 +126,7 @@ def main(argv=None) -> int:
 
     datasets.disable_progress_bars()
     if a.rows:
-        ds, rows_collator = _launcher_rows(a.rows, tok.pad_token_id)
+        ds, rows_collator = _launcher_rows(a.rows, tok.pad_token_id, a if a.same_batches else None)
     else:
         ds = datasets.load_dataset("json", data_files=a.data, split="train")
     bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
@@ -231,8 +235,20 @@ def main(argv=None) -> int:
                 record(self.pending)
                 self.pending = None
 
-    trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=collator,
-                      processing_class=tok, callbacks=[Probe()])
+    trainer_cls = Trainer
+    if a.rows and a.same_batches:
+        from torch.utils.data import SequentialSampler
+
+        class InLauncherOrder(Trainer):
+            """The dataset is already in launcher's order: accelerate deals consecutive batches
+            of the sequential sampler to the ranks in turn (batch i to rank i % world)."""
+
+            def _get_train_sampler(self, *args_, **kw):
+                return SequentialSampler(self.train_dataset)
+
+        trainer_cls = InLauncherOrder
+    trainer = trainer_cls(model=model, args=args, train_dataset=ds, data_collator=collator,
+                          processing_class=tok, callbacks=[Probe()])
     holder["trainer"] = trainer
     trainer.train()
     record({"kind": "end", "peak_rss_mib_self": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -245,17 +261,28 @@ def main(argv=None) -> int:
     return 0
 
 
-def _launcher_rows(folder: str, pad_id: int):
-    """(dataset, collator): the rows of a launcher run's data cache, batched by launcher's collate."""
+def _launcher_rows(folder: str, pad_id: int, same_batches=None):
+    """(dataset, collator): the rows of a launcher run's data cache, batched by launcher's collate.
+    ``same_batches`` (the parsed arguments): the rows laid out in the order launcher's schedule
+    feeds them, step by step, micro batch by micro batch, rank by rank."""
     import datasets
 
     from launcher.train.data.cache import _open_cache
     from launcher.train.data.collate import collate
 
     rows = _open_cache(__import__("pathlib").Path(folder)).train
-    ds = datasets.Dataset.from_list([{"input_ids": list(map(int, r["input_ids"])), "labels": list(map(int, r["labels"])),
-                                      "position_ids": list(map(int, r["position_ids"])), "n_docs": int(r["n_docs"])}
-                                     for r in rows])
+    order = range(len(rows))
+    if same_batches is not None:
+        from launcher.train.data import BatchSchedule
+
+        a, world = same_batches, int(os.environ.get("WORLD_SIZE", "1"))
+        sched = BatchSchedule(len(rows), world, a.micro_batch, a.grad_accum, 1, a.seed)
+        order = [i for step in range(a.max_steps) for micro in range(a.grad_accum) for rank in range(world)
+                 for i in sched.rows_for(step, micro, rank)]
+    ds = datasets.Dataset.from_list([{"input_ids": list(map(int, rows[i]["input_ids"])),
+                                      "labels": list(map(int, rows[i]["labels"])),
+                                      "position_ids": list(map(int, rows[i]["position_ids"])),
+                                      "n_docs": int(rows[i]["n_docs"])} for i in order])
 
     def collator(features):
         b = collate(features, pad_id)

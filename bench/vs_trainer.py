@@ -129,13 +129,34 @@ def steady(steps: list[dict], warmup: int) -> dict:
             "losses": [s.get("loss") for s in steps]}
 
 
-def run_launcher(work: Path, case: str, tag: str, a) -> dict:
+ABLATE_DIR = Path(__file__).resolve().parent / "ablate"
+
+
+def variant_settings(variant: str) -> tuple[dict, list[str]]:
+    """(environment, job overrides) of an ablation variant: ``default``, ``off:NAME[+NAME]`` (a
+    mechanism switched off by bench/ablate/sitecustomize.py), ``env:K=V`` or ``set:key=value``."""
+    kind, _, what = variant.partition(":")
+    if variant == "default":
+        return {}, []
+    if kind == "off":
+        path = os.pathsep.join(x for x in (str(ABLATE_DIR), os.environ.get("PYTHONPATH", "")) if x)
+        return {"LAUNCHER_ABLATE": what.replace("+", ","), "PYTHONPATH": path}, []
+    if kind == "env":
+        k, _, v = what.partition("=")
+        return {k: v}, []
+    if kind == "set":
+        return {}, [what]
+    raise SystemExit(f"--ablate: unknown variant {variant!r} (default, off:NAME, env:K=V, set:key=value)")
+
+
+def run_launcher(work: Path, case: str, tag: str, a, variant: str = "default") -> dict:
     stage, packed = CASES[case]
     run_dir = work / "runs" / tag
     shutil.rmtree(run_dir, ignore_errors=True)
+    extra_env, overrides = variant_settings(variant)
     argv = ["launcher", "run", str(work / "job.yaml"), "--run-dir", str(run_dir), f"parallel.zero_stage={stage}",
-            f"data.packing={'true' if packed else 'false'}"]
-    env = dict(os.environ, **dict(kv.split("=", 1) for kv in a.launcher_env))
+            f"data.packing={'true' if packed else 'false'}", *overrides]
+    env = dict(os.environ, **dict(kv.split("=", 1) for kv in a.launcher_env), **extra_env)
     r = C.run_logged(argv, work / "logs" / f"{tag}.log", env=env, cwd=str(work), marker="launcher train")
     out = {"tool": "launcher", "tag": tag, "rc": r["rc"], "wall_s": r["wall_s"], "peak_rss_mib": r["peak_rss_mib"]}
     m = run_dir / "metrics.jsonl"
@@ -156,7 +177,7 @@ def run_trainer(work: Path, case: str, tag: str, rows: str, ds_config: str, a) -
     shutil.rmtree(out_dir, ignore_errors=True)
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc-per-node", "2",
             str(T.TRAINER_SCRIPT), "--model", str(work / "model"), "--data", str(work / "data.jsonl"),
-            "--rows", rows, "--out", str(out_dir), "--strategy", "zero", "--ds-config", ds_config,
+            "--rows", rows, "--same-batches", "--out", str(out_dir), "--strategy", "zero", "--ds-config", ds_config,
             "--dist-setup", "configured", "--micro-batch", "2", "--grad-accum", "2", "--lr", "1e-3",
             "--max-steps", str(a.warmup + a.steps), "--max-seq-len", "512"]
     env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
@@ -187,6 +208,9 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps first")
     ap.add_argument("--launcher-env", nargs="*", default=[], metavar="K=V",
                     help="environment for the launcher runs only (an ablation)")
+    ap.add_argument("--ablate", nargs="+", default=None, metavar="VARIANT",
+                    help="launcher only, no Trainer: per round the default, then each variant (off:NAME, "
+                    "env:K=V, set:key=value); the ratio is variant / default of the same round")
     ap.add_argument("--workdir", default="/tmp/launcher-bench-vs-trainer")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
@@ -199,6 +223,8 @@ def main(argv=None) -> int:
     build_data(work / "data.jsonl")
     (work / "job.yaml").write_text(job_yaml(work, a))
     t_all = time.time()
+    if a.ablate:
+        return ablate(work, a, info, t_all)
     results: dict[str, list[dict]] = {c: [] for c in a.cases}
     for i in range(a.rounds):
         for case in a.cases:
@@ -223,6 +249,41 @@ def main(argv=None) -> int:
               f"{' / '.join(C.fmt(x) for x in ratios)} | **{C.fmt(C.median(ratios))}** |")
     out = Path(a.json) if a.json else work / "vs_trainer.json"
     C.write_json(out, {"machine": info, "args": vars(a), "summary": summary, "results": results,
+                       "total_wall_s": time.time() - t_all, "load_after": C.load_avg()})
+    print(f"\ntotal {time.time() - t_all:.0f} s; load after {C.load_avg()}; results: {out}")
+    return 0
+
+
+def ablate(work: Path, a, info: dict, t_all: float) -> int:
+    """Each variant against the default launcher of the same round (alternating), per case."""
+    variants = ["default", *a.ablate]
+    res: dict[str, dict[str, list[dict]]] = {c: {v: [] for v in variants} for c in a.cases}
+    for i in range(a.rounds):
+        for case in a.cases:
+            order = variants if i % 2 == 0 else [variants[0], *reversed(variants[1:])]
+            for v in order:
+                tag = f"{case}-{v.replace(':', '-').replace('=', '-').replace('+', '-')}-{i}"
+                r = run_launcher(work, case, tag, a, v)
+                res[case][v].append(r)
+                print(f"  round {i} {case} {v}: {C.fmt(r.get('useful_tok_s'), 0)} tok/s"
+                      + (f"; error: {r['error']}" if r.get("error") else ""), flush=True)
+    summary: dict = {}
+    print("\n| case | variant | tok/s (rounds) | / default, per round | median | cost of the mechanism |")
+    print("|---|---|---|---|---|---|")
+    for case in a.cases:
+        base = res[case]["default"]
+        summary[case] = {}
+        for v in variants:
+            rs = res[case][v]
+            ratios = [x.get("useful_tok_s") / b.get("useful_tok_s") for x, b in zip(rs, base)
+                      if x.get("useful_tok_s") and b.get("useful_tok_s")]
+            med = C.median(ratios) if ratios else None
+            summary[case][v] = {"tok_s": [x.get("useful_tok_s") for x in rs], "ratios": ratios, "median_ratio": med}
+            cost = f"{(1 - 1 / med) * 100:+.1f}%" if med and v.startswith("off:") else ""
+            print(f"| {case} | {v} | {' / '.join(C.fmt(x.get('useful_tok_s'), 0) for x in rs)} | "
+                  f"{' / '.join(C.fmt(x) for x in ratios)} | **{C.fmt(med)}** | {cost} |")
+    out = Path(a.json) if a.json else work / "vs_trainer_ablate.json"
+    C.write_json(out, {"machine": info, "args": vars(a), "summary": summary, "results": res,
                        "total_wall_s": time.time() - t_all, "load_after": C.load_avg()})
     print(f"\ntotal {time.time() - t_all:.0f} s; load after {C.load_avg()}; results: {out}")
     return 0
