@@ -133,10 +133,10 @@ class ParallelSpec(_Strict):
     )
     reshard_after_forward: bool = Field(True, description="FSDP2: free gathered params after forward.")
     host_memory: Literal["auto", "lean", "fast"] = Field(
-        "auto", description="Host memory of each rank: lean (a fixed 1 MiB glibc mmap threshold on CPU and the "
-        "allocator's free memory returned after every step: the lowest peak, up to ~40% fewer tokens/s on small "
-        "models), fast (glibc's defaults), or auto: lean when the planned host memory of a node passes half of "
-        "its RAM, else fast.")
+        "auto", description="Host memory of each rank: lean (the allocator's free memory returned after every "
+        "step; on CPU also a fixed 1 MiB glibc mmap threshold and ZeRO's buckets and gathered parameters capped "
+        "at a twentieth of the model: the lowest peak, fewer tokens/s), fast (glibc's defaults, DeepSpeed's "
+        "sizes), or auto: lean when the planned host memory of a node passes half of its RAM, else fast.")
 
     @field_validator("zero_buckets")
     @classmethod

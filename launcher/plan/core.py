@@ -6,7 +6,7 @@ from typing import Optional
 
 from launcher.errors import JobError
 from launcher.plan.batch import resolve_batch
-from launcher.plan.engines import build_ds_config, build_fsdp_settings
+from launcher.plan.engines import ZERO3_MAX_LIVE_PARAMETERS, build_ds_config, build_fsdp_settings
 from launcher.plan.forecast import build_forecast, with_forecast
 from launcher.plan.memory import estimate_memory, layout_of
 from launcher.plan.schedule import steps_per_epoch as _steps_per_epoch
@@ -83,7 +83,7 @@ def plan_job(
         bucket_size = p.zero_buckets if isinstance(p.zero_buckets, int) else None
         if p.zero_buckets == "model" and not model_info:
             notes.append("parallel.zero_buckets=model but the model's config is unknown: DeepSpeed defaults used")
-        ds_config = build_ds_config(
+        ds_kw = dict(
             stage=p.zero_stage, micro_batch_size=batch.micro_batch_size, grad_accum_steps=batch.grad_accum_steps,
             world_size=world, precision=spec.model.dtype, offload_optimizer=p.offload_optimizer,
             offload_params=p.offload_params, nvme_path=p.nvme_path, hidden_size=hidden, bucket_size=bucket_size,
@@ -93,15 +93,10 @@ def plan_job(
             betas=t.adam_betas, eps=t.adam_eps, weight_decay=t.weight_decay, gradient_clipping=t.max_grad_norm,
             torch_adam=device == "cpu",
         )
+        ds_config = build_ds_config(**ds_kw)
         derivations.append(
             f"ds_config.train_batch_size = {ds_config['train_batch_size']} (= global_batch_size, checked)"
         )
-        if p.zero_stage == 3 and model_info:
-            z = ds_config["zero_optimization"]
-            derivations.append(
-                f"stage3_max_live_parameters = min(1e9, n_params {model_info.n_params:,} / 20) = "
-                f"{z['stage3_max_live_parameters']:,} (DeepSpeed's 1e9 would keep a model under 1B "
-                "parameters gathered whole)")
     else:
         fsdp = build_fsdp_settings(spec)
 
@@ -124,12 +119,34 @@ def plan_job(
         plan = plan.model_copy(update={"memory": estimate_memory(model_info, layout_of(plan), plan.params["trainable"])})
     mode, why = resolve_host_memory(p.host_memory, plan.memory.host_per_node_bytes if plan.memory else None,
                                     host_memory_bytes)
-    plan = plan.model_copy(update={"host_memory": mode, "derivations": [*plan.derivations, why],
+    if mode == "fast" and device == "cpu" and ds_config is not None and model_info:
+        # on CPU what ZeRO gathers and buckets is host memory too: fast takes DeepSpeed's sizes
+        # (buckets no larger than the model), unless that plan itself passes the share of the RAM
+        fast = plan.model_copy(update={"ds_config": build_ds_config(**ds_kw, cap_at_twentieth=False)})
+        fast = fast.model_copy(update={"memory": estimate_memory(model_info, layout_of(fast), plan.params["trainable"])})
+        mode2, why2 = resolve_host_memory(p.host_memory, fast.memory.host_per_node_bytes, host_memory_bytes)
+        if mode2 == "fast":
+            plan, why = fast, why2
+        else:  # within the share only with lean's caps
+            mode, why = "lean", why2 + " with DeepSpeed's sizes: lean caps them"
+    plan = plan.model_copy(update={"host_memory": mode, "derivations": [*plan.derivations, why, *_zero3_caps(plan)],
                                    "notes": [*plan.notes, *([LEAN_NOTE] if mode == "lean" else [])]})
     if train_rows is not None:
         plan = with_train_rows(plan, train_rows)
     return plan.model_copy(update={"forecast": build_forecast(plan, carbon_intensity=carbon_intensity,
                                                               carbon_source=carbon_source, calibration=calibration)})
+
+
+def _zero3_caps(plan: Plan) -> list[str]:
+    z = (plan.ds_config or {}).get("zero_optimization", {})
+    if z.get("stage") != 3 or not plan.model:
+        return []
+    live = z["stage3_max_live_parameters"]
+    if live < ZERO3_MAX_LIVE_PARAMETERS:
+        return [f"stage3_max_live_parameters = min(1e9, n_params {plan.model.n_params:,} / 20) = {live:,} "
+                "(host_memory lean: DeepSpeed's 1e9 would keep a model under 1B parameters gathered whole)"]
+    return [f"stage3_max_live_parameters = {live:,} (DeepSpeed's default; a model under 1B parameters stays gathered "
+            "through forward and backward)"]
 
 
 LEAN_SHARE = 0.5  # auto picks lean when a node's planned host memory passes this share of its RAM

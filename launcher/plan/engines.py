@@ -63,6 +63,7 @@ def build_ds_config(
     gradient_clipping: float = 1.0,
     torch_adam: bool = False,
     steps_per_print: int = 100,
+    cap_at_twentieth: bool = True,
 ) -> dict:
     """A complete DeepSpeed config: every value concrete, nothing left "auto".
 
@@ -71,7 +72,8 @@ def build_ds_config(
     it, so that FSDP2 and ZeRO follow the very same schedule function.
 
     ``n_params`` (the model's, when known) caps the buckets and what ZeRO-3 keeps gathered at a
-    twentieth of the model (``live_parameter_cap``), and ``n_trainable`` caps the gradient bucket.
+    twentieth of the model (``live_parameter_cap``; not with ``cap_at_twentieth=False``, the plan's
+    host_memory fast on CPU), and ``n_trainable`` caps the gradient bucket.
     A derived bucket is rounded up to what DeepSpeed's ZeRO optimizers assert
     (``ZERO_SIZE_MULTIPLE``); a ``bucket_size`` the user gave is checked, never changed.
     DeepSpeed's defaults are sized for models of tens of billions of parameters: 1e9 live
@@ -88,7 +90,7 @@ def build_ds_config(
         raise JobError(f"--precision: must be bf16, fp16 or fp32, got {precision!r}")
 
     buckets = model_buckets(hidden_size) if hidden_size else dict(ZERO_DEFAULT_BUCKETS)
-    cap = live_parameter_cap(n_params)
+    cap = live_parameter_cap(n_params if cap_at_twentieth else None)
     buckets = {k: min(v, cap) if k != "stage3_param_persistence_threshold" else v for k, v in buckets.items()}
     if n_trainable:  # a gradient bucket larger than all the gradients is memory for nothing (LoRA)
         buckets["reduce_bucket_size"] = max(1, min(buckets["reduce_bucket_size"], n_trainable))

@@ -439,3 +439,22 @@ def test_a_nodes_ram_comes_from_slurm_mem_or_this_machine():
     assert node_ram_bytes(spec("1.5T")) == int(1.5 * 2**40)
     assert node_ram_bytes(spec(), here=False) is None
     assert node_ram_bytes(spec()) == os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")  # MemTotal
+
+
+def test_zero_sizes_on_cpu_follow_the_host_memory_mode():
+    """On CPU, fast gives ZeRO DeepSpeed's sizes (buckets no larger than the model; ZeRO-3 keeps a
+    model under 1B parameters gathered), lean caps them at a twentieth of the model (the 290M
+    scale runs' bound needs it). On GPUs the twentieth stays."""
+    def zero(device, mode):
+        spec = build_job({"parallel": {"strategy": "zero", "zero_stage": 3, "host_memory": mode},
+                          "cluster": {"device": device, "cpu_procs_per_node": 2, "gpus_per_node": 2}})
+        plan = plan_job(spec, device=device, model_info=TINY, cpu_count=2, host_memory_bytes=2**40)
+        return plan.ds_config["zero_optimization"], plan
+
+    fast, plan = zero("cpu", "fast")
+    assert fast["stage3_max_live_parameters"] == 1_000_000_000 and fast["reduce_bucket_size"] == TINY.n_params
+    assert any("stage3_max_live_parameters = 1,000,000,000 (DeepSpeed's default" in d for d in plan.derivations)
+    lean, _ = zero("cpu", "lean")
+    assert lean["stage3_max_live_parameters"] == TINY.n_params // 20 == lean["stage3_prefetch_bucket_size"]
+    assert zero("cpu", "auto")[0] == fast  # a terabyte of RAM: fast
+    assert zero("cuda", "fast")[0]["stage3_max_live_parameters"] == TINY.n_params // 20
