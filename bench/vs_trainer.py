@@ -7,13 +7,14 @@ The work, the same on both sides:
 * data: 2,000 instruction documents of 32-512 tokens (uniform), words of a 2,048-token
   word-level tokenizer; loss on the response;
 * the rows: each case's launcher run tokenizes (and packs, or not) into its run directory's cache;
-  the Trainer of the same round trains on exactly those rows (``hf_trainer_baseline.py --rows``),
-  batched by launcher's own ``collate`` (packed: without attention_mask, documents kept apart by
+  the Trainer of the same round trains on exactly those rows, in the same micro batches in the
+  same order (``hf_trainer_baseline.py --rows --same-batches``), batched by launcher's own ``collate`` (packed: without attention_mask, documents kept apart by
   position_ids; padded: one document per row, padded to the longest of the micro batch);
 * batch: micro 2 x accumulation 2 x 2 CPU ranks, one thread each; AdamW, lr 1e-3 constant, grad
   clip 1.0;
-* DeepSpeed: the ds_config.json that launcher wrote for the run, given to the Trainer as
-  ``TrainingArguments(deepspeed=...)``; each side its own engine start;
+* DeepSpeed, each side its own engine start: launcher its own ds_config.json; the Trainer, by
+  default, the config a Trainer user writes (``--trainer-config hf-auto``: transformers' guide,
+  sizes "auto"), or exactly launcher's (``--trainer-config launcher``: the engine loop alone);
 * counted: useful (non-padding) tokens per second over the timed steps (``--steps`` after
   ``--warmup``), rank 0's step clock on both sides.
 
@@ -25,7 +26,9 @@ Trainer on CPU"), so no Trainer figure is made up for it.
 
     python bench/vs_trainer.py                                   # 4 cases x 3 rounds (~35 min here)
     python bench/vs_trainer.py --cases zero3-padded --rounds 1 --steps 10
-    python bench/vs_trainer.py --launcher-env LAUNCHER_GLOO_GATHER=gloo   # an ablation
+    python bench/vs_trainer.py --trainer-config launcher                  # the same ds_config on both sides
+    python bench/vs_trainer.py --cases zero2-packed --ablate off:memory_thread env:LAUNCHER_GLOO_GATHER=gloo \
+        set:parallel.host_memory=lean        # launcher only: each variant against its default, same round
 """
 from __future__ import annotations
 
@@ -172,6 +175,30 @@ def run_launcher(work: Path, case: str, tag: str, a, variant: str = "default") -
     return out
 
 
+def hf_auto_config(work: Path, stage: int) -> str:
+    """The DeepSpeed config a Trainer user writes: the ZeRO-2 / ZeRO-3 examples of transformers'
+    DeepSpeed guide without their CPU offload, every size "auto" (the Trainer fills the buckets
+    from hidden_size: reduce hidden^2, prefetch 0.9 hidden^2, persistence 10 hidden) or the guide's
+    number (allgather 2e8; ZeRO-3's live parameters and reuse distance 1e9, sub groups 1e9).
+    One change: ``torch_adam`` (on CPU DeepSpeed would JIT-build its fused Adam; launcher's config
+    asks for the same)."""
+    zero = ({"stage": 2, "allgather_partitions": True, "allgather_bucket_size": 2e8, "overlap_comm": True,
+             "reduce_scatter": True, "reduce_bucket_size": "auto", "contiguous_gradients": True} if stage == 2 else
+            {"stage": 3, "overlap_comm": True, "contiguous_gradients": True, "sub_group_size": 1e9,
+             "reduce_bucket_size": "auto", "stage3_prefetch_bucket_size": "auto",
+             "stage3_param_persistence_threshold": "auto", "stage3_max_live_parameters": 1e9,
+             "stage3_max_reuse_distance": 1e9, "stage3_gather_16bit_weights_on_model_save": True})
+    cfg = {"bf16": {"enabled": "auto"},
+           "optimizer": {"type": "AdamW", "params": {"lr": "auto", "betas": "auto", "eps": "auto",
+                                                     "weight_decay": "auto", "torch_adam": True}},
+           "zero_optimization": zero, "gradient_accumulation_steps": "auto", "gradient_clipping": "auto",
+           "steps_per_print": 2000, "train_batch_size": "auto", "train_micro_batch_size_per_gpu": "auto",
+           "wall_clock_breakdown": False}
+    path = work / f"hf-auto-zero{stage}.json"
+    path.write_text(json.dumps(cfg, indent=2))
+    return str(path)
+
+
 def run_trainer(work: Path, case: str, tag: str, rows: str, ds_config: str, a) -> dict:
     out_dir = work / "runs" / tag
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -208,6 +235,10 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps first")
     ap.add_argument("--launcher-env", nargs="*", default=[], metavar="K=V",
                     help="environment for the launcher runs only (an ablation)")
+    ap.add_argument("--trainer-config", choices=["hf-auto", "launcher"], default="hf-auto",
+                    help="the Trainer's DeepSpeed config: hf-auto, what a Trainer user writes (transformers' guide, "
+                         "sizes \"auto\"), or launcher, the very ds_config.json launcher wrote for the run (the "
+                         "engine loop alone compared)")
     ap.add_argument("--ablate", nargs="+", default=None, metavar="VARIANT",
                     help="launcher only, no Trainer: per round the default, then each variant (off:NAME, "
                     "env:K=V, set:key=value); the ratio is variant / default of the same round")
@@ -229,7 +260,8 @@ def main(argv=None) -> int:
     for i in range(a.rounds):
         for case in a.cases:
             lr = run_launcher(work, case, f"{case}-launcher-{i}", a)
-            tr = (run_trainer(work, case, f"{case}-trainer-{i}", lr["cache"], lr["ds_config"], a)
+            ds = lr.get("ds_config") if a.trainer_config == "launcher" else hf_auto_config(work, CASES[case][0])
+            tr = (run_trainer(work, case, f"{case}-trainer-{i}", lr["cache"], ds, a)
                   if lr.get("cache") else {"error": "no launcher rows to train on"})
             ratio = (lr["useful_tok_s"] / tr["useful_tok_s"]) if lr.get("useful_tok_s") and tr.get("useful_tok_s") else None
             results[case].append({"launcher": lr, "trainer": tr, "ratio": ratio})
