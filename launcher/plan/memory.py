@@ -63,6 +63,7 @@ class Layout:
     reduce_bucket: int = 500_000_000
     prefetch_bucket: int = 50_000_000
     persistence_threshold: int = 100_000
+    max_live: int = 1_000_000_000  # ZeRO-3's stage3_max_live_parameters
     overlap_comm: bool = False
     contiguous_gradients: bool = True
     lora_targets: tuple[str, ...] = ()
@@ -85,6 +86,7 @@ def layout_of(plan) -> Layout:
         reduce_bucket=int(z.get("reduce_bucket_size", 500_000_000)),
         prefetch_bucket=int(z.get("stage3_prefetch_bucket_size", 50_000_000)),
         persistence_threshold=int(z.get("stage3_param_persistence_threshold", 100_000)),
+        max_live=int(z.get("stage3_max_live_parameters", 1_000_000_000)),
         overlap_comm=bool(z.get("overlap_comm", False)), contiguous_gradients=bool(z.get("contiguous_gradients", True)),
         lora_targets=lora_targets(lora.target_modules) if job.train.method == "lora" else (),
         lora_dropout=lora.dropout, lora_r=lora.r,
@@ -179,10 +181,13 @@ def _zero(info: ModelInfo, lay: Layout, P: int, A: int, T: int, b: int, f: list[
                  + (" (the pages touched: at most the trainable elements)" if cpu else ""))
     if s == 3:
         sh = shapes(info)
-        gathered = b * (sh["largest"] + min(lay.prefetch_bucket, P + A) + _persistent(info, lay))
+        moving = sh["largest"] + min(lay.prefetch_bucket, P + A) + _persistent(info, lay)
+        live = min(lay.max_live, P + A)  # kept gathered until reused (reuse distance as large): the whole
+        gathered = b * max(moving, live)  # model under DeepSpeed's 1e9 for a model under 1B parameters
         buffers += gathered
-        f.append(f"gathered = {b} B x (largest module {_fmt(sh['largest'])} + prefetch bucket "
-                 f"{_fmt(min(lay.prefetch_bucket, P + A))} + persistent {_fmt(_persistent(info, lay))}) = {_fmt(gathered)}")
+        f.append(f"gathered = {b} B x max(largest module {_fmt(sh['largest'])} + prefetch bucket "
+                 f"{_fmt(min(lay.prefetch_bucket, P + A))} + persistent {_fmt(_persistent(info, lay))}, "
+                 f"live parameters min(stage3_max_live_parameters, all) {_fmt(live)}) = {_fmt(gathered)}")
     dev["buffers"] = buffers
     return dev, host
 

@@ -3,6 +3,7 @@ high-water), CUDA allocator peaks, and the bytes of the model states counted fro
 this rank holds. Rank 0 gathers every rank's figures into a ``memory`` record."""
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from typing import Any, Iterable, Optional
@@ -44,11 +45,33 @@ def read_status() -> dict[str, int]:
     return out
 
 
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def read_rss_anon(fd: Optional[int] = None) -> int:
+    """This process's RssAnon in bytes from /proc/self/statm (resident less file-backed and shared
+    pages: the kernel's same counters as RssAnon in /proc/self/status), one short line, far
+    cheaper to read and parse than status for a sampler that reads it 50 times a second."""
+    try:
+        if fd is None:
+            with open("/proc/self/statm", "rb") as f:
+                parts = f.read().split()
+        else:
+            parts = os.pread(fd, 256, 0).split()
+        return (int(parts[1]) - int(parts[2])) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return read_status().get("RssAnon", 0)
+
+
 class MemoryMonitor:
     """The high-water of this rank's anonymous memory, sampled every SAMPLE_S seconds by a
     daemon thread (and at every ``sample()`` call), above the baseline taken at start."""
 
     def __init__(self):
+        try:
+            self._fd: Optional[int] = os.open("/proc/self/statm", os.O_RDONLY)
+        except OSError:
+            self._fd = None
         self.baseline = read_status().get("RssAnon", 0)
         self.peak = self.baseline
         self._stop = threading.Event()
@@ -60,7 +83,7 @@ class MemoryMonitor:
             self.sample()
 
     def sample(self) -> int:
-        now = read_status().get("RssAnon", 0)
+        now = read_rss_anon(self._fd)
         if now > self.peak:
             self.peak = now
         return now

@@ -59,7 +59,11 @@ def ds_config(folder: Path, method: str, stage: int, opt: str, par: str, dtype: 
                  "train.lora.target_modules=[q_proj,k_proj,v_proj]", "parallel.strategy=zero",
                  f"parallel.zero_stage={stage}", f"parallel.offload_optimizer={opt}",
                  f"parallel.offload_params={par}", "cluster.cpu_procs_per_node=2", "train.micro_batch_size=1",
-                 "train.global_batch_size=4"]
+                 "train.global_batch_size=4",
+                 # both ways the planner sizes ZeRO on CPU: full fine-tuning with lean's twentieth caps
+                 # (the odd buckets of the bug), LoRA with fast's DeepSpeed sizes (buckets of the odd
+                 # trainable counts, rounded)
+                 f"parallel.host_memory={'lean' if method == 'full' else 'fast'}"]
     res = CliRunner().invoke(cli, ["ds-config", *overrides, "--device", "cpu", "--output", str(out)])
     assert res.exit_code == 0, res.output
     return json.loads(out.read_text())
@@ -116,6 +120,10 @@ def test_the_sweep_has_odd_twentieths_and_odd_lora_counts(sweep):
     assert {k: seen[k] for k in EXPECTED_PARAMS} == EXPECTED_PARAMS
     lora_counts = {r["n_trainable"] for name, r in results.items() if "-lora-" in name and r["ok"]}
     assert any(n % 2 for n in lora_counts), lora_counts
+    for case in cases:  # fast's sizes: the reduce bucket is every trainable element, rounded up to even
+        if case["method"] == "lora" and case["stage"] in (1, 2) and case["name"] in results:
+            n = results[case["name"]]["n_trainable"]
+            assert case["config"]["zero_optimization"]["reduce_bucket_size"] == n + n % 2, (case["name"], n)
 
 
 def test_launcher_run_trains_zero2_on_the_model_deepspeed_refused(tmp_path):
@@ -132,7 +140,7 @@ def test_launcher_run_trains_zero2_on_the_model_deepspeed_refused(tmp_path):
     make_char_tokenizer(model)
     run = tmp_path / "run"
     out = subprocess.run([sys.executable, "-m", "launcher", "run", "--run-dir", str(run), f"model.path={model}",
-                          "parallel.zero_stage=2", "train.method=full", "train.max_steps=3",
+                          "parallel.zero_stage=2", "parallel.host_memory=lean", "train.method=full", "train.max_steps=3",
                           "train.eval_accuracy_samples=0", "data.num_samples=800", "cluster.device=cpu"],
                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]

@@ -453,3 +453,25 @@ def test_report_help_imports_nothing_heavy():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "HEAVY []" in out.stdout and "RUN_DIR" in out.stdout
+
+
+def test_the_memory_sampler_reads_the_same_rss_anon_as_proc_status():
+    """The sampler reads /proc/self/statm (resident less shared pages), not the long status file:
+    the same kernel counter, so a peak it samples is the RssAnon the report names."""
+    import os
+
+    from launcher.train.memory import MemoryMonitor, read_rss_anon, read_status
+
+    block = bytearray(64 * 2**20)  # 64 MiB touched: anonymous memory
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    fd = os.open("/proc/self/statm", os.O_RDONLY)
+    try:
+        a, b, c = read_rss_anon(), read_status()["RssAnon"], read_rss_anon(fd)
+    finally:
+        os.close(fd)
+    assert abs(a - b) < 2**20 and abs(c - b) < 2**20, (a, b, c)
+    monitor = MemoryMonitor()
+    monitor.stop()
+    assert monitor.sample() >= 64 * 2**20 and monitor.peak >= monitor.baseline
+    del block
