@@ -14,6 +14,11 @@ steps 2..N of each run, both gathers alternating, and the ratio in place / gloo 
     python bench/gloo_gather.py                    # 3 rounds x 2 layouts x 2: ~6 min on 2 cores
     python bench/gloo_gather.py --rounds 1 --layouts zero3 --json /tmp/gloo_gather.json
     python bench/gloo_gather.py --tiny             # 3 rounds x 3 layouts x 2 x 40 steps: ~5 min
+
+With ``--host-memory`` the same 290M runs compare ``parallel.host_memory=lean`` (the test's
+setting) against ``fast`` instead, both with the in-place gather: what fast costs in memory.
+
+    python bench/gloo_gather.py --host-memory --rounds 2
 """
 from __future__ import annotations
 
@@ -38,10 +43,16 @@ LAYOUTS = {"fsdp": ["parallel.strategy=fsdp", "cluster.cpu_procs_per_node=2"],
 MODES = ("gloo", "in-place")
 
 
+HOST_MODES = ("lean", "fast")
+
+
 def run_once(work: Path, model: list[str], layout: str, mode: str, tag: str, base: int, n_params: int) -> dict:
     d = work / f"{layout}-{mode}-{tag}"
     shutil.rmtree(d, ignore_errors=True)
-    with_gather(mode, T.launcher_run, d, *T.BIG_RUN, *model, *LAYOUTS[layout])
+    if mode in HOST_MODES:  # later overrides win over BIG_RUN's parallel.host_memory=lean
+        T.launcher_run(d, *T.BIG_RUN, *model, *LAYOUTS[layout], f"parallel.host_memory={mode}")
+    else:
+        with_gather(mode, T.launcher_run, d, *T.BIG_RUN, *model, *LAYOUTS[layout])
     ranks = T.memory(d)
     largest = max(ranks, key=lambda r: r["rss_anon_peak_bytes"])
     steps = [r["step_time_s"] for r in T.records(d, "train")]
@@ -90,7 +101,9 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--tiny", action="store_true", help="the embedded default's tokens/s instead (many small gathers)")
     ap.add_argument("--steps", type=int, default=40, help="with --tiny: steps per run")
+    ap.add_argument("--host-memory", action="store_true", help="parallel.host_memory lean against fast instead")
     args = ap.parse_args(argv)
+    modes = HOST_MODES if args.host_memory else MODES
     layouts = [x for x in args.layouts.split(",") if x]
     work = args.work or Path(tempfile.mkdtemp(prefix="gloo-gather-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -117,7 +130,7 @@ def main(argv=None) -> int:
     rows = []
     for i in range(args.rounds):
         for layout in layouts:
-            for mode in MODES:
+            for mode in modes:
                 r = run_once(work, model, layout, mode, str(i), bases[layout], n_params)
                 rows.append(r)
                 print(f"round {i} {layout:5} {mode:8} rank {r['largest_rank']}: {r['peak_mib']:.1f} MiB, "
@@ -125,19 +138,20 @@ def main(argv=None) -> int:
                       f"step 2 {r['step2_s']:.2f} s", flush=True)
 
     print(f"\n{args.rounds} rounds in {time.time() - t0:.0f} s; medians:\n")
-    print("| layout | gather | largest rank, x fp32 (median, range) | step 2 s (median) | losses equal gloo's |")
+    print(f"| layout | {'host memory' if args.host_memory else 'gather'} | largest rank, x fp32 (median, range) | "
+          f"step 2 s (median) | losses equal {modes[0]}'s |")
     print("|---|---|---|---|---|")
     for layout in layouts:
-        ref = [r for r in rows if r["layout"] == layout and r["mode"] == "gloo"]
-        for mode in MODES:
+        ref = [r for r in rows if r["layout"] == layout and r["mode"] == modes[0]]
+        for mode in modes:
             rs = [r for r in rows if r["layout"] == layout and r["mode"] == mode]
             shares = [r["share"] for r in rs]
             same = all(r["losses"] == ref[0]["losses"] for r in rs)
             print(f"| {layout} | {mode} | {C.median(shares):.3f} ({min(shares):.3f}-{max(shares):.3f}) | "
                   f"{C.median([r['step2_s'] for r in rs]):.2f} | {'yes' if same else 'no'} |")
         s_g = C.median([r["step2_s"] for r in ref])
-        s_i = C.median([r["step2_s"] for r in rows if r["layout"] == layout and r["mode"] == "in-place"])
-        print(f"| {layout} | ratio | | {s_g / s_i:.2f}x faster in place | |")
+        s_i = C.median([r["step2_s"] for r in rows if r["layout"] == layout and r["mode"] == modes[1]])
+        print(f"| {layout} | ratio | | {s_g / s_i:.2f}x faster {modes[1]} | |")
     if args.json:
         C.write_json(args.json, {"machine": C.machine_info(), "n_params": n_params, "bases": bases, "rows": rows})
     return 0
