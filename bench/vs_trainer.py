@@ -279,11 +279,7 @@ def main(argv=None) -> int:
         print(f"| {case} | {' / '.join(C.fmt(r['launcher'].get('useful_tok_s'), 0) for r in rs)} | "
               f"{' / '.join(C.fmt(r['trainer'].get('useful_tok_s'), 0) for r in rs)} | "
               f"{' / '.join(C.fmt(x) for x in ratios)} | **{C.fmt(C.median(ratios))}** |")
-    out = Path(a.json) if a.json else work / "vs_trainer.json"
-    C.write_json(out, {"machine": info, "args": vars(a), "summary": summary, "results": results,
-                       "total_wall_s": time.time() - t_all, "load_after": C.load_avg()})
-    print(f"\ntotal {time.time() - t_all:.0f} s; load after {C.load_avg()}; results: {out}")
-    return 0
+    return save(work / "vs_trainer.json", a, info, summary, results, t_all)
 
 
 def ablate(work: Path, a, info: dict, t_all: float) -> int:
@@ -314,8 +310,13 @@ def ablate(work: Path, a, info: dict, t_all: float) -> int:
             cost = f"{(1 - 1 / med) * 100:+.1f}%" if med and v.startswith("off:") else ""
             print(f"| {case} | {v} | {' / '.join(C.fmt(x.get('useful_tok_s'), 0) for x in rs)} | "
                   f"{' / '.join(C.fmt(x) for x in ratios)} | **{C.fmt(med)}** | {cost} |")
-    out = Path(a.json) if a.json else work / "vs_trainer_ablate.json"
-    C.write_json(out, {"machine": info, "args": vars(a), "summary": summary, "results": res,
+    return save(work / "vs_trainer_ablate.json", a, info, summary, res, t_all)
+
+
+def save(default: Path, a, info: dict, summary: dict, results: dict, t_all: float) -> int:
+    """Every figure into ``--json`` (or ``default``), and the closing line."""
+    out = Path(a.json) if a.json else default
+    C.write_json(out, {"machine": info, "args": vars(a), "summary": summary, "results": results,
                        "total_wall_s": time.time() - t_all, "load_after": C.load_avg()})
     print(f"\ntotal {time.time() - t_all:.0f} s; load after {C.load_avg()}; results: {out}")
     return 0
