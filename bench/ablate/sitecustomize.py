@@ -72,7 +72,7 @@ PATCHES = {
     "zero_caps": ("launcher.plan.engines", _zero_caps),
     "memory_thread": ("launcher.train.memory", _memory_thread),
     "malloc_trim": ("launcher.train.memory", _malloc_trim),
-    "energy": ("launcher.train.energy", _energy),
+    "energy": ("launcher.train.energy_sidecar", _energy),
     "watchdog": ("launcher.train.watchdog", _watchdog),
     "clock": ("launcher.train.collectives", _clock),
     "chunked_loss": ("launcher.train.loss", _chunked_loss),

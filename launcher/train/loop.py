@@ -37,7 +37,7 @@ def train_main(run_dir: str, plan, prepared, tokenizer, t_start: float) -> int:
     from launcher.report.flops import flops_per_token_from_config
     from launcher.sources import job_paths
     from launcher.train.data import BatchSchedule, collate, pad_id_for
-    from launcher.train.energy import start_node_tracker
+    from launcher.train.energy_sidecar import start_node_tracker
     from launcher.train.model import build_model, check_packing
     from launcher.train.strategies import build_strategy, import_engine
     from launcher.train.watchdog import Watchdog, default_store

@@ -211,7 +211,7 @@ def save_random_llama(path: Path, config, dtype) -> int:
 def import_only_rss_anon(layout: str) -> int:
     """Anonymous memory of a process that only imports the libraries a rank of ``layout`` imports
     (DeepSpeed as a rank imports it: launcher.train.strategies.zero.import_deepspeed; CodeCarbon
-    runs in its own process, launcher.train.energy.NodeEnergySidecar)."""
+    runs in its own process, launcher.train.energy_sidecar.NodeEnergySidecar)."""
     code = ("import torch, torch.distributed, torch.distributed.fsdp, torch.distributed.checkpoint, safetensors\n"
             "import transformers, peft\nfrom transformers import LlamaForCausalLM\n"
             "from peft import LoraConfig, get_peft_model\n")

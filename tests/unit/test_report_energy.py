@@ -11,7 +11,8 @@ import pytest
 from launcher.plan import plan_job
 from launcher.report.energy import read_node_energy, sum_energy
 from launcher.spec import JobSpec
-from launcher.train.energy import NodeEnergySidecar, NodeEnergyTracker, start_node_tracker
+from launcher.train.energy import NodeEnergyTracker
+from launcher.train.energy_sidecar import NodeEnergySidecar, start_node_tracker
 
 
 def _rapl_expected() -> bool:
@@ -99,7 +100,7 @@ def test_sidecar_keeps_codecarbon_out_of_the_rank_and_outlives_it_only_to_flush(
     """The rank that starts the tracker never imports CodeCarbon; the job's signals do not stop
     the child (SIGUSR2 is Slurm's preemption warning, SIGTERM its end): told to stop, it writes
     the final figures; when its rank is killed, it flushes what it measured and exits."""
-    rank = ("import os, signal, sys, time\nfrom launcher.train.energy import NodeEnergySidecar\n"
+    rank = ("import os, signal, sys, time\nfrom launcher.train.energy_sidecar import NodeEnergySidecar\n"
             "t = NodeEnergySidecar(sys.argv[1], 'node0-t', measure_power_secs=1, flush_every_s=None)\n"
             "t.start_in_background()\nassert t.wait_started(60)\n"
             "for sig in (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT):\n    os.kill(t._proc.pid, sig)\n"
@@ -154,7 +155,7 @@ def record(self, args, *a, **k):
     real(self, args, *a, **k)
 subprocess.Popen.__init__ = record
 if sys.argv[1] == "launcher":
-    from launcher.train.energy import _cpu_brand_from_proc
+    from launcher.train.energy_sidecar import _cpu_brand_from_proc
     _cpu_brand_from_proc()
 from codecarbon.core.util import detect_cpu_model
 print(json.dumps({"brand": detect_cpu_model(), "spawned": len(spawned)}))
