@@ -17,7 +17,7 @@ activation checkpointing, 5 steps; a second table puts the largest rank's peak G
 (max_memory_reserved and max_memory_allocated) next to the plan's per-device estimate.
 
 and prints one table: tokens/s per GPU (steps 3..N), MFU against the card's dense bf16 peak
-(launcher.report.hardware), peak GPU memory (NVML, polled, the same way for both tools),
+(launcher.facts.hardware), peak GPU memory (NVML, polled, the same way for both tools),
 energy from CodeCarbon (one tracker around each run, the same way for both tools), loss first ->
 last (checked finite and falling), and the ratio to the Trainer run of the same method.
 
@@ -343,7 +343,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from launcher.report.hardware import match_accelerator
+    from launcher.facts.hardware import match_accelerator
 
     if not a.smoke and not torch.cuda.is_available():
         raise SystemExit("no CUDA device visible: run with --smoke on a machine without a GPU")

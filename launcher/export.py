@@ -28,9 +28,7 @@ from typing import Optional
 from launcher import rundir
 from launcher.errors import JobError
 
-DTYPES = ("bf16", "fp16", "fp32")
 DEFAULT_MAX_SHARD_SIZE = "5GB"
-ADAPTER_WEIGHTS, ADAPTER_CONFIG, CARD = "adapter_model.safetensors", "adapter_config.json", "README.md"
 TRAINING_TYPE = "fine-tuning"  # the Hub's co2_eq_emissions.training_type for anything not trained from scratch
 
 
@@ -44,7 +42,7 @@ class Export:
 
 
 def default_output(run_dir: Path, kind: str) -> Path:
-    return Path(run_dir) / rundir.EXPORT / kind
+    return rundir.RunDir(run_dir).export / kind
 
 
 def _check_output(out: Path) -> None:
@@ -93,13 +91,14 @@ def _write_adapter(final: Path, tmp: Path, base: str, dtype: Optional[str]) -> N
     the run trained from) rather than the folder of this machine's cache."""
     from safetensors.torch import load_file, save_file
 
-    tensors = load_file(str(final / ADAPTER_WEIGHTS))
+    (weights, config_file), (tmp_weights, tmp_config) = rundir.adapter_files(final), rundir.adapter_files(tmp)
+    tensors = load_file(str(weights))
     if dtype:
         tensors = {k: v.to(_torch_dtype(dtype)) if v.is_floating_point() else v for k, v in tensors.items()}
-    save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-    config = json.loads((final / ADAPTER_CONFIG).read_text())
+    save_file(tensors, str(tmp_weights), metadata={"format": "pt"})
+    config = json.loads(config_file.read_text())
     config["base_model_name_or_path"] = base
-    (tmp / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    tmp_config.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def merged_model(plan, final: Path, dtype: str):
@@ -123,8 +122,8 @@ def export_run(run_dir, *, merge: bool = False, dtype: Optional[str] = None, out
 
     run = rundir.require_run_dir(run_dir).resolve()
     plan = rundir.read_plan(run)
-    final = run / rundir.FINAL
-    if not (run / rundir.COMPLETED).exists() or not final.is_dir():
+    final = rundir.RunDir(run).final
+    if not rundir.RunDir(run).completed.exists() or not final.is_dir():
         raise JobError(f"{run}: the run has not finished (no {rundir.COMPLETED} marker and {rundir.FINAL}/ model); "
                        f"resume it with launcher run {run}, then export it")
     lora = plan.job.train.method == "lora"
@@ -143,7 +142,7 @@ def export_run(run_dir, *, merge: bool = False, dtype: Optional[str] = None, out
     tmp.mkdir()
     try:
         _write_model(plan, final, tmp, kind, dtype, shard, base_id)
-        (tmp / CARD).write_text(render_card(plan, report, kind=kind, dtype=dtype, base_model=base_id,
+        rundir.model_card(tmp).write_text(render_card(plan, report, kind=kind, dtype=dtype, base_model=base_id,
                                             datasets=datasets))
         _publishable(tmp)
         files = tuple(sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file()))

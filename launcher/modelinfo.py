@@ -14,10 +14,31 @@ import warnings
 from pathlib import Path
 from typing import Any, Optional
 
+from pydantic import BaseModel, ConfigDict
+
 from launcher.errors import JobError
-from launcher.plan.types import ModelInfo
 
 COUNT_VERSION = 1  # bump when what a ModelInfo counts changes: cached counts then miss
+
+
+class ModelInfo(BaseModel):
+    """What the plan knows of a model without its weights: the shape from ``config.json`` and the
+    exact parameter counts of the model built on the meta device (below). The plan holds one."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n_params: int  # the base model's parameters (LoRA adapters not included)
+    n_trainable_params: Optional[int] = None  # for the job's method (LoRA: the adapters alone)
+    hidden_size: int
+    n_layers: int
+    vocab_size: int
+    n_heads: Optional[int] = None
+    n_kv_heads: Optional[int] = None
+    head_dim: Optional[int] = None
+    intermediate_size: Optional[int] = None
+    tie_word_embeddings: bool = False
+    max_position_embeddings: Optional[int] = None
+    architecture: str = "unknown"
 
 
 def lora_config(lora: Any):
@@ -161,7 +182,7 @@ def job_model_info(spec: Any, config_source: Optional[Any]) -> Optional[ModelInf
         info = read_model_info_from_folder(str(config_source), spec.train.method, spec.train.lora,
                                            spec.model.trust_remote_code)
     if cache is not None:
-        from launcher.rundir.files import write_atomic
+        from launcher.fs import write_atomic
 
         try:
             write_atomic(cache, info.model_dump_json())

@@ -169,7 +169,7 @@ def plan_without_data(spec, device: str, *, cpu_count: Optional[int] = None, her
 
 def check_attention(plan) -> None:
     """Before any rank starts: the attention kernel is installed, and a packed run keeps its
-    documents apart with it (launcher.train.data.packing_problem)."""
+    documents apart with it (launcher.facts.packing)."""
     impl = plan.job.model.attn_implementation
     if impl.startswith("flash_attention"):
         from transformers.utils import is_flash_attn_2_available
@@ -178,7 +178,7 @@ def check_attention(plan) -> None:
             raise JobError(f"model.attn_implementation: {impl} needs the flash-attn package and a CUDA GPU, "
                            "and this machine has not both; use sdpa (the default)")
     if plan.job.data.packing:
-        from launcher.train.data import packing_problem
+        from launcher.facts.packing import packing_problem
 
         problem = packing_problem(impl, plan.micro_batch_size)
         if problem:
@@ -255,7 +255,7 @@ def plan_with_data(spec, plan, run_dir: Path):
     """``plan`` with its training rows counted: the data tokenized into RUN_DIR/cache."""
     from launcher.plan import with_train_rows
 
-    return with_train_rows(plan, count_rows(spec, Path(run_dir) / rundir.CACHE))
+    return with_train_rows(plan, count_rows(spec, rundir.RunDir(run_dir).cache))
 
 
 def prestart_hint(plan) -> dict:
@@ -361,7 +361,7 @@ def preflight_failure(run_dir: Path, since: float) -> Optional[str]:
     import json
 
     try:
-        report = json.loads((run_dir / rundir.LOGS / rundir.PREFLIGHT_JSON).read_text())
+        report = json.loads(rundir.RunDir(run_dir).preflight_json.read_text())
     except (OSError, ValueError):
         return None
     if report.get("ok") is False and report.get("time", 0) >= since and report.get("error"):

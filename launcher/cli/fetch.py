@@ -16,7 +16,6 @@ def fetch(job_file, overrides):
     `launcher run` does this itself before planning; a Slurm job's batch script runs it on the
     first node before srun. Run it by hand where there is network (a login node, with the cache the
     nodes share) when the nodes have none. With HF_HUB_OFFLINE=1 it only checks the cache."""
-    from pathlib import Path
 
     from launcher import prepare, rundir
     from launcher.cli._common import load_job_or_default, split_job_file
@@ -25,7 +24,7 @@ def fetch(job_file, overrides):
     if job_file and rundir.is_run_dir(job_file):
         spec = rundir.read_plan(job_file).job
         if overrides:
-            spec = load_job_or_default(str(Path(job_file) / rundir.JOB_YAML), overrides)
+            spec = load_job_or_default(str(rundir.RunDir(job_file).job_yaml), overrides)
     else:
         spec = load_job_or_default(job_file, overrides)
     found = prepare.fetch_hub(spec, echo=lambda line: click.echo(line, err=True))

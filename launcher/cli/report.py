@@ -31,7 +31,7 @@ def report(run_dirs: tuple[str, ...], fmt: str, output: str | None, no_write: bo
 
     from launcher.errors import JobError
     from launcher.report.build import build_report
-    from launcher.rundir import REPORT_HTML, require_run_dir, write_atomic
+    from launcher.rundir import RunDir, require_run_dir, write_atomic
 
     bad: list[str] = []
     for d in run_dirs:  # every folder that is not a run at once, one line each
@@ -52,7 +52,7 @@ def report(run_dirs: tuple[str, ...], fmt: str, output: str | None, no_write: bo
         try:
             reports = [write_reports(dirs[0], html=True)]
             if fmt == "html":
-                html_cached = (dirs[0] / REPORT_HTML).read_text()
+                html_cached = RunDir(dirs[0]).report_html.read_text()
         except OSError as e:
             click.echo(f"warning: could not write the report files in {dirs[0]}: {e}", err=True)
             reports = [build_report(dirs[0])]

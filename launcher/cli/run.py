@@ -38,7 +38,7 @@ def run(job_file, overrides, run_dir, resume, dry_run, nproc_per_node, device, h
 
     job_file, overrides = split_job_file(job_file, overrides)
     if job_file and rundir.is_run_dir(job_file):  # `launcher run RUN_DIR` resumes that run
-        run_dir, job_file = job_file, str(Path(job_file) / rundir.JOB_YAML)
+        run_dir, job_file = job_file, str(rundir.RunDir(job_file).job_yaml)
     spec = load_job_or_default(job_file, overrides)
     dev = prepare.resolve_device(spec, device, probe=True)
     if not hosts:
@@ -52,7 +52,7 @@ def run(job_file, overrides, run_dir, resume, dry_run, nproc_per_node, device, h
     rundir.check_writable(target, "--run-dir" if run_dir else "output_dir")
     resuming = rundir.is_run_dir(target)
     if resuming and not job_file:
-        spec = load_job_or_default(str(target / rundir.JOB_YAML), overrides)
+        spec = load_job_or_default(str(rundir.RunDir(target).job_yaml), overrides)
     spec = prepare.with_procs(spec, dev, nproc_per_node)
 
     if hosts:
@@ -73,7 +73,7 @@ def run(job_file, overrides, run_dir, resume, dry_run, nproc_per_node, device, h
         _, _, files = prepare.local_launch_files(plan, target)
         click.echo(files[rundir.LAUNCH_SH], nl=False)
         return
-    if resuming and (target / rundir.COMPLETED).exists() and not start_over:
+    if resuming and rundir.RunDir(target).completed.exists() and not start_over:
         click.echo(f"{target}: complete ({rundir.COMPLETED}); nothing to run. To train it again from step 0: "
                    f"launcher run {shlex.quote(str(target))} --start-over")
         return
@@ -135,7 +135,7 @@ def _run_locked(target: Path, spec, dev: str, resuming: bool, start_over: bool, 
 
     launched_at = time.time()
     rc = early.go()
-    completed = (target / rundir.COMPLETED).exists()
+    completed = rundir.RunDir(target).completed.exists()
     if rc and not completed:
         failed = prepare.preflight_failure(target, since=launched_at)
         if failed:  # bad input of the cluster's kind: one line, exit 2, nothing trained
@@ -148,7 +148,7 @@ def _run_locked(target: Path, spec, dev: str, resuming: bool, start_over: bool, 
         rc = 0
     if completed:
         _print_summary(target)
-    elif (target / rundir.PREEMPTED).exists():
+    elif rundir.RunDir(target).preempted.exists():
         click.echo(f"stopped at a checkpoint; resume with: launcher run {shlex.quote(str(target))}", err=True)
     if rc:
         sys.exit(rc)

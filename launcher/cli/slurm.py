@@ -47,15 +47,15 @@ def slurm(job_file, overrides, run_dir, dry_run, submit, python, preflight_only)
         click.echo(files[rundir.SBATCH], nl=False)
         return
     rundir.write_run_dir(target, plan, files)
-    sbatch_path = target / rundir.SBATCH
+    sbatch_path = rundir.RunDir(target).sbatch
     q = shlex.quote
     if not submit:
         click.echo(f"wrote {target}")
-        click.echo(f"submit with: sbatch --parsable {q(str(sbatch_path))} > {q(str(target / rundir.SLURM_JOB_ID))}")
+        click.echo(f"submit with: sbatch --parsable {q(str(sbatch_path))} > {q(str(rundir.RunDir(target).slurm_job_id))}")
         return
     from launcher.execute.slurm import submit as sbatch_submit
 
     job_id = sbatch_submit(sbatch_path)
-    rundir.write_atomic(target / rundir.SLURM_JOB_ID, f"{job_id}\n")
+    rundir.write_atomic(rundir.RunDir(target).slurm_job_id, f"{job_id}\n")
     click.echo(f"submitted job {job_id}: {target}")
     click.echo(f"follow with: launcher status {q(str(target))}   launcher logs {q(str(target))} -f")

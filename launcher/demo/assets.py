@@ -188,7 +188,7 @@ def build_arithmetic_data(path: Path, n: int = 2000, seed: int = 0) -> Path:
     A mix of a+b and a-b (1-2 digit operands, a >= b), a*b (1 digit each) and ``rev abc=`` -> ``cba``,
     so row lengths vary (from 4 to about 20 characters). Deterministic from ``seed``.
     """
-    from launcher.rundir import write_atomic
+    from launcher.fs import write_atomic
 
     rng = random.Random(seed)
     lines = [json.dumps(_arithmetic_row(rng)) for _ in range(n)]

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -12,10 +11,9 @@ import tempfile
 from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
-from launcher import rundir
+from launcher import progress, rundir
 
 
-STEP_LINE = re.compile(r"\[launcher\] step (\d+)/(\d+) \| (.*)$")
 
 
 class _Terminal:
@@ -39,11 +37,11 @@ class _Terminal:
             sys.stdout.flush()
             return
         text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-        m = STEP_LINE.match(text)
-        if m is None:
+        line = progress.parse_step_line(text)
+        if line is None:
             self.progress.console.print(text, markup=False, highlight=False)
             return
-        done, total, info = int(m.group(1)), int(m.group(2)), m.group(3)
+        done, total, info = line
         if self.task is None:
             self.progress.start()
             self.task = self.progress.add_task("train", total=total, info=info)
@@ -67,13 +65,11 @@ class Torchrun:
     SIGINT/SIGTERM are passed on to torchrun, which forwards them to its workers."""
 
     def __init__(self, argv: Sequence[str], env: Mapping[str, str], run_dir: Path, prestart: Optional[dict] = None):
-        from launcher.train.console import PROGRESS_ENV
-
         self.argv, self.env, self.run_dir = list(argv), dict(env), Path(run_dir)
         full_env = {**os.environ, **env}
         self.tty = sys.stdout.isatty()
         if self.tty:
-            full_env[PROGRESS_ENV] = "tty"  # rank 0 prints every step; the terminal redraws one line
+            full_env[progress.ENV] = "tty"  # rank 0 prints every step; the terminal redraws one line
         self.gate: Optional[Path] = None
         if prestart is not None:
             self.gate = Path(tempfile.mkdtemp(prefix="launcher-start-"))
@@ -101,7 +97,7 @@ class Torchrun:
 
     def go(self) -> int:
         """Let the ranks start training; stream torchrun's output until it exits: its code."""
-        log_dir = self.run_dir / rundir.LOGS
+        log_dir = rundir.RunDir(self.run_dir).logs
         log_dir.mkdir(parents=True, exist_ok=True)
         if self.gate is not None:
             (self.gate / "go").touch()
@@ -114,7 +110,7 @@ class Torchrun:
 
         old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
-            with open(log_dir / rundir.TORCHRUN_LOG, "ab") as log:
+            with open(rundir.RunDir(self.run_dir).torchrun_log, "ab") as log:
                 assert proc.stdout is not None
                 for line in iter(proc.stdout.readline, b""):
                     log.write(line)

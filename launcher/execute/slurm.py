@@ -167,7 +167,6 @@ def write_accounting(run_dir, job_id: str) -> Optional[dict]:
     """Slurm's accounting of the job (every attempt's allocated time and GPUs, from sacct) into
     RUN_DIR/slurm_accounting.json, where the report reads it; None when sacct cannot say."""
     import time
-    from pathlib import Path
 
     from launcher import rundir
 
@@ -176,5 +175,5 @@ def write_accounting(run_dir, job_id: str) -> Optional[dict]:
     if not attempts:
         return None
     data = {"job_id": str(job_id), "queried_at": time.time(), "attempts": attempts}
-    rundir.write_json(Path(run_dir) / rundir.SLURM_ACCOUNTING, data)
+    rundir.write_json(rundir.RunDir(run_dir).slurm_accounting, data)
     return data

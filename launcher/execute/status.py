@@ -1,7 +1,6 @@
 """What a run is doing: its run directory's progress and, for Slurm runs, its job's state."""
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Optional
 
@@ -11,13 +10,12 @@ from launcher import rundir
 def stored_job_id(run: Path) -> Optional[str]:
     """The Slurm job id of a run: RUN_DIR/slurm_job_id, else the newest logs/slurm-<id>.out
     (a script submitted by hand with plain sbatch)."""
-    f = run / rundir.SLURM_JOB_ID
+    f = rundir.RunDir(run).slurm_job_id
     if f.is_file():
         text = f.read_text().strip()
         if text:
             return text.split(";", 1)[0]
-    ids = [int(m.group(1)) for p in (run / rundir.LOGS).glob("slurm-*.*")
-           if (m := re.fullmatch(r"slurm-(\d+)\.(out|err)", p.name))]
+    ids = [job_id for job_id, _ in rundir.RunDir(run).slurm_logs()]
     return str(max(ids)) if ids else None
 
 
@@ -34,8 +32,8 @@ def run_status(run: Path, *, query_slurm: bool = True) -> dict:
         "elapsed": None,
         "step": last.step if last else None,
         "loss": last.loss if last else None,
-        "completed": (run / rundir.COMPLETED).exists(),
-        "preempted": (run / rundir.PREEMPTED).exists(),
+        "completed": rundir.RunDir(run).completed.exists(),
+        "preempted": rundir.RunDir(run).preempted.exists(),
     }
     if out["job_id"] and query_slurm:
         from launcher.execute.slurm import job_state
@@ -47,11 +45,12 @@ def run_status(run: Path, *, query_slurm: bool = True) -> dict:
 
 def log_files(run: Path, job_id: Optional[str]) -> list[Path]:
     """The job's own slurm-<id>.out/.err when the id is known, else the newest file(s) in logs/."""
-    logs = run / rundir.LOGS
+    rd = rundir.RunDir(run)
+    logs = rd.logs
     if not logs.is_dir():
         return []
     if job_id:
-        mine = [p for p in (logs / f"slurm-{job_id}.out", logs / f"slurm-{job_id}.err") if p.exists()]
+        mine = [p for p in (rd.slurm_out(job_id), rd.slurm_err(job_id)) if p.exists()]
         if mine:
             return mine
     files = [p for p in logs.rglob("*") if p.is_file() and not p.name.startswith(".")]
@@ -67,4 +66,4 @@ def is_finished(run: Path, job_id: Optional[str]) -> bool:
         from launcher.execute.slurm import is_final, job_state
 
         return is_final(job_state(job_id)["state"])
-    return (run / rundir.COMPLETED).exists()
+    return rundir.RunDir(run).completed.exists()

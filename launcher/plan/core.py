@@ -150,9 +150,9 @@ def _zero3_caps(plan: Plan) -> list[str]:
 
 
 LEAN_SHARE = 0.5  # auto picks lean when a node's planned host memory passes this share of its RAM
-LEAN_NOTE = ("parallel.host_memory=lean trades speed for host memory: on CPU, bench/vs_trainer.py's 4.2M-parameter "
-             "Llama ran 0.68-0.74x the tokens/s of fast (bench/RESULTS.md); set parallel.host_memory=fast where the "
-             "node's memory allows")
+LEAN_NOTE = ("parallel.host_memory=lean trades speed for host memory: each step maps and trims the host heap "
+             "and ZeRO's buckets are capped, so steps run slower than fast (bench/RESULTS.md measures by how much); "
+             "set parallel.host_memory=fast where the node's memory allows")
 
 
 def resolve_host_memory(asked: str, planned_host_bytes: Optional[int], ram_bytes: Optional[int]) -> tuple[str, str]:

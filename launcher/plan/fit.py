@@ -99,7 +99,7 @@ def fit(spec: JobSpec, device: str, model_info: ModelInfo, gpu_memory_bytes: int
     kept: list[Candidate] = []
     tried = 0
     # FlashAttention keeps packed documents apart only at micro batch 1 (the rule of
-    # launcher.train.data.packing_problem, which `launcher plan` checks for the job itself)
+    # launcher.facts.packing, which `launcher plan` checks for the job itself)
     flash_packed = spec.data.packing and spec.model.attn_implementation.startswith("flash_attention")
     for par in layouts(spec, device):
         for micro in micro_batches(global_batch_size, world_size):

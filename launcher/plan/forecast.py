@@ -1,6 +1,6 @@
 """The forecast of a job: steps, tokens, time, GPU-hours, kWh, kgCO2e and money, and the
 communication each step needs. Pure arithmetic on the Plan and the stated assumptions of
-:mod:`launcher.report.hardware`; the carbon intensity and an earlier run's measurements
+:mod:`launcher.facts.hardware`; the carbon intensity and an earlier run's measurements
 (``--calibrate``) are handed in by the caller, which reads them (:mod:`launcher.report.carbon`,
 :mod:`launcher.report.calibrate`).
 
@@ -9,7 +9,7 @@ Time per optimizer step::
     compute  = tokens_per_step x (flops_per_token + recompute) / (world x peak x MFU)
     step     = max(compute, communication lower bound) + offload transfers and CPU optimizer
 
-``flops_per_token`` is the report's model-FLOPs convention (:mod:`launcher.report.flops`);
+``flops_per_token`` is the report's model-FLOPs convention (:mod:`launcher.facts.flops`);
 ``recompute`` is one more forward (``2 N + 4 L h s``) with activation checkpointing; MFU is the
 assumption for the GPU kind. Communication (bytes each GPU sends per step, ring collectives:
 all-reduce ``2 (N-1)/N M``, all-gather and reduce-scatter ``(N-1)/N M``; ZeRO paper section 7,
@@ -28,8 +28,8 @@ from typing import Optional
 
 from launcher.plan.memory import DTYPE_BYTES, Layout, layout_of
 from launcher.plan.types import Calibration, Communication, Forecast, Plan
-from launcher.report.flops import flops_per_token_from_config, matmul_params
-from launcher.report.hardware import GPU_POWER_SHARE, HOST, HOST_LINK_EFFICIENCY, match_accelerator, mfu_assumption
+from launcher.facts.flops import flops_per_token_from_config, matmul_params
+from launcher.facts.hardware import GPU_POWER_SHARE, HOST, HOST_LINK_EFFICIENCY, match_accelerator, mfu_assumption
 
 
 def _g(n: float) -> str:
@@ -133,7 +133,7 @@ def build_forecast(plan: Plan, *, carbon_intensity: Optional[float] = None, carb
     peak = accel.peak_tflops(plan.dtype) if accel else None
     if plan.device == "cuda" and accel is None:
         missing.append("GPU kind: set cluster.accelerator (e.g. H100-SXM) for the time and energy forecast"
-                       if not name else f"GPU kind {name!r} is not in launcher.report.hardware")
+                       if not name else f"GPU kind {name!r} is not in launcher.facts.hardware")
     elif plan.device == "cpu" and calibration is None:
         missing.append("time: no published peak for a CPU; use --calibrate RUN_DIR with an earlier run")
     comm_lines, comm_bytes = communication(lay, P, A, T) if m else ([], 0)

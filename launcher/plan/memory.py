@@ -2,8 +2,8 @@
 
 Model states follow the ZeRO paper (Rajbhandari et al. 2020, section 3 and 5: ``2 + 2 + K``
 bytes per parameter with K = 12 for mixed-precision Adam, divided by the data-parallel degree
-``N`` for what each stage partitions), made exact for what launcher's engines keep (the target
-behaviour of issue #10, read from the engines' code):
+``N`` for what each stage partitions), made exact for what launcher's engines keep (read from the
+engines' code):
 
 * DeepSpeed ZeRO with bf16/fp16: the module in the compute dtype; fp32 master weights and Adam's
   m and v in the optimizer, partitioned from stage 1; gradients in the compute dtype (DeepSpeed's
@@ -274,7 +274,7 @@ def estimate_memory(info: ModelInfo, lay: Layout, n_trainable: int, *, loss_chun
         + (f"training {g} x {_fmt(total)} + " if training else "")
         + f"offload {_fmt(hm.offload)} + staging {_fmt(hm.buffers)}, loading {g} x {_fmt(load_rank)}) = {_fmt(host_total)}")
     assumptions = [
-        "issue #10's trainer: DeepSpeed keeps the module in the compute dtype, FSDP2 keeps fp32 shards "
+        "launcher's trainer: DeepSpeed keeps the module in the compute dtype, FSDP2 keeps fp32 shards "
         "(LoRA: frozen base in the compute dtype, adapters fp32), the loss is taken in pieces of "
         f"{loss_chunk_tokens or LOSS_CHUNK_TOKENS} positions",
         f"overhead: {'CUDA context, cuBLAS and NCCL workspaces ' + _fmt(CUDA_CONTEXT_BYTES) + ' B per GPU + ' if context else ''}"

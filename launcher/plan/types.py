@@ -7,30 +7,13 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, computed_field, model_validator
 
+from launcher.modelinfo import ModelInfo
 from launcher.plan.engines import FsdpSettings
 from launcher.spec import JobSpec
 
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ModelInfo(_Frozen):
-    """What the plan knows of a model without its weights: the shape from ``config.json`` and the
-    exact parameter counts of the model built on the meta device (:mod:`launcher.modelinfo`)."""
-
-    n_params: int  # the base model's parameters (LoRA adapters not included)
-    n_trainable_params: Optional[int] = None  # for the job's method (LoRA: the adapters alone)
-    hidden_size: int
-    n_layers: int
-    vocab_size: int
-    n_heads: Optional[int] = None
-    n_kv_heads: Optional[int] = None
-    head_dim: Optional[int] = None
-    intermediate_size: Optional[int] = None
-    tie_word_embeddings: bool = False
-    max_position_embeddings: Optional[int] = None
-    architecture: str = "unknown"
 
 
 class DeviceMemory(_Frozen):

@@ -75,8 +75,9 @@ def _extra_sbatch_line(field: str, line: str) -> str:
 
 
 def _output_pattern(run_dir: str, name: str) -> str:
-    # '%' starts a Slurm filename pattern (%j, %x...): a literal one in the path must be '%%'
-    return f"{run_dir.replace('%', '%%')}/{rundir.LOGS}/{name}"
+    """RUN_DIR/logs/``name`` (``{job_id}`` becomes Slurm's %j). '%' starts a Slurm filename
+    pattern (%j, %x...): a literal one in the path must be '%%'."""
+    return str(rundir.RunDir(run_dir.replace("%", "%%")).logs / name.format(job_id="%j"))
 
 
 def render_sbatch_header(plan: Plan, run_dir: str) -> list[str]:
@@ -103,8 +104,8 @@ def render_sbatch_header(plan: Plan, run_dir: str) -> list[str]:
     if s.exclusive:
         lines.append(sbatch_flag("exclusive"))
     lines += [
-        sbatch_flag("output", _output_pattern(run_dir, "slurm-%j.out")),
-        sbatch_flag("error", _output_pattern(run_dir, "slurm-%j.err")),
+        sbatch_flag("output", _output_pattern(run_dir, rundir.SLURM_OUT)),
+        sbatch_flag("error", _output_pattern(run_dir, rundir.SLURM_ERR)),
         # a requeued job reopens its logs: append, or the first attempt's log is lost
         sbatch_flag("open-mode", "append"),
         sbatch_flag("requeue") if s.requeue else sbatch_flag("no-requeue"),

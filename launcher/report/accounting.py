@@ -2,7 +2,7 @@
 throughput section, the plan and the node energy summaries (no file is read here).
 
 * MFU = tokens/s per device (step times) x flops_per_token / dense peak of the accelerator for
-  the job dtype (:mod:`launcher.report.flops`, :mod:`launcher.report.hardware`); ``mfu_wall``
+  the job dtype (:mod:`launcher.facts.flops`, :mod:`launcher.facts.hardware`); ``mfu_wall``
   uses the wall-time throughput. No peak -> ``None`` with a reason, never a guess.
 * Energy figures include PUE (CodeCarbon applies it); each comes with its measured/estimated
   label. Costs: ``gpu_hour_price`` x device-hours, or ``node_hour_price`` x node-hours, plus
@@ -15,7 +15,7 @@ from typing import Any, Optional, Sequence
 from launcher.plan.types import Plan
 from launcher.report.compute import finite, latest
 from launcher.report.energy import COMPONENTS, is_measured, sum_energy
-from launcher.report.hardware import match_accelerator
+from launcher.facts.hardware import match_accelerator
 from launcher.rundir import StartRecord
 from launcher.spec import ReportSpec
 
@@ -31,7 +31,7 @@ def flops_per_token(plan: Plan, starts: Sequence[StartRecord], job: dict, notes:
     n = last.n_params if last else (m.n_params if m else None)
     if not (m and n and m.n_layers and m.hidden_size and job.get("seq_len")):
         return None
-    from launcher.report.flops import flops_per_token_from_config
+    from launcher.facts.flops import flops_per_token_from_config
 
     cfg = {"num_hidden_layers": m.n_layers, "hidden_size": m.hidden_size, "vocab_size": m.vocab_size,
            "tie_word_embeddings": False}

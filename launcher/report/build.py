@@ -22,8 +22,8 @@ from launcher.report import compute as C
 from launcher.report import faults as F
 from launcher.report.energy import read_node_energy
 from launcher.report.forecast import forecast_section
-from launcher.rundir import (COMPLETED, METRICS, REPORT_HTML, REPORT_JSON, REPORT_MD, SLURM_ACCOUNTING, MemoryRecord,
-                             StartRecord, read_metrics, read_plan, require_run_dir, write_atomic, write_json)
+from launcher.rundir import (MemoryRecord, RunDir, StartRecord, read_metrics, read_plan, require_run_dir, write_atomic,
+                             write_json)
 from launcher.rundir.metrics import parse_metrics
 
 SCHEMA_VERSION = 1
@@ -33,7 +33,7 @@ def _torn_last_line(run_dir: Path) -> int:
     """1 when metrics.jsonl ends in a partial record (a job killed mid-write), else 0: that line
     is expected to be unreadable and is not worth a note."""
     try:
-        text = (run_dir / METRICS).read_text(errors="replace")
+        text = RunDir(run_dir).metrics.read_text(errors="replace")
     except OSError:
         return 0
     if not text or text.endswith("\n"):
@@ -70,7 +70,7 @@ def _completed_forecast(plan, starts, notes: list[str]):
 
 def _read_accounting(run_dir: Path) -> dict | None:
     try:
-        return json.loads((run_dir / SLURM_ACCOUNTING).read_text())
+        return json.loads(RunDir(run_dir).slurm_accounting.read_text())
     except (OSError, ValueError):
         return None
 
@@ -93,7 +93,7 @@ def build_report(run_dir: str | os.PathLike) -> dict:
 
     job = C.job_section(plan, starts)
     steps = C.train_steps(records)
-    status, status_detail = C.status_section((rd / COMPLETED).exists(), records, steps, job["planned_steps"])
+    status, status_detail = C.status_section(RunDir(rd).completed.exists(), records, steps, job["planned_steps"])
     thr = C.throughput_section(job, records, steps, notes)
     mfu = A.mfu_section(job, thr, A.flops_per_token(plan, starts, job, notes))
     energy = A.energy_section(read_node_energy(rd), job, thr, notes)
@@ -130,7 +130,7 @@ def read_or_build_report(run_dir: str | os.PathLike) -> dict:
     """The run's ``report.json`` when it is there and readable (the trainer writes it after the
     final save), else the report built now (nothing written)."""
     rd = require_run_dir(run_dir)
-    p = rd / REPORT_JSON
+    p = RunDir(rd).report_json
     if p.is_file():
         try:
             report = json.loads(p.read_text())
@@ -151,10 +151,11 @@ def write_reports(run_dir: str | os.PathLike, html: bool = True) -> dict:
 
     rd = Path(run_dir)
     report = build_report(rd)
-    write_json(rd / REPORT_JSON, report)
-    write_atomic(rd / REPORT_MD, render_markdown(report))
+    paths = RunDir(rd)
+    write_json(paths.report_json, report)
+    write_atomic(paths.report_md, render_markdown(report))
     if html:
         from launcher.report.series import read_series
 
-        write_atomic(rd / REPORT_HTML, render_html(report, read_series(rd)))
+        write_atomic(paths.report_html, render_html(report, read_series(rd)))
     return report

@@ -26,7 +26,7 @@ import math
 from typing import Any, Iterable, Optional, Sequence
 
 from launcher.plan.types import Plan
-from launcher.report.hardware import match_accelerator
+from launcher.facts.hardware import match_accelerator
 from launcher.rundir import CheckpointRecord, EndRecord, EvalRecord, StartRecord, TrainRecord
 
 

@@ -27,7 +27,7 @@ import os
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
-from launcher.rundir import EMISSIONS
+from launcher.rundir import RunDir
 
 SCHEMA_VERSION = 1
 COMPONENTS = ("cpu", "gpu", "ram")
@@ -121,7 +121,7 @@ def node_summary(node: str, sessions: list[dict], extra: dict) -> dict:
 def read_node_energy(run_dir: Union[str, os.PathLike]) -> list[dict]:
     """Every node's summary in ``emissions/``: the ``<node>.json`` files, plus a summary rebuilt
     from ``<node>.csv`` for a node whose tracker never wrote its JSON (labels "unknown")."""
-    d = Path(run_dir) / EMISSIONS
+    d = RunDir(run_dir).emissions
     if not d.is_dir():
         return []
     out: list[dict] = []

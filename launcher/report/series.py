@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from launcher.report.compute import finite, ratio, train_steps
 from launcher.report.energy import num, read_emissions_csv
-from launcher.rundir import EMISSIONS, EvalRecord, read_metrics
+from launcher.rundir import EvalRecord, RunDir, read_metrics
 
 Power = dict[str, tuple[list[float], list[float]]]  # node -> (minutes, watts)
 
@@ -41,7 +40,7 @@ def power_series(run_dir: str | os.PathLike) -> Power:
     ``emissions/<node>.csv`` (power = energy delta / time delta, PUE included). Sessions
     (attempts) follow each other on the time axis."""
     out: Power = {}
-    d = Path(run_dir) / EMISSIONS
+    d = RunDir(run_dir).emissions
     if not d.is_dir():
         return out
     for p in sorted(d.glob("*.csv")):

@@ -4,40 +4,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 from launcher.errors import JobError
+from launcher.fs import write_atomic, write_json  # noqa: F401 - re-exported: the run directory's writers
 from launcher.rundir.names import HASHES, JOB_YAML, LOGS, PLAN_JSON
-
-
-def write_atomic(path: str | os.PathLike, text: str | bytes, mode: int | None = None) -> Path:
-    """Write to a temp file beside ``path`` then rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = text.encode() if isinstance(text, str) else text
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return write_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def hash_files(run_dir: str | os.PathLike, names: list[str]) -> str:

@@ -10,11 +10,11 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Annotated, Callable, Iterator, Literal, Optional, TypeVar, Union
+from typing import Annotated, Callable, Literal, Optional, TypeVar, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from launcher.rundir.files import write_atomic
+from launcher.fs import write_atomic
 from launcher.rundir.names import METRICS
 
 
@@ -191,5 +191,3 @@ class MetricsWriter:
         write_atomic(self.path, "".join(dump(r) for r in keep))
 
 
-def iter_kind(records: list, cls: type[R]) -> Iterator[R]:
-    return (r for r in records if isinstance(r, cls))

@@ -36,3 +36,18 @@ STOP = "STOP"  # touched by the Slurm batch shell on USR2; every rank polls it e
 PREEMPTED = "PREEMPTED"  # written by rank 0 after the stop checkpoint; the batch script requeues
 COMPLETED = "COMPLETED"  # written by rank 0 after the final save: the job succeeded
 SLURM_ACCOUNTING = "slurm_accounting.json"  # sacct's attempts of the run's Slurm job (allocated time)
+
+# below the top level (templates take the rank, step, node or Slurm job id)
+RANK_LOG = "rank{rank}.log"  # in logs/: one rank's output, appended across attempts
+STACKS = "stacks-rank{rank}.txt"  # in logs/: every thread's Python stack, dumped by the watchdog
+HANG_RECORD = "hang-rank{rank}.json"  # in logs/: the watchdog's record of a hang (which ranks were behind)
+SLURM_OUT = "slurm-{job_id}.out"  # in logs/: Slurm's output file ({job_id} is %j in the batch script)
+SLURM_ERR = "slurm-{job_id}.err"
+SLURM_LOG_RE = r"slurm-(\d+)\.(out|err)"  # what SLURM_OUT and SLURM_ERR name, read back
+RNG_STATE = "rng-rank{rank}.pt"  # in a checkpoint: one rank's RNG states
+NODE_ENERGY_JSON = "{node}.json"  # in emissions/: that node's summary
+NODE_ENERGY_CSV = "{node}.csv"  # in emissions/: CodeCarbon's own output
+ADAPTER_WEIGHTS = "adapter_model.safetensors"  # in final/ and export/adapter/ (peft's names)
+ADAPTER_CONFIG = "adapter_config.json"
+MODEL_CARD = "README.md"  # in export/<kind>/
+ENGINE = "engine"  # in a checkpoint: the engine's own files (DCP or DeepSpeed)

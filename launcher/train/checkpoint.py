@@ -23,28 +23,10 @@ from launcher import rundir
 from launcher.errors import JobError
 from launcher.train import manifest
 
-ENGINE = "engine"
-
-
-def _rng_file(ckpt: Path, rank: int) -> Path:
-    return ckpt / f"rng-rank{rank}.pt"
-
-
-def _step_of(p: Path) -> Optional[int]:
-    try:
-        return int(p.name[len(rundir.CHECKPOINT_PREFIX):])
-    except ValueError:
-        return None
-
-
 def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     """(step, folder) of every checkpoint with a manifest, newest first."""
-    out = []
-    for p in (run_dir / rundir.CHECKPOINTS).glob(f"{rundir.CHECKPOINT_PREFIX}*"):
-        step = _step_of(p)
-        if step is not None and (p / rundir.MANIFEST).is_file():
-            out.append((step, p))
-    return sorted(out, reverse=True)
+    return sorted(((step, p) for step, p in rundir.RunDir(run_dir).checkpoint_dirs()
+                   if rundir.manifest_file(p).is_file()), reverse=True)
 
 
 def latest_checkpoint(run_dir: Path) -> Optional[Path]:
@@ -125,9 +107,8 @@ def save_checkpoint(run: Path, strategy, step: int, keep_last: int, metrics) -> 
     import torch.distributed as dist
 
     rank = dist.get_rank()
-    root = run / rundir.CHECKPOINTS
-    tmp = root / f".tmp-{rundir.CHECKPOINT_PREFIX}{step}"
-    final = root / f"{rundir.CHECKPOINT_PREFIX}{step}"
+    rd = rundir.RunDir(run)
+    root, tmp, final = rd.checkpoints, rd.tmp_checkpoint(step), rd.checkpoint(step)
     failed = torch.zeros(1)
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -141,8 +122,8 @@ def save_checkpoint(run: Path, strategy, step: int, keep_last: int, metrics) -> 
     problem = _space_problem(root, strategy, step) if failed.item() == 0 else None
     if problem is None and failed.item() == 0:
         try:
-            strategy.save(str(tmp / ENGINE))
-            torch.save(rng_state(), _rng_file(tmp, rank))
+            strategy.save(str(rundir.engine_dir(tmp)))
+            torch.save(rng_state(), rundir.rng_state(tmp, rank))
         # DCP's CheckpointException (a write that failed on any rank, raised on every rank) is a
         # BaseException: `except Exception` let a disk that filled during the write through
         except BaseException as e:  # noqa: BLE001 - agreed on below; a full disk is said in one line
@@ -157,7 +138,7 @@ def save_checkpoint(run: Path, strategy, step: int, keep_last: int, metrics) -> 
         raise _no_space(root, step, problem or f"checkpoint at step {step}: no space left on the device of {root}")
     dist.barrier()
     if rank == 0:
-        rundir.write_json(tmp / rundir.TRAINER_STATE, {"step": step, "time": time.time()})
+        rundir.write_json(rundir.trainer_state_file(tmp), {"step": step, "time": time.time()})
     dist.barrier()
     manifest.write_manifest(tmp, step)
     if rank == 0:
@@ -188,9 +169,8 @@ def prune(root: Path, keep_last: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
     if done:
         newest = done[0][0]
-        for p in root.glob(f"{rundir.CHECKPOINT_PREFIX}*"):
-            step = _step_of(p)
-            if step is not None and step < newest and not (p / rundir.MANIFEST).is_file():
+        for step, p in rundir.RunDir(root.parent).checkpoint_dirs():
+            if step < newest and not rundir.manifest_file(p).is_file():
                 shutil.rmtree(p, ignore_errors=True)
 
 
@@ -198,9 +178,9 @@ def resume(ckpt: Path, strategy, rank: int) -> int:
     """Load ``ckpt`` into the strategy and this rank's RNG streams; the step it holds."""
     import torch
 
-    strategy.load(str(ckpt / ENGINE))
-    state = json.loads((ckpt / rundir.TRAINER_STATE).read_text())
-    rng = _rng_file(ckpt, rank)
+    strategy.load(str(rundir.engine_dir(ckpt)))
+    state = json.loads(rundir.trainer_state_file(ckpt).read_text())
+    rng = rundir.rng_state(ckpt, rank)
     if rng.exists():
         set_rng_state(torch.load(rng, weights_only=False))
     return int(state["step"])
@@ -212,9 +192,8 @@ def save_final(run: Path, strategy, method: str, tokenizer) -> Path:
     import torch.distributed as dist
 
     sd = strategy.full_state_dict(trainable_only=method == "lora")  # collective
-    final = run / rundir.FINAL
+    final, tmp = rundir.RunDir(run).final, rundir.RunDir(run).tmp_final
     if dist.get_rank() == 0:
-        tmp = run / f".tmp-{rundir.FINAL}"
         shutil.rmtree(tmp, ignore_errors=True)
         module = strategy.unwrapped()
         module.save_pretrained(str(tmp), state_dict=sd, safe_serialization=True)
@@ -230,9 +209,9 @@ def save_final(run: Path, strategy, method: str, tokenizer) -> Path:
 def check_adapter(folder: Path) -> None:
     from safetensors import safe_open
 
-    f = folder / "adapter_model.safetensors"
+    f, _ = rundir.adapter_files(folder)
     if not f.exists():
-        raise RuntimeError(f"{folder}: no adapter_model.safetensors written")
+        raise RuntimeError(f"{folder}: no {f.name} written")
     with safe_open(str(f), "pt") as st:
         keys = list(st.keys())
         if not keys:

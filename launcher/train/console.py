@@ -18,17 +18,14 @@ import sys
 from pathlib import Path
 from typing import Optional, TextIO
 
-from launcher import rundir
+from launcher import progress, rundir
 
-PROGRESS_ENV = "LAUNCHER_PROGRESS"  # "tty": `launcher run` redraws every step's line on a terminal
-PROGRESS_LINES = 30  # at most about this many step lines in a piped run
-STEP_PREFIX = "[launcher] step "  # how `launcher run` tells a progress line from the rest
 
 _user: dict[str, Optional[TextIO]] = {"out": None, "err": None}
 
 
 def rank_log(run_dir: str | os.PathLike, rank: int) -> Path:
-    return Path(run_dir) / rundir.LOGS / f"rank{rank}.log"
+    return rundir.RunDir(run_dir).rank_log(rank)
 
 
 def capture_output(run_dir: str | os.PathLike, rank: int) -> Path:
@@ -76,7 +73,7 @@ def say(msg: str, *, err: bool = False) -> None:
 
 def progress_every(total_steps: int, log_every_steps: int, environ=os.environ) -> int:
     """Rank 0 prints a step line every this many steps: each step on a terminal (redrawn in
-    place by `launcher run`), else often enough for about PROGRESS_LINES lines a run."""
-    if environ.get(PROGRESS_ENV) == "tty":
+    place by `launcher run`), else often enough for about progress.PIPED_LINES lines a run."""
+    if environ.get(progress.ENV) == "tty":
         return 1
-    return max(log_every_steps, math.ceil(total_steps / PROGRESS_LINES))
+    return max(log_every_steps, math.ceil(total_steps / progress.PIPED_LINES))

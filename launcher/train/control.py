@@ -26,4 +26,4 @@ def install_stop_handler() -> None:
 
 
 def stop_requested(run: Path) -> bool:
-    return _signalled["stop"] or (run / rundir.STOP).exists()
+    return _signalled["stop"] or rundir.RunDir(run).stop.exists()

@@ -49,7 +49,7 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from launcher.report.energy import COMPONENTS, node_summary, read_emissions_csv, session_from_row
-from launcher.rundir import EMISSIONS, write_json
+from launcher.rundir import RunDir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -212,9 +212,9 @@ class NodeEnergyTracker(_NodeSettings):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.dir = self.run_dir / EMISSIONS
-        self.csv_path = self.dir / f"{self.node}.csv"
-        self.json_path = self.dir / f"{self.node}.json"
+        rd = RunDir(self.run_dir)
+        self.dir = rd.emissions
+        self.csv_path, self.json_path = rd.node_energy_csv(self.node), rd.node_energy_json(self.node)
         self._tracker: Any = None
         self._labels: dict[str, str] = {}
         self._start_time: Optional[float] = None

@@ -125,14 +125,13 @@ def _main(run_dir: str, preflight_only: bool, t_start: float) -> int:
     if not preflight_only:
         # tokenize (or read the cache) before any process group exists: slow preprocessing never
         # sits inside a collective with a timeout; a file lock serialises the ranks of a node
-        from pathlib import Path
 
         from launcher.sources import job_paths
         from launcher.train.data import prepare_data, read_tokenizer
 
         paths = job_paths(plan.job)
         tok = read_tokenizer(plan.job, paths.tokenizer)
-        prepared = prepare_data(plan.job, tok, paths.data, Path(run_dir) / rundir.CACHE)
+        prepared = prepare_data(plan.job, tok, paths.data, rundir.RunDir(run_dir).cache)
     try:
         init_distributed(plan, store, join_timeout_s=timeout_s)
         run_preflight(run_dir, timeout_s=timeout_s)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Optional
 
+from launcher import rundir
 from launcher.train.loss import label_count, model_inputs, token_loss_sum
 
 
@@ -68,7 +68,7 @@ def accuracy_of_model(folder, tokenizer_folder, spec, data_path: str) -> Optiona
 
     folder = str(folder)
     tok = read_tokenizer(spec, str(tokenizer_folder))
-    if (Path(folder) / "adapter_config.json").exists():
+    if rundir.adapter_files(folder)[1].exists():
         from peft import AutoPeftModelForCausalLM
 
         model = AutoPeftModelForCausalLM.from_pretrained(folder, dtype=torch.float32)

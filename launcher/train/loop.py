@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from launcher import rundir
+from launcher.progress import step_line
 from launcher.plan.schedule import LrLambda, warmup_steps
 from launcher.train import checkpoint as ckpts
 from launcher.train.console import progress_every, say
@@ -16,7 +17,7 @@ from launcher.train.control import install_stop_handler, stop_requested
 from launcher.train.evaluate import accuracy_of_model, eval_loss
 from launcher.train.loss import label_count, model_inputs, token_loss_sum
 from launcher.train.memory import MemoryMonitor, gather_memory, release_free_memory
-from launcher.train.metrics import StepSums, progress_line, reduce_step, restarts_all_nodes, start_record
+from launcher.train.metrics import StepSums, reduce_step, restarts_all_nodes, start_record
 from launcher.train.trackers import start_trackers
 
 
@@ -34,7 +35,7 @@ def train_main(run_dir: str, plan, prepared, tokenizer, t_start: float) -> int:
     from transformers.utils import logging as hf_logging
 
     from launcher.modelinfo import count_params
-    from launcher.report.flops import flops_per_token_from_config
+    from launcher.facts.flops import flops_per_token_from_config
     from launcher.sources import job_paths
     from launcher.train.data import BatchSchedule, collate, pad_id_for
     from launcher.train.energy_sidecar import start_node_tracker
@@ -143,7 +144,7 @@ def train_main(run_dir: str, plan, prepared, tokenizer, t_start: float) -> int:
             samples=total.docs, tokens=total.tokens, padding_tokens=total.padding, label_tokens=global_labels,
             step_time_s=step_time, cum_samples=cum_samples, cum_tokens=cum_tokens, rank_compute_s=total.rank_compute_s))
         if rank == 0 and (done % show_every == 0 or done == total_steps):
-            log0(progress_line(done, total_steps, loss, lr_used, total.tokens, step_time))
+            say(step_line(done, total_steps, loss, lr_used, total.tokens, step_time))
         if spec.train.eval_every_steps and done % spec.train.eval_every_steps == 0 and done < total_steps and has_eval:
             metrics.write(rundir.EvalRecord(step=done, eval_loss=eval_loss(strategy, prepared.eval, pad_id, plan),
                                             eval_tokens=label_count(prepared.eval)))
@@ -196,10 +197,10 @@ def _finish(run: Path, rank: int, status: str, done: int, tracker, strategy, tra
     dist.barrier()
     if rank == 0:
         if status == "completed":
-            rundir.write_atomic(run / rundir.COMPLETED, f"{time.time()}\n")
+            rundir.write_atomic(rundir.RunDir(run).completed, f"{time.time()}\n")
             trackers.summary(_write_reports(run))
         else:
-            rundir.write_atomic(run / rundir.PREEMPTED, f"step {done}\n")
+            rundir.write_atomic(rundir.RunDir(run).preempted, f"step {done}\n")
         trackers.close(status)
     dist.barrier()
     _teardown(strategy)

@@ -52,7 +52,7 @@ def write_manifest(folder: Path, step: int) -> None:
     dist.all_gather_object(parts, mine)
     if rank == 0:
         files = {k: v for part in parts for k, v in part.items()}
-        rundir.write_json(folder / rundir.MANIFEST, {"step": step, "world_size": world, "time": time.time(),
+        rundir.write_json(rundir.manifest_file(folder), {"step": step, "world_size": world, "time": time.time(),
                                                      "files": dict(sorted(files.items()))})
         _fsync(folder)
 
@@ -61,7 +61,7 @@ def check_manifest(folder: Path, rank: int = 0, world: int = 1) -> Optional[str]
     """Why ``folder`` is not the checkpoint its manifest describes (this rank's share of the
     files), or None when it is."""
     try:
-        manifest = json.loads((folder / rundir.MANIFEST).read_text())
+        manifest = json.loads(rundir.manifest_file(folder).read_text())
         files = manifest["files"]
     except (OSError, ValueError, KeyError, TypeError):
         return f"no readable {rundir.MANIFEST} (the save did not finish)"

@@ -105,9 +105,3 @@ def reduce_step(sums: StepSums, grad_norm: Any, stop_vote: bool, device: Any, co
     c = t.cpu().tolist()
     norm = c[-1] if torch.is_tensor(grad_norm) else (float(grad_norm) if grad_norm is not None else None)
     return StepTotals(c[0], int(c[1]), int(c[2]), int(c[3]), norm, c[4] > 0, c[5:5 + world])
-
-
-def progress_line(done: int, total: int, loss: float, lr: float, tokens: int, step_time: float) -> str:
-    eta = (total - done) * step_time
-    return (f"step {done}/{total} | loss {loss:.4f} | lr {lr:.3g} | "
-            f"{tokens / max(step_time, 1e-9):,.0f} tok/s | ETA {eta:,.0f}s")

@@ -138,7 +138,7 @@ def write_preflight_failure(run_dir: str | os.PathLike, line: str) -> None:
     import json
     import tempfile
 
-    path = Path(run_dir) / rundir.LOGS / rundir.PREFLIGHT_JSON
+    path = rundir.RunDir(run_dir).preflight_json
     rank = int(os.environ.get("RANK", "0"))
     try:
         old = json.loads(path.read_text())
@@ -186,7 +186,7 @@ def _unreachable_line(err: BaseException, rank: int, host: str, timeout_s: float
 
 
 def _write_report(run_dir: str | os.PathLike, report: dict) -> Path:
-    return rundir.write_json(Path(run_dir) / rundir.LOGS / rundir.PREFLIGHT_JSON, report)
+    return rundir.write_json(rundir.RunDir(run_dir).preflight_json, report)
 
 
 def run_preflight(run_dir: str | os.PathLike, timeout_s: float = 60) -> list[dict]:

@@ -192,7 +192,7 @@ class TensorBoardTracker:
         # an earlier attempt's events from the first step done again on are dropped by readers;
         # at step 0 the eval baseline is logged again too
         purge = None if kept is None else (start_step + 1 if start_step else 0)
-        self.dir = run_dir / rundir.TENSORBOARD
+        self.dir = rundir.RunDir(run_dir).tensorboard
         self.writer = SummaryWriter(log_dir=str(self.dir), purge_step=purge)
         return {"log_dir": rundir.TENSORBOARD}
 
@@ -216,7 +216,7 @@ class TensorBoardTracker:
 def mlflow_default_uri(run_dir: Path) -> str:
     """The SQLite store in the run directory (MLflow 3 refuses its plain file store by default).
     SQLAlchemy unquotes the path: a run directory named with %, ? or # stays itself."""
-    return "sqlite:///" + quote(str((run_dir / rundir.MLFLOW / rundir.MLFLOW_DB).absolute()), safe="/")
+    return "sqlite:///" + quote(str((rundir.RunDir(run_dir).mlflow_db).absolute()), safe="/")
 
 
 class MlflowTracker:
@@ -234,9 +234,9 @@ class MlflowTracker:
         self.uri = os.environ.get("MLFLOW_TRACKING_URI") or ""
         artifacts = None
         if not self.uri:
-            (run_dir / rundir.MLFLOW).mkdir(exist_ok=True)
+            rundir.RunDir(run_dir).mlflow.mkdir(exist_ok=True)
             self.uri = mlflow_default_uri(run_dir)
-            artifacts = (run_dir / rundir.MLFLOW / rundir.MLFLOW_ARTIFACTS).absolute().as_uri()
+            artifacts = (rundir.RunDir(run_dir).mlflow_artifacts).absolute().as_uri()
         self.client = MlflowClient(tracking_uri=self.uri)
         self.run_id, self.resumed, self._last = (kept or {}).get("run_id"), False, {}
         if self.run_id:
@@ -302,7 +302,7 @@ class WandbTracker:
                               resume="allow", dir=str(run_dir), name=run_dir.name, mode=self.mode, config=config,
                               settings=wandb.Settings(console="off", disable_git=True, silent=True))
         run_id = self.run.id  # W&B's own on the first start
-        self.dir = run_dir / rundir.WANDB
+        self.dir = rundir.RunDir(run_dir).wandb
         return {"run_id": run_id}
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
@@ -360,7 +360,7 @@ def read_tracker_ids(run_dir: Path) -> dict:
     import json
 
     try:
-        data = json.loads((run_dir / rundir.TRACKERS_JSON).read_text())
+        data = json.loads(rundir.RunDir(run_dir).trackers_json.read_text())
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
@@ -383,7 +383,7 @@ def start_trackers(run_dir: Path, plan, start_step: int, metrics: rundir.Metrics
             continue
         active.append(tracker)
         say(f"[launcher] tracker {name}: {tracker.where()}")
-    rundir.write_json(run_dir / rundir.TRACKERS_JSON, kept)
+    rundir.write_json(rundir.RunDir(run_dir).trackers_json, kept)
     trackers = Trackers(active)
     metrics.listeners.append(trackers.record)
     atexit.register(trackers.close, "failed")  # an exception ends the attempt: the runs are not left running

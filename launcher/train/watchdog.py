@@ -36,7 +36,7 @@ STALE_S = 10.0  # a rank silent this long is stopped, frozen or gone
 
 
 def stacks_file(run: Path, rank: int) -> Path:
-    return run / rundir.LOGS / f"stacks-rank{rank}.txt"
+    return rundir.RunDir(run).stacks(rank)
 
 
 class Watchdog:
@@ -150,10 +150,10 @@ class Watchdog:
         line = (f"launcher: hang: step {self.step + 1} ({self.phase}) exceeded {self.timeout():.0f} s on rank {self.rank} "
                 f"({self.host}); " + (f"rank(s) {where} did not arrive" if behind else
                                       "every rank arrived: the hang is inside a collective or the step itself")
-                + f"; Python stacks of every live rank in {path.parent}/stacks-rank*.txt")
+                + f"; Python stacks of every live rank in {path.parent}/{rundir.STACKS.format(rank='*')}")
         say(line, err=True)
         try:
-            rundir.write_json(self.run / rundir.LOGS / f"hang-rank{self.rank}.json",
+            rundir.write_json(rundir.RunDir(self.run).hang_record(self.rank),
                               {"rank": self.rank, "host": self.host, "step": self.step + 1, "elapsed_s": elapsed,
                                "timeout_s": self.timeout(), "behind": behind, "not_responding": silent,
                                "heartbeats": beats})

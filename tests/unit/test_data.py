@@ -393,7 +393,7 @@ def test_prepare_data_rebuilds_a_torn_cache(tok, tmp_path):
 
 
 def test_packing_problem_names_what_to_change():
-    from launcher.train.data import packing_problem
+    from launcher.facts.packing import packing_problem
 
     assert packing_problem("sdpa", 8, has_detection=True) is None
     assert packing_problem("eager", 1, has_detection=True) is None

@@ -19,8 +19,8 @@ from launcher.errors import JobError
 from launcher.plan import plan_job
 from launcher.report import build_report, read_or_build_report, what_changed, write_reports
 from launcher.report.energy import read_node_energy, sum_energy
-from launcher.report.flops import flops_per_token_from_config, model_flops_per_token
-from launcher.report.hardware import ACCELERATORS, match_accelerator
+from launcher.facts.flops import flops_per_token_from_config, model_flops_per_token
+from launcher.facts.hardware import ACCELERATORS, match_accelerator
 from launcher.rundir import CheckpointRecord, EndRecord, EvalRecord, StartRecord, TrainRecord, write_plan
 from launcher.spec import JobSpec
 

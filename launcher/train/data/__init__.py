@@ -25,7 +25,8 @@ is cheap.
 from __future__ import annotations
 
 from launcher.train.data.cache import CACHE_VERSION, PreparedData, cache_key, prepare_data
-from launcher.train.data.collate import PACKED_ATTN_IMPLEMENTATIONS, collate, packed_attention_supported, packing_problem
+from launcher.facts.packing import PACKED_ATTN_IMPLEMENTATIONS, packing_problem
+from launcher.train.data.collate import collate, packed_attention_supported
 from launcher.train.data.load import SUPPORTED, load_rows
 from launcher.train.data.pack import pack, split_train_eval
 from launcher.train.data.rows import Rows

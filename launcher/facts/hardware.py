@@ -223,8 +223,8 @@ HOST = HostAssumptions(
     ram_source="CodeCarbon's RAM model (5 W per x86 DIMM, decreasing with count) for 2 TiB (DGX H100): 16 DIMMs = 70 W",
     cpu_adam_params_per_s=1.0e9,
     cpu_adam_source=("assumed 1e9 parameters/s per node for DeepSpeedCPUAdam (AVX-512, all cores); "
-                     "ZeRO-Offload (Ren et al. 2021) reports CPU-Adam 5-7x faster than PyTorch's; an order "
-                     "of magnitude, calibrate"),
+                     "ZeRO-Offload (Ren et al. 2021) reports CPU-Adam several times faster than PyTorch's; an "
+                     "order of magnitude, calibrate"),
     nvme_gb_s=6.0,
     nvme_source="assumed 6 GB/s per node (one or two PCIe Gen4 NVMe drives); ZeRO-Infinity needs it measured",
 )
