@@ -1,7 +1,7 @@
 """The Slurm batch script, as a pure function of a Plan.
 
-``render_sbatch(plan, run_dir)`` fills ``launcher/templates/job.sbatch.j2`` (the same file as
-``slurm/job.sbatch.j2``, which users read). Quoting rules:
+``render_sbatch(plan, run_dir)`` fills ``launcher/templates/job.sbatch.j2`` (slurm/examples/ holds
+scripts rendered from it, for users to read). Quoting rules:
 
 - ``#SBATCH --flag=value``: every value ``shlex.quote``d, flags in a fixed order (sbatch parses
   quotes on #SBATCH lines like a shell, but expands nothing);
@@ -205,7 +205,7 @@ def _step_lines(srun: list[str], argv: list[str]) -> str:
 
 
 def template_text() -> str:
-    """The packaged template (tests compare it with slurm/job.sbatch.j2)."""
+    """The packaged template, as text."""
     from importlib.resources import files
 
     return (files("launcher") / "templates" / TEMPLATE).read_text()

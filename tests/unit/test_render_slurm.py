@@ -64,9 +64,21 @@ def test_golden_scripts_parse(tmp_path):
         _bash_n(tmp_path, (GOLDEN / name).read_text())
 
 
-def test_template_copy_for_users_is_the_packaged_template():
-    assert (ROOT / "slurm" / "job.sbatch.j2").read_text() == template_text()
+def test_the_example_scripts_users_copy_are_what_the_template_renders_today(tmp_path):
+    """slurm/examples/*.sbatch come from the one template through `launcher slurm --dry-run`
+    (slurm/render_examples.py); a template change without a fresh render fails here."""
+    import subprocess
+    import sys
+
     assert (ROOT / "launcher" / "templates" / "job.sbatch.j2").read_text() == template_text()
+    assert not (ROOT / "slurm" / "job.sbatch.j2").exists(), "one template: launcher/templates/job.sbatch.j2"
+    examples = sorted((ROOT / "slurm" / "examples").glob("*.sbatch"))
+    assert len(examples) >= 2
+    for p in examples:
+        _bash_n(tmp_path, p.read_text())
+    out = subprocess.run([sys.executable, str(ROOT / "slurm" / "render_examples.py"), "--check"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
 
 
 def test_gpu_flags_only_on_cuda_and_threads_on_cpu():
