@@ -23,10 +23,13 @@ import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from launcher import rundir
 from launcher.errors import JobError
+
+if TYPE_CHECKING:
+    from launcher.rundir.report_file import Job, Report
 
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 TRAINING_TYPE = "fine-tuning"  # the Hub's co2_eq_emissions.training_type for anything not trained from scratch
@@ -176,32 +179,31 @@ def _write_model(plan, final: Path, tmp: Path, kind: str, dtype: Optional[str], 
 # --------------------------------------------------------------------------- the model card
 
 
-def _hardware(job: dict) -> str:
-    what = job.get("accelerator") or job.get("device") or "unknown"
-    if job.get("device") == "cpu":
+def _hardware(job: "Job") -> str:
+    what = job.accelerator or job.device or "unknown"
+    if job.device == "cpu":
         what = f"{what} (CPU)"
-    nodes = job.get("nodes") or 1
-    return f"{job.get('world_size', 1)} x {what}" + (f" on {nodes} nodes" if nodes > 1 else "")
+    nodes = job.nodes or 1
+    return f"{job.world_size} x {what}" + (f" on {nodes} nodes" if nodes > 1 else "")
 
 
-def co2_metadata(report: dict) -> Optional[dict]:
+def co2_metadata(report: "Report") -> Optional[dict]:
     """The card's co2_eq_emissions: grams (the report's kgCO2e x 1000), CodeCarbon with its measured
     or estimated label, fine-tuning, the country (and region) of the grid, the devices."""
-    e = report.get("energy", {})
-    if not e.get("available") or e.get("emissions_kg") is None:
+    e = report.energy
+    if not e.available or e.emissions_kg is None:
         return None
-    where = ", ".join(x for x in (e.get("country_iso_code"), e.get("region")) if x)
-    return {"emissions": e["emissions_kg"] * 1000.0, "source": f"CodeCarbon ({e.get('total_label', 'estimated')})",
+    where = ", ".join(x for x in (e.country_iso_code, e.region) if x)
+    return {"emissions": e.emissions_kg * 1000.0, "source": f"CodeCarbon ({e.total_label or 'estimated'})",
             "training_type": TRAINING_TYPE, "geographical_location": where or "unknown",
-            "hardware_used": _hardware(report.get("job", {}))}
+            "hardware_used": _hardware(report.job)}
 
 
-def training_rows(plan, report: dict) -> list[tuple[str, str]]:
+def training_rows(plan, report: "Report") -> list[tuple[str, str]]:
     """The card's training facts, from the report (what ran) and the plan (what was asked)."""
     from launcher.report.format import fmt_dur, fmt_kwh, fmt_money, fmt_num, strategy_label
 
-    job, t, loss = report.get("job", {}), report.get("throughput", {}), report.get("loss", {})
-    e, c, spec = report.get("energy", {}), report.get("cost", {}), plan.job
+    job, t, loss, e, c, spec = report.job, report.throughput, report.loss, report.energy, report.cost, plan.job
     if spec.train.method == "lora":
         lo = spec.train.lora
         target = lo.target_modules if isinstance(lo.target_modules, str) else ", ".join(lo.target_modules)
@@ -212,33 +214,30 @@ def training_rows(plan, report: dict) -> list[tuple[str, str]]:
         ("method", method),
         ("data", f"{spec.data.path} ({spec.data.format}, max_seq_len {spec.data.max_seq_len}"
                  f"{', packed' if spec.data.packing else ''})"),
-        ("parallelism", f"{strategy_label(job)}, {job.get('world_size')} x {job.get('device')} "
-                        f"on {job.get('nodes')} node(s)"),
+        ("parallelism", f"{strategy_label(job)}, {job.world_size} x {job.device} on {job.nodes} node(s)"),
         ("precision", str(spec.model.dtype)),
         ("batch", f"{plan.global_batch_size} rows per step (micro {plan.micro_batch_size} x accumulation "
                   f"{plan.grad_accum_steps} x {plan.world_size} ranks)"),
         ("optimizer", f"AdamW, lr {spec.train.lr:g} ({spec.train.lr_scheduler}, warmup {spec.train.warmup_ratio:.0%}), "
                       f"weight decay {spec.train.weight_decay:g}"),
-        ("steps", f"{fmt_num(t.get('steps'))} of {fmt_num(job.get('planned_steps'))}"),
-        ("tokens", fmt_num(t.get("tokens"))),
-        ("final train loss", fmt_num(loss.get("last_train_loss"), 4)),
-        ("final eval loss", fmt_num(loss.get("last_eval_loss"), 4)),
-        ("throughput", f"{fmt_num(t.get('tokens_per_s'))} tokens/s ({fmt_num(t.get('tokens_per_s_per_device'))} "
-                       "per device)"),
-        ("training time", fmt_dur(t.get("wall_time_s"))),
+        ("steps", f"{fmt_num(t.steps)} of {fmt_num(job.planned_steps)}"),
+        ("tokens", fmt_num(t.tokens)),
+        ("final train loss", fmt_num(loss.last_train_loss, 4)),
+        ("final eval loss", fmt_num(loss.last_eval_loss, 4)),
+        ("throughput", f"{fmt_num(t.tokens_per_s)} tokens/s ({fmt_num(t.tokens_per_s_per_device)} per device)"),
+        ("training time", fmt_dur(t.wall_time_s)),
     ]
-    if e.get("available"):
-        rows.append(("energy", f"{fmt_kwh(e['energy_kwh']['total'])} ({e.get('total_label')}, PUE {e.get('pue')})"))
-        rows.append(("emissions", f"{fmt_num(e.get('emissions_kg') * 1000.0)} gCO2e "
-                                  f"({e.get('country_iso_code')} grid)"))
+    if e.available:
+        rows.append(("energy", f"{fmt_kwh(e.energy_kwh.total)} ({e.total_label}, PUE {e.pue})"))
+        rows.append(("emissions", f"{fmt_num((e.emissions_kg or 0.0) * 1000.0)} gCO2e ({e.country_iso_code} grid)"))
     else:
         rows.append(("energy", "not measured"))
-    rows.append(("cost", fmt_money(c.get("total"), c.get("currency", "")) if c.get("available")
+    rows.append(("cost", fmt_money(c.total, c.currency) if c.available
                  else "n/a (no prices in the job's report section)"))
     return rows
 
 
-def render_card(plan, report: dict, *, kind: str, dtype: Optional[str], base_model: Optional[str],
+def render_card(plan, report: "Report", *, kind: str, dtype: Optional[str], base_model: Optional[str],
                 datasets: list[str]) -> str:
     """README.md: YAML metadata the Hub reads (huggingface_hub.ModelCardData) and the facts."""
     from huggingface_hub import ModelCardData

@@ -79,7 +79,7 @@ def report(run_dirs: tuple[str, ...], fmt: str, output: str | None, no_write: bo
         text = html_cached or (R.render_html(reports[0], read_series(dirs[0])) if single
                                else R.render_compare_html(reports, [read_series(d) for d in dirs]))
     elif fmt == "json":
-        text = json.dumps(reports[0] if single else reports, indent=2, sort_keys=True) + "\n"
+        text = json.dumps(reports[0].to_json() if single else [r.to_json() for r in reports], indent=2, sort_keys=True) + "\n"
     else:
         text = R.render_csv(reports)
 

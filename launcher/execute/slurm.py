@@ -163,17 +163,19 @@ def parse_sacct_attempts(out: str, job_id: str) -> list[dict]:
     return attempts
 
 
-def write_accounting(run_dir, job_id: str) -> Optional[dict]:
+def write_accounting(run_dir, job_id: str):
     """Slurm's accounting of the job (every attempt's allocated time and GPUs, from sacct) into
-    RUN_DIR/slurm_accounting.json, where the report reads it; None when sacct cannot say."""
+    RUN_DIR/slurm_accounting.json, where the report reads it: the SlurmAccounting written, None
+    when sacct cannot say."""
     import time
 
     from launcher import rundir
+    from launcher.rundir.artifacts import SlurmAccounting
 
     proc = _run(["sacct", "-j", str(job_id), "-D", "-X", "-n", "-P", "-o", SACCT_ATTEMPT_FIELDS], check=False)
     attempts = parse_sacct_attempts(proc.stdout, job_id) if proc.returncode == 0 else []
     if not attempts:
         return None
-    data = {"job_id": str(job_id), "queried_at": time.time(), "attempts": attempts}
-    rundir.write_json(rundir.RunDir(run_dir).slurm_accounting, data)
+    data = SlurmAccounting(job_id=str(job_id), queried_at=time.time(), attempts=attempts)
+    data.write(rundir.RunDir(run_dir).slurm_accounting)
     return data

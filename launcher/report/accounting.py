@@ -10,17 +10,19 @@ throughput section, the plan and the node energy summaries (no file is read here
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 from launcher.plan.types import Plan
 from launcher.report.compute import finite, latest
 from launcher.report.energy import COMPONENTS, is_measured, sum_energy
+from launcher.rundir.energy_file import EnergyKwh, Measured, NodeEnergy
+from launcher.rundir.report_file import ComputeCost, Cost, Energy, EnergyCost, Job, Mfu, NodeEnergyRow, Throughput
 from launcher.facts.hardware import match_accelerator
 from launcher.rundir import StartRecord
 from launcher.spec import ReportSpec
 
 
-def flops_per_token(plan: Plan, starts: Sequence[StartRecord], job: dict, notes: list[str]) -> Optional[float]:
+def flops_per_token(plan: Plan, starts: Sequence[StartRecord], job: Job, notes: list[str]) -> Optional[float]:
     """The start record's value (the trainer computes it from the loaded model); without one, an
     estimate from the model shape in the plan."""
     fpt = finite(latest(starts, "flops_per_token"))
@@ -29,61 +31,52 @@ def flops_per_token(plan: Plan, starts: Sequence[StartRecord], job: dict, notes:
     m = plan.model
     last = starts[-1] if starts else None
     n = last.n_params if last else (m.n_params if m else None)
-    if not (m and n and m.n_layers and m.hidden_size and job.get("seq_len")):
+    if not (m and n and m.n_layers and m.hidden_size and job.seq_len):
         return None
     from launcher.facts.flops import flops_per_token_from_config
 
     cfg = {"num_hidden_layers": m.n_layers, "hidden_size": m.hidden_size, "vocab_size": m.vocab_size,
            "tie_word_embeddings": False}
-    method = job.get("method") or "full"
+    method = job.method or "full"
     n_tr = last.n_trainable_params if last else None
     if method == "lora" and n_tr is None:
         return None
     try:
-        v = flops_per_token_from_config(cfg, int(job["seq_len"]), int(n), n_tr, method)
+        v = flops_per_token_from_config(cfg, int(job.seq_len), int(n), n_tr, method)
     except (ValueError, TypeError):
         return None
     notes.append("flops_per_token estimated from plan.json's model (no start record value; embeddings assumed untied)")
     return v
 
 
-def mfu_section(job: dict, thr: dict, fpt: Optional[float]) -> dict:
-    device = job.get("device")
-    name = job.get("accelerator")
-    dtype = job.get("dtype") or "bf16"
-    out: dict[str, Any] = {"value": None, "mfu_wall": None, "reason": None, "flops_per_token": fpt,
-                           "peak_tflops": None, "dtype": dtype, "accelerator": None,
-                           "accelerator_source": None, "achieved_tflops_per_device": None, "note": None}
+def mfu_section(job: Job, thr: Throughput, fpt: Optional[float]) -> Mfu:
+    device, name, dtype = job.device, job.accelerator, job.dtype or "bf16"
+    out = Mfu(flops_per_token=fpt, dtype=dtype)
     accel = match_accelerator(name) if device != "cpu" else None
     if accel is None:
         what = "cpu" if device == "cpu" else (name or device or "the device")
-        out["reason"] = f"peak of {what} unknown"
-        return out
-    out.update(accelerator=accel.name, accelerator_source=accel.source, note=accel.note or None)
+        return out.model_copy(update={"reason": f"peak of {what} unknown"})
+    out = out.model_copy(update={"accelerator": accel.name, "accelerator_source": accel.source,
+                                 "note": accel.note or None})
     peak = accel.peak_tflops(dtype)
     if not peak:
-        out["reason"] = f"peak of {accel.name} for {dtype} unknown"
-        return out
-    out["peak_tflops"] = peak
+        return out.model_copy(update={"reason": f"peak of {accel.name} for {dtype} unknown"})
+    out = out.model_copy(update={"peak_tflops": peak})
     if not fpt:
-        out["reason"] = "flops per token unknown (no flops_per_token in the start record)"
-        return out
-    tpd = thr.get("tokens_per_s_per_device")
+        return out.model_copy(update={"reason": "flops per token unknown (no flops_per_token in the start record)"})
+    tpd = thr.tokens_per_s_per_device
     if tpd is None:
-        out["reason"] = "no training steps recorded"
-        return out
+        return out.model_copy(update={"reason": "no training steps recorded"})
     achieved = tpd * fpt
-    out["achieved_tflops_per_device"] = achieved / 1e12
-    out["value"] = achieved / (peak * 1e12)
-    wall = thr.get("tokens_per_s_wall_per_device")
-    out["mfu_wall"] = (wall * fpt / (peak * 1e12)) if wall is not None else None
-    return out
+    wall = thr.tokens_per_s_wall_per_device
+    return out.model_copy(update={"achieved_tflops_per_device": achieved / 1e12, "value": achieved / (peak * 1e12),
+                                  "mfu_wall": (wall * fpt / (peak * 1e12)) if wall is not None else None})
 
 
-def _label_total(measured: dict, energy_kwh: dict) -> str:
-    used = [c for c in COMPONENTS if (energy_kwh.get(c) or 0) > 0] or list(COMPONENTS)
-    m = [c for c in used if is_measured(measured.get(c))]
-    e = [c for c in used if not is_measured(measured.get(c))]
+def _label_total(measured: Measured, energy_kwh: EnergyKwh) -> str:
+    used = [c for c in COMPONENTS if energy_kwh.of(c) > 0] or list(COMPONENTS)
+    m = [c for c in used if is_measured(measured.of(c))]
+    e = [c for c in used if not is_measured(measured.of(c))]
     if not e:
         return "measured"
     if not m:
@@ -91,23 +84,22 @@ def _label_total(measured: dict, energy_kwh: dict) -> str:
     return f"partly measured ({', '.join(m)}), partly estimated ({', '.join(e)})"
 
 
-def energy_section(nodes: list[dict], job: dict, thr: dict, notes: list[str]) -> dict:
+def energy_section(nodes: list[NodeEnergy], job: Job, thr: Throughput, notes: list[str]) -> Energy:
     """Job energy from the node summaries (:func:`launcher.report.energy.read_node_energy`)."""
     if not nodes:
-        return {"available": False, "reason": "no emissions/<node>.json or .csv in the run directory",
-                "nodes": 0}
+        return Energy(available=False, reason="no emissions/<node>.json or .csv in the run directory", nodes=0)
     tot = sum_energy(nodes)
-    expected = job.get("nodes") or None
+    expected = job.nodes or None
     partial = expected is not None and tot["nodes"] < expected
     if partial:
         notes.append(f"energy from {tot['nodes']} of {expected} nodes: job totals are partial")
     if not tot["final"]:
         notes.append("energy: some node trackers never stopped (figures up to their last flush)")
-    tokens = thr.get("tokens") or 0
-    kwh = tot["energy_kwh"]["total"]
+    tokens = thr.tokens or 0
+    kwh = tot["energy_kwh"].total
     kg = tot["emissions_kg"]
-    out = dict(tot)
-    out.update(
+    return Energy(
+        **tot,
         available=True,
         nodes_expected=expected,
         partial=partial,
@@ -115,55 +107,38 @@ def energy_section(nodes: list[dict], job: dict, thr: dict, notes: list[str]) ->
         energy_per_token_j=(kwh * 3.6e6 / tokens) if tokens else None,
         kwh_per_million_tokens=(kwh / tokens * 1e6) if tokens else None,
         gco2e_per_million_tokens=(kg * 1000.0 / tokens * 1e6) if tokens else None,
-        per_node=[{
-            "node": n.get("node"),
-            "energy_kwh": n.get("energy_kwh", {}),
-            "emissions_kg": n.get("emissions_kg"),
-            "duration_s": n.get("duration_s"),
-            "measured": n.get("measured", {}),
-            "final": n.get("final", False),
-            "pue": n.get("pue"),
-            "country_iso_code": n.get("country_iso_code"),
-            "cpu_model": n.get("cpu_model"),
-            "gpu_model": n.get("gpu_model"),
-        } for n in nodes],
+        per_node=[NodeEnergyRow(node=n.node, energy_kwh=n.energy_kwh, emissions_kg=n.emissions_kg,
+                                duration_s=n.duration_s, measured=n.measured, final=n.final, pue=n.pue,
+                                country_iso_code=n.country_iso_code, cpu_model=n.cpu_model, gpu_model=n.gpu_model)
+                  for n in nodes],
     )
-    return out
 
 
-def cost_section(prices: ReportSpec, thr: dict, energy: dict, notes: list[str]) -> dict:
+def cost_section(prices: ReportSpec, thr: Throughput, energy: Energy, notes: list[str]) -> Cost:
     """Money from the job's ``report`` prices (``plan.job.report``)."""
     currency = prices.currency or "USD"
     gpu_price, node_price, e_price = prices.gpu_hour_price, prices.node_hour_price, prices.energy_price_per_kwh
-    out: dict[str, Any] = {"available": False, "currency": currency, "compute": None, "energy": None,
-                           "total": None, "per_million_tokens": None, "reason": None}
     if gpu_price is None and node_price is None and e_price is None:
-        out["reason"] = "no prices set (job report.gpu_hour_price, report.node_hour_price, report.energy_price_per_kwh)"
-        return out
-    total = 0.0
-    if gpu_price is not None and thr.get("device_hours") is not None:
+        return Cost(currency=currency, reason="no prices set (job report.gpu_hour_price, report.node_hour_price, "
+                                              "report.energy_price_per_kwh)")
+    compute = energy_cost = None
+    if gpu_price is not None and thr.device_hours is not None:
         if node_price is not None:
             notes.append("cost: both gpu_hour_price and node_hour_price set; used gpu_hour_price")
-        hours = thr["device_hours"]
-        out["compute"] = {"basis": thr.get("device_hours_label") or "GPU-hours", "hours": hours,
-                          "price_per_hour": gpu_price, "cost": hours * gpu_price}
-    elif node_price is not None and thr.get("node_hours") is not None:
-        hours = thr["node_hours"]
-        out["compute"] = {"basis": "node-hours", "hours": hours, "price_per_hour": node_price,
-                          "cost": hours * node_price}
-    if out["compute"]:
-        total += out["compute"]["cost"]
+        compute = ComputeCost(basis=thr.device_hours_label or "GPU-hours", hours=thr.device_hours,
+                              price_per_hour=gpu_price, cost=thr.device_hours * gpu_price)
+    elif node_price is not None and thr.node_hours is not None:
+        compute = ComputeCost(basis="node-hours", hours=thr.node_hours, price_per_hour=node_price,
+                              cost=thr.node_hours * node_price)
     if e_price is not None:
-        if energy.get("available"):
-            kwh = energy["energy_kwh"]["total"]
-            out["energy"] = {"kwh": kwh, "price_per_kwh": e_price, "cost": kwh * e_price,
-                             "label": energy.get("total_label")}
-            total += out["energy"]["cost"]
+        if energy.available:
+            kwh = energy.energy_kwh.total
+            energy_cost = EnergyCost(kwh=kwh, price_per_kwh=e_price, cost=kwh * e_price, label=energy.total_label)
         else:
             notes.append("cost: energy_price_per_kwh set but no energy figures: energy cost left out")
-    if out["compute"] is None and out["energy"] is None:
-        out["reason"] = "prices set but nothing to price (no timing or energy records)"
-        return out
-    tokens = thr.get("tokens") or 0
-    out.update(available=True, total=total, per_million_tokens=(total / tokens * 1e6) if tokens else None)
-    return out
+    if compute is None and energy_cost is None:
+        return Cost(currency=currency, reason="prices set but nothing to price (no timing or energy records)")
+    total = (compute.cost if compute else 0.0) + (energy_cost.cost if energy_cost else 0.0)
+    tokens = thr.tokens or 0
+    return Cost(available=True, currency=currency, compute=compute, energy=energy_cost, total=total,
+                per_million_tokens=(total / tokens * 1e6) if tokens else None)

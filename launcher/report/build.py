@@ -7,16 +7,17 @@ required, it is what makes a folder a run directory), ``metrics.jsonl``
 crashed job (no end record, a torn last line, no energy file) still gives a report, marked
 incomplete. The arithmetic is in :mod:`launcher.report.compute`.
 
-``report.json`` holds the dict :func:`build_report` returns (``schema_version`` 1);
+``report.json`` holds the :class:`launcher.rundir.Report` that :func:`build_report` returns;
 :func:`write_reports` writes it with ``report.md`` and ``report.html``.
 """
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import os
 from pathlib import Path
+from typing import Optional
 
+from launcher.errors import JobError
 from launcher.report import accounting as A
 from launcher.report import compute as C
 from launcher.report import faults as F
@@ -24,9 +25,9 @@ from launcher.report.energy import read_node_energy
 from launcher.report.forecast import forecast_section
 from launcher.rundir import (MemoryRecord, RunDir, StartRecord, read_metrics, read_plan, require_run_dir, write_atomic,
                              write_json)
+from launcher.rundir.artifacts import DamagedFile, SlurmAccounting, read_model
 from launcher.rundir.metrics import parse_metrics
-
-SCHEMA_VERSION = 1
+from launcher.rundir.report_file import Report
 
 
 def _torn_last_line(run_dir: Path) -> int:
@@ -68,15 +69,16 @@ def _completed_forecast(plan, starts, notes: list[str]):
     return new
 
 
-def _read_accounting(run_dir: Path) -> dict | None:
+def _read_accounting(run_dir: Path, notes: list[str]) -> Optional[SlurmAccounting]:
     try:
-        return json.loads(RunDir(run_dir).slurm_accounting.read_text())
-    except (OSError, ValueError):
+        return read_model(SlurmAccounting, RunDir(run_dir).slurm_accounting, missing_ok=True)
+    except DamagedFile as e:
+        notes.append(f"{e}: Slurm's allocation left out")
         return None
 
 
-def build_report(run_dir: str | os.PathLike) -> dict:
-    """The report of one run, as a JSON-ready dict (``schema_version`` 1)."""
+def build_report(run_dir: str | os.PathLike) -> Report:
+    """The report of one run."""
     rd = Path(run_dir)
     plan = read_plan(rd)
     records = read_metrics(rd)
@@ -93,57 +95,54 @@ def build_report(run_dir: str | os.PathLike) -> dict:
 
     job = C.job_section(plan, starts)
     steps = C.train_steps(records)
-    status, status_detail = C.status_section(RunDir(rd).completed.exists(), records, steps, job["planned_steps"])
+    status, status_detail = C.status_section(RunDir(rd).completed.exists(), records, steps, job.planned_steps)
     thr = C.throughput_section(job, records, steps, notes)
     mfu = A.mfu_section(job, thr, A.flops_per_token(plan, starts, job, notes))
     energy = A.energy_section(read_node_energy(rd), job, thr, notes)
-    allocation = F.allocation_section(_read_accounting(rd), job, thr)
-    billed = dict(thr, device_hours=allocation["device_hours"]) if allocation["available"] else thr
-    if allocation["available"]:
+    allocation = F.allocation_section(_read_accounting(rd, notes), job, thr)
+    billed = thr.model_copy(update={"device_hours": allocation.device_hours}) if allocation.available else thr
+    if allocation.available:
         notes.append("cost: compute priced on Slurm's allocated time (sacct, every attempt), not the trainer's")
     cost = A.cost_section(plan.job.report, billed, energy, notes)
-    forecast = forecast_section(_completed_forecast(plan, starts, notes), plan.memory, job["device"], thr, energy,
+    forecast = forecast_section(_completed_forecast(plan, starts, notes), plan.memory, job.device, thr, energy,
                                 cost, records.of(MemoryRecord))
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "run_dir": str(rd.resolve()),
-        "generated_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "job": job,
-        "status": status,
-        "complete": status_detail["complete"],
-        "status_detail": status_detail,
-        "throughput": thr,
-        "mfu": mfu,
-        "energy": energy,
-        "cost": cost,
-        "forecast": forecast,
-        "loss": C.loss_section(records, steps),
-        "checkpoints": C.checkpoints_section(records),
-        "restarts": F.restarts_section(records, thr),
-        "stragglers": F.stragglers_section(steps, records.of(MemoryRecord)),
-        "allocation": allocation,
-        "notes": notes,
-    }
+    return Report(
+        run_dir=str(rd.resolve()),
+        generated_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        job=job,
+        status=status,
+        complete=status_detail.complete,
+        status_detail=status_detail,
+        throughput=thr,
+        mfu=mfu,
+        energy=energy,
+        cost=cost,
+        forecast=forecast,
+        loss=C.loss_section(records, steps),
+        checkpoints=C.checkpoints_section(records),
+        restarts=F.restarts_section(records, thr),
+        stragglers=F.stragglers_section(steps, records.of(MemoryRecord)),
+        allocation=allocation,
+        notes=notes,
+    )
 
 
-def read_or_build_report(run_dir: str | os.PathLike) -> dict:
-    """The run's ``report.json`` when it is there and readable (the trainer writes it after the
-    final save), else the report built now (nothing written)."""
+def read_or_build_report(run_dir: str | os.PathLike) -> Report:
+    """The run's ``report.json`` when it is there and one this launcher reads, else the report
+    built now (nothing written)."""
     rd = require_run_dir(run_dir)
     p = RunDir(rd).report_json
     if p.is_file():
         try:
-            report = json.loads(p.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            report = None
-        if isinstance(report, dict) and report.get("schema_version") == SCHEMA_VERSION:
-            return report
+            return Report.read(p)
+        except JobError:
+            pass  # damaged, or of another schema version: built again from the run's files
     return build_report(rd)
 
 
-def write_reports(run_dir: str | os.PathLike, html: bool = True) -> dict:
+def write_reports(run_dir: str | os.PathLike, html: bool = True) -> Report:
     """Build the report and write ``report.json``, ``report.md`` and (unless ``html=False``)
-    ``report.html`` into ``run_dir``, each atomically. Returns the report dict.
+    ``report.html`` into ``run_dir``, each atomically. Returns the report.
 
     The trainer calls this on global rank 0 after the final save (and after the node energy
     trackers stopped); ``launcher report RUN_DIR`` calls it again later to refresh."""
@@ -152,7 +151,7 @@ def write_reports(run_dir: str | os.PathLike, html: bool = True) -> dict:
     rd = Path(run_dir)
     report = build_report(rd)
     paths = RunDir(rd)
-    write_json(paths.report_json, report)
+    write_json(paths.report_json, report.to_json())
     write_atomic(paths.report_md, render_markdown(report))
     if html:
         from launcher.report.series import read_series

@@ -28,6 +28,7 @@ from typing import Any, Iterable, Optional, Sequence
 from launcher.plan.types import Plan
 from launcher.facts.hardware import match_accelerator
 from launcher.rundir import CheckpointRecord, EndRecord, EvalRecord, StartRecord, TrainRecord
+from launcher.rundir.report_file import Checkpoints, EvalPoint, Job, Loss, StatusDetail, Throughput
 
 
 def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
@@ -89,7 +90,7 @@ def latest(starts: Sequence[StartRecord], field: str) -> Any:
 # --------------------------------------------------------------------------- sections
 
 
-def job_section(plan: Plan, starts: Sequence[StartRecord]) -> dict:
+def job_section(plan: Plan, starts: Sequence[StartRecord]) -> Job:
     """The job as planned, with what actually ran (the last start record: a resumed attempt may
     differ in world size, device or precision) taking precedence."""
     job = plan.job
@@ -97,33 +98,33 @@ def job_section(plan: Plan, starts: Sequence[StartRecord]) -> dict:
     device = ran.device if ran else plan.device
     accel_name = job.cluster.accelerator or latest(starts, "accelerator")  # the job's explicit name wins
     accel = match_accelerator(accel_name) if device != "cpu" else None
-    return {
-        "name": job.name,
-        "model": job.model.path,
-        "strategy": ran.strategy if ran else plan.strategy,
-        "zero_stage": ran.zero_stage if ran else plan.zero_stage,
-        "method": ran.method if ran else job.train.method,
-        "dtype": ran.dtype if ran else plan.dtype,
-        "nodes": ran.nodes if ran else plan.nodes,
-        "procs_per_node": plan.procs_per_node,
-        "world_size": ran.world_size if ran else plan.world_size,
-        "device": device,
-        "accelerator": accel_name,
-        "accelerator_key": accel.key if accel else None,
-        "seq_len": ran.seq_len if ran else plan.seq_len,
-        "packing": job.data.packing,
-        "micro_batch_size": plan.micro_batch_size,
-        "grad_accum_steps": plan.grad_accum_steps,
-        "global_batch_size": plan.global_batch_size,
-        "n_params": ran.n_params if ran else None,
-        "n_trainable_params": ran.n_trainable_params if ran else None,
+    return Job(
+        name=job.name,
+        model=job.model.path,
+        strategy=ran.strategy if ran else plan.strategy,
+        zero_stage=ran.zero_stage if ran else plan.zero_stage,
+        method=ran.method if ran else job.train.method,
+        dtype=ran.dtype if ran else plan.dtype,
+        nodes=ran.nodes if ran else plan.nodes,
+        procs_per_node=plan.procs_per_node,
+        world_size=ran.world_size if ran else plan.world_size,
+        device=device,
+        accelerator=accel_name,
+        accelerator_key=accel.key if accel else None,
+        seq_len=ran.seq_len if ran else plan.seq_len,
+        packing=job.data.packing,
+        micro_batch_size=plan.micro_batch_size,
+        grad_accum_steps=plan.grad_accum_steps,
+        global_batch_size=plan.global_batch_size,
+        n_params=ran.n_params if ran else None,
+        n_trainable_params=ran.n_trainable_params if ran else None,
         # the trainer's count from the data it loaded; plan.json's when no attempt started
-        "planned_steps": ran.planned_steps if ran else plan.total_steps,
-    }
+        planned_steps=ran.planned_steps if ran else plan.total_steps,
+    )
 
 
 def status_section(completed: bool, records: Sequence[Any], steps: list[TrainRecord],
-                   planned: Optional[int]) -> tuple[str, dict]:
+                   planned: Optional[int]) -> tuple[str, StatusDetail]:
     ends = [r for r in records if isinstance(r, EndRecord)]
     end_status = ends[-1].status if ends else None
     if completed:
@@ -132,15 +133,15 @@ def status_section(completed: bool, records: Sequence[Any], steps: list[TrainRec
         status = f"incomplete ({end_status})"
     else:
         status = "incomplete (running or crashed)"
-    return status, {
-        "complete": completed,
-        "completed_marker": completed,
-        "end_record": bool(ends),
-        "end_status": end_status,
-        "steps_done": steps[-1].step if steps else 0,
-        "planned_steps": planned,
-        "attempts": sum(1 for r in records if isinstance(r, StartRecord)),
-    }
+    return status, StatusDetail(
+        complete=completed,
+        completed_marker=completed,
+        end_record=bool(ends),
+        end_status=end_status,
+        steps_done=steps[-1].step if steps else 0,
+        planned_steps=planned,
+        attempts=sum(1 for r in records if isinstance(r, StartRecord)),
+    )
 
 
 def _totals(steps: list[TrainRecord], notes: list[str]) -> tuple[int, int, int]:
@@ -160,9 +161,9 @@ def _totals(steps: list[TrainRecord], notes: list[str]) -> tuple[int, int, int]:
     return tokens, samples, padding
 
 
-def throughput_section(job: dict, records: Sequence[Any], steps: list[TrainRecord], notes: list[str]) -> dict:
-    world = job.get("world_size") or 1
-    nodes = job.get("nodes") or 1
+def throughput_section(job: Job, records: Sequence[Any], steps: list[TrainRecord], notes: list[str]) -> Throughput:
+    world = job.world_size or 1
+    nodes = job.nodes or 1
     tokens, samples, padding = _totals(steps, notes)
     logged_tokens = sum(s.tokens for s in steps)
     logged_samples = sum(s.samples for s in steps)
@@ -193,63 +194,63 @@ def throughput_section(job: dict, records: Sequence[Any], steps: list[TrainRecor
     tps = ratio(logged_tokens, step_time_sum)
     tps_wall = ratio(tokens, wall)
     samples_per_s = ratio(logged_samples, step_time_sum)
-    return {
-        "steps": len(steps),
-        "last_step": steps[-1].step if steps else 0,
-        "redone_steps": max(redone, 0),
-        "planned_steps": job.get("planned_steps"),
-        "tokens": tokens,
-        "samples": samples,
-        "padding_tokens": padding,
-        "padding_share": ratio(logged_padding, logged_tokens + logged_padding),
-        "eval_tokens": sum(r.eval_tokens for r in records if isinstance(r, EvalRecord)),
-        "step_time_sum_s": step_time_sum,
-        "step_time_median_s": percentile(step_times, 50),
-        "step_time_p90_s": percentile(step_times, 90),
-        "tokens_per_s": tps,
-        "tokens_per_s_per_device": ratio(tps, world),
-        "samples_per_s": samples_per_s,
-        "samples_per_s_per_device": ratio(samples_per_s, world),
-        "tokens_per_s_wall": tps_wall,
-        "tokens_per_s_wall_per_device": ratio(tps_wall, world),
-        "time_to_first_step_s": ttfs,
-        "wall_time_s": wall,
-        "busy_time_s": busy if timed else None,
-        "attempts": len(atts),
-        "device_hours": dev_s / 3600.0 if timed else None,
-        "device_hours_label": "GPU-hours" if job.get("device") == "cuda" else "device-hours",
-        "node_hours": node_s / 3600.0 if timed else None,
-        "first_time": first_start,
-        "last_time": last_time,
-    }
+    return Throughput(
+        steps=len(steps),
+        last_step=steps[-1].step if steps else 0,
+        redone_steps=max(redone, 0),
+        planned_steps=job.planned_steps,
+        tokens=tokens,
+        samples=samples,
+        padding_tokens=padding,
+        padding_share=ratio(logged_padding, logged_tokens + logged_padding),
+        eval_tokens=sum(r.eval_tokens for r in records if isinstance(r, EvalRecord)),
+        step_time_sum_s=step_time_sum,
+        step_time_median_s=percentile(step_times, 50),
+        step_time_p90_s=percentile(step_times, 90),
+        tokens_per_s=tps,
+        tokens_per_s_per_device=ratio(tps, world),
+        samples_per_s=samples_per_s,
+        samples_per_s_per_device=ratio(samples_per_s, world),
+        tokens_per_s_wall=tps_wall,
+        tokens_per_s_wall_per_device=ratio(tps_wall, world),
+        time_to_first_step_s=ttfs,
+        wall_time_s=wall,
+        busy_time_s=busy if timed else None,
+        attempts=len(atts),
+        device_hours=dev_s / 3600.0 if timed else None,
+        device_hours_label="GPU-hours" if job.device == "cuda" else "device-hours",
+        node_hours=node_s / 3600.0 if timed else None,
+        first_time=first_start,
+        last_time=last_time,
+    )
 
 
-def loss_section(records: Sequence[Any], steps: list[TrainRecord]) -> dict:
+def loss_section(records: Sequence[Any], steps: list[TrainRecord]) -> Loss:
     losses = [(s.step, v) for s in steps if (v := finite(s.loss)) is not None]
-    evals_by_step: dict[int, dict] = {}
+    evals_by_step: dict[int, EvalPoint] = {}
     for r in records:
         if isinstance(r, EvalRecord):
-            evals_by_step[r.step] = {"step": r.step, "eval_loss": finite(r.eval_loss),
-                                     "accuracy": finite(r.accuracy), "eval_tokens": r.eval_tokens}
+            evals_by_step[r.step] = EvalPoint(step=r.step, eval_loss=finite(r.eval_loss), accuracy=finite(r.accuracy),
+                                              eval_tokens=r.eval_tokens)
     evals = [evals_by_step[k] for k in sorted(evals_by_step)]
-    ev_losses = [e for e in evals if e["eval_loss"] is not None]
-    accs = [e for e in evals if e["accuracy"] is not None]
+    ev_losses = [e for e in evals if e.eval_loss is not None]
+    accs = [e for e in evals if e.accuracy is not None]
     min_tr = min(losses, key=lambda x: x[1]) if losses else None
-    min_ev = min(ev_losses, key=lambda e: e["eval_loss"]) if ev_losses else None
-    return {
-        "first_train_loss": losses[0][1] if losses else None,
-        "last_train_loss": losses[-1][1] if losses else None,
-        "min_train_loss": min_tr[1] if min_tr else None,
-        "min_train_loss_step": min_tr[0] if min_tr else None,
-        "eval": evals,
-        "first_eval_loss": ev_losses[0]["eval_loss"] if ev_losses else None,
-        "last_eval_loss": ev_losses[-1]["eval_loss"] if ev_losses else None,
-        "min_eval_loss": min_ev["eval_loss"] if min_ev else None,
-        "min_eval_loss_step": min_ev["step"] if min_ev else None,
-        "last_accuracy": accs[-1]["accuracy"] if accs else None,
-    }
+    min_ev = min(ev_losses, key=lambda e: e.eval_loss) if ev_losses else None
+    return Loss(
+        first_train_loss=losses[0][1] if losses else None,
+        last_train_loss=losses[-1][1] if losses else None,
+        min_train_loss=min_tr[1] if min_tr else None,
+        min_train_loss_step=min_tr[0] if min_tr else None,
+        eval=evals,
+        first_eval_loss=ev_losses[0].eval_loss if ev_losses else None,
+        last_eval_loss=ev_losses[-1].eval_loss if ev_losses else None,
+        min_eval_loss=min_ev.eval_loss if min_ev else None,
+        min_eval_loss_step=min_ev.step if min_ev else None,
+        last_accuracy=accs[-1].accuracy if accs else None,
+    )
 
 
-def checkpoints_section(records: Sequence[Any]) -> dict:
+def checkpoints_section(records: Sequence[Any]) -> Checkpoints:
     ckpts = [r for r in records if isinstance(r, CheckpointRecord)]
-    return {"count": len(ckpts), "last_step": ckpts[-1].step if ckpts else None}
+    return Checkpoints(count=len(ckpts), last_step=ckpts[-1].step if ckpts else None)

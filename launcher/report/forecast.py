@@ -14,11 +14,12 @@ the Plan, the report's throughput, energy and cost sections and the run's memory
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 from launcher.plan.memory import CUDA_CONTEXT_BYTES
 from launcher.plan.types import Forecast, MemoryPlan
 from launcher.rundir import MemoryRecord
+from launcher.rundir.report_file import Cost, Energy, ForecastCheck, ForecastRow, Throughput
 
 
 def _ratio(actual: Optional[float], forecast: Optional[float]) -> Optional[float]:
@@ -46,29 +47,30 @@ def peak_memory(records: Sequence[MemoryRecord], device: str) -> tuple[Optional[
     return (best[0], best[1], what) if best else (None, None, what)
 
 
-def forecast_section(forecast: Optional[Forecast], memory: Optional[MemoryPlan], device: str, thr: dict,
-                     energy: dict, cost: dict, memory_records: Sequence[MemoryRecord]) -> dict:
-    rows: dict[str, dict[str, Any]] = {}
-    done = thr.get("steps") or 0
+def forecast_section(forecast: Optional[Forecast], memory: Optional[MemoryPlan], device: str, thr: Throughput,
+                     energy: Energy, cost: Cost, memory_records: Sequence[MemoryRecord]) -> ForecastCheck:
+    rows: dict[str, ForecastRow] = {}
+    done = thr.steps
     f = forecast
     share = (done / f.steps) if (f and f.steps) else None
 
     def row(name: str, fc: Optional[float], actual: Optional[float], unit: str, note: str = "") -> None:
-        rows[name] = {"forecast": fc, "actual": actual, "ratio": _ratio(actual, fc), "unit": unit, "note": note}
+        rows[name] = ForecastRow(forecast=fc, actual=actual, ratio=_ratio(actual, fc), unit=unit, note=note)
 
     row("time_s", f.step_time_s * done if (f and f.step_time_s is not None and done) else None,
-        thr.get("step_time_sum_s"), "s", f"{done} training steps")
-    kwh = energy["energy_kwh"]["total"] if energy.get("available") else None
+        thr.step_time_sum_s, "s", f"{done} training steps")
+    kwh = energy.energy_kwh.total if energy.available else None
     row("kwh", f.kwh * share if (f and f.kwh is not None and share is not None) else None, kwh, "kWh")
     row("kg_co2e", f.kg_co2e * share if (f and f.kg_co2e is not None and share is not None) else None,
-        energy.get("emissions_kg") if energy.get("available") else None, "kg")
+        energy.emissions_kg if energy.available else None, "kg")
     row("cost", f.cost * share if (f and f.cost is not None and share is not None) else None,
-        cost.get("total") if cost.get("available") else None, f.currency if f else cost.get("currency", ""))
+        cost.total if cost.available else None, f.currency if f else cost.currency)
     peak, rank, what = peak_memory(memory_records, device)
     planned = None
     if memory is not None:
         planned = memory.per_device_bytes.total - (CUDA_CONTEXT_BYTES if device == "cuda" else 0)
     row("peak_memory_bytes", planned, peak, "bytes", what + (f", rank {rank}" if rank is not None else ""))
-    return {"available": f is not None or memory is not None, "steps_done": done,
-            "steps_forecast": f.steps if f else None, "calibrated_from": f.calibration.run_dir if (f and f.calibration) else None,
-            "rows": rows, "missing": list(f.missing) if f else ["plan.json has no forecast"]}
+    return ForecastCheck(available=f is not None or memory is not None, steps_done=done,
+                         steps_forecast=f.steps if f else None,
+                         calibrated_from=f.calibration.run_dir if (f and f.calibration) else None,
+                         rows=rows, missing=list(f.missing) if f else ["plan.json has no forecast"])

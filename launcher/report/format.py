@@ -1,14 +1,15 @@
-"""Formatting of report dicts for people: numbers with units, labels, the headline, the summary
+"""Formatting of reports for people: numbers with units, labels, the headline, the summary
 sections every renderer shows, the comparison columns and the "what changed" line.
 
-Pure functions of the report dict (``launcher.report.build``): no file is read here.
+Pure functions of the :class:`launcher.rundir.Report` (``launcher.report.build``): no file is read here.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from launcher.report.energy import COMPONENTS
+from launcher.rundir.energy_file import COMPONENTS
+from launcher.rundir.report_file import ForecastCheck, Job, Report, Stragglers
 
 FOOTER = ("Made by launcher report from the run directory. Energy includes PUE; each energy figure says "
           "whether it was measured or estimated. MFU uses model FLOPs (6N + 12 L h s per token, LoRA: "
@@ -67,192 +68,202 @@ def fmt_kwh(x: Optional[float]) -> str:
     return f"{x:.4g} kWh"
 
 
-def strategy_label(job: dict) -> str:
-    s = job.get("strategy")
-    if s == "zero":
-        return f"DeepSpeed ZeRO-{job.get('zero_stage')}" if job.get("zero_stage") is not None else "DeepSpeed ZeRO"
-    if s == "fsdp":
+def strategy_label(job: Job) -> str:
+    if job.strategy == "zero":
+        return f"DeepSpeed ZeRO-{job.zero_stage}" if job.zero_stage is not None else "DeepSpeed ZeRO"
+    if job.strategy == "fsdp":
         return "FSDP2"
-    return str(s or "n/a")
+    return str(job.strategy or "n/a")
 
 
-def run_label(report: dict) -> str:
-    rd = report.get("run_dir")
-    return Path(rd).name if rd else str(report.get("job", {}).get("name", "run"))
+def run_label(report: Report) -> str:
+    return Path(report.run_dir).name if report.run_dir else str(report.job.name or "run")
 
 
-def mfu_text(report: dict) -> str:
-    m = report.get("mfu", {})
-    if m.get("value") is None:
-        return f"n/a ({m.get('reason') or 'unknown'})"
-    return fmt_pct(m["value"])
+def mfu_text(report: Report) -> str:
+    m = report.mfu
+    if m.value is None:
+        return f"n/a ({m.reason or 'unknown'})"
+    return fmt_pct(m.value)
 
 
-def energy_label(report: dict, comp: str) -> str:
-    return report.get("energy", {}).get("measured", {}).get(comp, "unknown")
+def energy_label(report: Report, comp: str) -> str:
+    return report.energy.measured.of(comp)
 
 
 # --------------------------------------------------------------------------- the summary
 
 
-def headline(report: dict) -> str:
-    t, e, c = report.get("throughput", {}), report.get("energy", {}), report.get("cost", {})
-    parts = [f"{fmt_num(t.get('tokens_per_s_per_device'))} tokens/s per device",
-             f"MFU: {mfu_text(report)}"]
-    if e.get("available"):
-        parts.append(f"{fmt_kwh(e['energy_kwh']['total'])} ({e.get('total_label')})")
-        parts.append(f"{fmt_num(e.get('emissions_kg'))} kgCO2e")
+def headline(report: Report) -> str:
+    t, e, c = report.throughput, report.energy, report.cost
+    parts = [f"{fmt_num(t.tokens_per_s_per_device)} tokens/s per device", f"MFU: {mfu_text(report)}"]
+    if e.available:
+        parts.append(f"{fmt_kwh(e.energy_kwh.total)} ({e.total_label})")
+        parts.append(f"{fmt_num(e.emissions_kg)} kgCO2e")
     else:
         parts.append("energy: n/a")
-    if c.get("available"):
-        parts.append(f"cost {fmt_money(c.get('total'), c.get('currency', ''))}")
+    if c.available:
+        parts.append(f"cost {fmt_money(c.total, c.currency)}")
     return " · ".join(parts)
 
 
-def summary_sections(report: dict) -> list[tuple[str, list[tuple[str, str]]]]:
-    """The report as titled sections of (label, formatted value): shared by every renderer."""
-    j, t, m = report.get("job", {}), report.get("throughput", {}), report.get("mfu", {})
-    e, c, lo = report.get("energy", {}), report.get("cost", {}), report.get("loss", {})
-    sd = report.get("status_detail", {})
-    dh_label = t.get("device_hours_label") or "device-hours"
-    accel = j.get("accelerator") or ("cpu" if j.get("device") == "cpu" else "unknown")
-    job_rows = [
-        ("Name", str(j.get("name"))),
-        ("Status", report.get("status", "n/a")),
-        ("Model", str(j.get("model") or "n/a")),
+Rows = list[tuple[str, str]]
+
+
+def job_rows(report: Report) -> Rows:
+    j = report.job
+    accel = j.accelerator or ("cpu" if j.device == "cpu" else "unknown")
+    return [
+        ("Name", str(j.name)),
+        ("Status", report.status),
+        ("Model", str(j.model or "n/a")),
         ("Strategy", strategy_label(j)),
-        ("Method", str(j.get("method") or "n/a")),
-        ("Precision", str(j.get("dtype") or "n/a")),
-        ("Nodes x procs", f"{fmt_num(j.get('nodes'))} x {fmt_num(j.get('procs_per_node'))} "
-                          f"(world size {fmt_num(j.get('world_size'))})"),
-        ("Device", f"{j.get('device') or 'n/a'} ({accel})"),
-        ("Batch", f"micro {fmt_num(j.get('micro_batch_size'))} x accum {fmt_num(j.get('grad_accum_steps'))} "
-                  f"x world {fmt_num(j.get('world_size'))} = {fmt_num(j.get('global_batch_size'))} rows/step"),
-        ("Sequence length", f"{fmt_num(j.get('seq_len'))} ({'packed' if j.get('packing') else 'padded'})"
-         if j.get("packing") is not None else fmt_num(j.get("seq_len"))),
-        ("Parameters", f"{fmt_num(j.get('n_params'))} ({fmt_num(j.get('n_trainable_params'))} trainable)"),
+        ("Method", str(j.method or "n/a")),
+        ("Precision", str(j.dtype or "n/a")),
+        ("Nodes x procs", f"{fmt_num(j.nodes)} x {fmt_num(j.procs_per_node)} (world size {fmt_num(j.world_size)})"),
+        ("Device", f"{j.device or 'n/a'} ({accel})"),
+        ("Batch", f"micro {fmt_num(j.micro_batch_size)} x accum {fmt_num(j.grad_accum_steps)} "
+                  f"x world {fmt_num(j.world_size)} = {fmt_num(j.global_batch_size)} rows/step"),
+        ("Sequence length", f"{fmt_num(j.seq_len)} ({'packed' if j.packing else 'padded'})"),
+        ("Parameters", f"{fmt_num(j.n_params)} ({fmt_num(j.n_trainable_params)} trainable)"),
     ]
-    planned = t.get("planned_steps")
-    thr_rows = [
-        ("Steps", f"{fmt_num(t.get('last_step'))}" + (f" of {fmt_num(planned)}" if planned else "")
-         + (f" ({t['redone_steps']} redone after resume)" if t.get("redone_steps") else "")),
-        ("Tokens (non-padding)", fmt_num(t.get("tokens"))),
-        ("Samples", fmt_num(t.get("samples"))),
-        ("Padding share", fmt_pct(t.get("padding_share"))),
-        ("Tokens/s (step time)", fmt_num(t.get("tokens_per_s"))),
-        ("Tokens/s per device", fmt_num(t.get("tokens_per_s_per_device"))),
-        ("Samples/s", fmt_num(t.get("samples_per_s"))),
-        ("Tokens/s (wall time)", fmt_num(t.get("tokens_per_s_wall"))),
-        ("Step time median / p90", f"{fmt_dur(t.get('step_time_median_s'))} / {fmt_dur(t.get('step_time_p90_s'))}"),
-        ("Time to first step", fmt_dur(t.get("time_to_first_step_s"))),
-        ("Wall time", fmt_dur(t.get("wall_time_s")) + (f" ({t['attempts']} attempts)" if (t.get("attempts") or 0) > 1 else "")),
-        (dh_label[:1].upper() + dh_label[1:], fmt_num(t.get("device_hours"))),
-    ]
-    mfu_rows = [("MFU", mfu_text(report))]
-    if m.get("value") is not None:
-        mfu_rows += [("MFU (wall time)", fmt_pct(m.get("mfu_wall")))]
-    mfu_rows += [
-        ("FLOPs per token", fmt_num(m.get("flops_per_token"))),
-        ("Peak (dense)", f"{fmt_num(m.get('peak_tflops'))} TFLOP/s {m.get('dtype')}"
-         + (f" ({m.get('accelerator')}; {m.get('accelerator_source')})" if m.get("accelerator") else "")
-         if m.get("peak_tflops") else "n/a"),
-        ("Achieved per device", f"{fmt_num(m.get('achieved_tflops_per_device'))} TFLOP/s"
-         if m.get("achieved_tflops_per_device") is not None else "n/a"),
-    ]
-    if m.get("note"):
-        mfu_rows.append(("Note", m["note"]))
-    if e.get("available"):
-        ek = e["energy_kwh"]
-        pue = e.get("pue")
-        en_rows = [("Energy (total)", f"{fmt_kwh(ek['total'])} [{e.get('total_label')}]")]
-        for comp in COMPONENTS:
-            en_rows.append((f"  {comp.upper()}", f"{fmt_kwh(ek.get(comp))} [{energy_label(report, comp)}]"))
-        en_rows += [
-            ("PUE", (fmt_num(pue) if pue is not None else "mixed " + ", ".join(map(str, e.get("pue_values", []))))
-             + " (included in the figures)"),
-            ("Emissions", f"{fmt_num(e.get('emissions_kg'))} kgCO2e ({e.get('country_iso_code') or 'n/a'}"
-             + (f", {e['region']}" if e.get("region") else "") + ")"),
-            ("Energy per token", f"{fmt_num(e.get('energy_per_token_j'))} J"),
-            ("Emissions per million tokens", f"{fmt_num(e.get('gco2e_per_million_tokens'))} gCO2e"),
-            ("Nodes reporting", f"{e.get('nodes')}" + (f" of {e['nodes_expected']}" if e.get("nodes_expected") else "")
-             + (" (partial)" if e.get("partial") else "")),
-        ]
-    else:
-        en_rows = [("Energy", f"n/a ({e.get('reason', 'no emissions files')})")]
-    cur = c.get("currency", "")
-    if c.get("available"):
-        cost_rows = []
-        if c.get("compute"):
-            cp = c["compute"]
-            cost_rows.append(("Compute", f"{fmt_num(cp['hours'])} {cp['basis']} x {fmt_money(cp['price_per_hour'], cur)}"
-                              f" = {fmt_money(cp['cost'], cur)}"))
-        if c.get("energy"):
-            ce = c["energy"]
-            cost_rows.append(("Energy", f"{fmt_kwh(ce['kwh'])} x {fmt_money(ce['price_per_kwh'], cur)}/kWh"
-                              f" = {fmt_money(ce['cost'], cur)}"))
-        cost_rows += [("Total", fmt_money(c.get("total"), cur)),
-                      ("Per million tokens", fmt_money(c.get("per_million_tokens"), cur))]
-    else:
-        cost_rows = [("Cost", f"n/a ({c.get('reason', 'no prices')})")]
-    fc_rows = forecast_rows(report.get("forecast"))
-    loss_rows = [
-        ("Train loss first / last", f"{fmt_num(lo.get('first_train_loss'), 4)} / {fmt_num(lo.get('last_train_loss'), 4)}"),
-        ("Train loss min", f"{fmt_num(lo.get('min_train_loss'), 4)}"
-         + (f" (step {lo['min_train_loss_step']})" if lo.get("min_train_loss_step") is not None else "")),
-        ("Eval loss last / min", f"{fmt_num(lo.get('last_eval_loss'), 4)} / {fmt_num(lo.get('min_eval_loss'), 4)}"),
-    ]
-    if lo.get("last_accuracy") is not None:
-        loss_rows.append(("Accuracy (last eval)", fmt_pct(lo["last_accuracy"])))
-    if sd.get("attempts", 0) > 1 or report.get("checkpoints", {}).get("count"):
-        loss_rows.append(("Checkpoints", f"{report.get('checkpoints', {}).get('count', 0)}"
-                          + (f" (last at step {report['checkpoints']['last_step']})"
-                             if report.get("checkpoints", {}).get("last_step") is not None else "")))
-    sections = [("Job", job_rows), ("Throughput", thr_rows), ("MFU", mfu_rows), ("Energy and emissions", en_rows),
-                ("Cost", cost_rows)]
-    if fc_rows:
-        sections.append(("Forecast vs actual", fc_rows))
-    faults = fault_rows(report)
-    if faults:
-        sections.append(("Faults and stragglers", faults))
-    return sections + [("Loss", loss_rows)]
 
 
-def fault_rows(report: dict) -> list[tuple[str, str]]:
-    """Restarts and the steps they redid, the slowest rank, and Slurm's allocated time; only the
-    rows that say something (one rank and no fault: none)."""
-    rows = []
-    rs, st, al = report.get("restarts") or {}, report.get("stragglers") or {}, report.get("allocation") or {}
-    if rs.get("attempts", 0) > 1:
-        rows.append(("Restarts", f"{rs.get('automatic_restarts', 0)} automatic, {rs.get('resumes', 0)} resumed "
-                                 f"from a checkpoint; {rs.get('steps_lost', 0) + rs.get('redone_steps', 0)} step(s) "
-                                 "done again"))
-    if st.get("available") and st.get("ranks", 0) > 1:
-        med = st["compute_median_s"]
-        host = f" on {st['slowest_host']}" if st.get("slowest_host") else ""
-        rows.append(("Slowest rank", f"rank {st['slowest_rank']}{host}: {fmt_dur(med[str(st['slowest_rank'])])} of "
-                                     f"compute per step, fastest rank {st['fastest_rank']} "
-                                     f"{fmt_dur(med[str(st['fastest_rank'])])} (x{st['spread']:.2f})"
-                     if st.get("spread") else f"rank {st['slowest_rank']}{host}"))
-        rows.append(("Waiting in the step's collective", f"{fmt_pct(st.get('wait_share'))} of the median step"))
-        rows += straggler_rows(st)
-    if al.get("available"):
-        share = f" ({fmt_pct(al['trainer_share'])} of it)" if al.get("trainer_share") is not None else ""
-        rows.append(("Allocated (sacct)", f"{fmt_num(al['device_hours'])} device-hours over {al['attempts']} "
-                                          f"attempt(s) ({', '.join(al['states'])}); devices: {al['devices_from']}"))
-        rows.append(("Measured by the trainer", f"{fmt_num(al.get('trainer_device_hours'))} device-hours{share}"))
+def throughput_rows(report: Report) -> Rows:
+    t = report.throughput
+    dh_label = t.device_hours_label or "device-hours"
+    return [
+        ("Steps", f"{fmt_num(t.last_step)}" + (f" of {fmt_num(t.planned_steps)}" if t.planned_steps else "")
+         + (f" ({t.redone_steps} redone after resume)" if t.redone_steps else "")),
+        ("Tokens (non-padding)", fmt_num(t.tokens)),
+        ("Samples", fmt_num(t.samples)),
+        ("Padding share", fmt_pct(t.padding_share)),
+        ("Tokens/s (step time)", fmt_num(t.tokens_per_s)),
+        ("Tokens/s per device", fmt_num(t.tokens_per_s_per_device)),
+        ("Samples/s", fmt_num(t.samples_per_s)),
+        ("Tokens/s (wall time)", fmt_num(t.tokens_per_s_wall)),
+        ("Step time median / p90", f"{fmt_dur(t.step_time_median_s)} / {fmt_dur(t.step_time_p90_s)}"),
+        ("Time to first step", fmt_dur(t.time_to_first_step_s)),
+        ("Wall time", fmt_dur(t.wall_time_s) + (f" ({t.attempts} attempts)" if t.attempts > 1 else "")),
+        (dh_label[:1].upper() + dh_label[1:], fmt_num(t.device_hours)),
+    ]
+
+
+def mfu_rows(report: Report) -> Rows:
+    m = report.mfu
+    rows = [("MFU", mfu_text(report))]
+    if m.value is not None:
+        rows += [("MFU (wall time)", fmt_pct(m.mfu_wall))]
+    rows += [
+        ("FLOPs per token", fmt_num(m.flops_per_token)),
+        ("Peak (dense)", f"{fmt_num(m.peak_tflops)} TFLOP/s {m.dtype}"
+         + (f" ({m.accelerator}; {m.accelerator_source})" if m.accelerator else "") if m.peak_tflops else "n/a"),
+        ("Achieved per device", f"{fmt_num(m.achieved_tflops_per_device)} TFLOP/s"
+         if m.achieved_tflops_per_device is not None else "n/a"),
+    ]
+    if m.note:
+        rows.append(("Note", m.note))
     return rows
 
 
-def straggler_rows(st: dict) -> list[tuple[str, str]]:
+def energy_rows(report: Report) -> Rows:
+    e = report.energy
+    if not e.available:
+        return [("Energy", f"n/a ({e.reason or 'no emissions files'})")]
+    rows = [("Energy (total)", f"{fmt_kwh(e.energy_kwh.total)} [{e.total_label}]")]
+    for comp in COMPONENTS:
+        rows.append((f"  {comp.upper()}", f"{fmt_kwh(e.energy_kwh.of(comp))} [{energy_label(report, comp)}]"))
+    return rows + [
+        ("PUE", (fmt_num(e.pue) if e.pue is not None else "mixed " + ", ".join(map(str, e.pue_values)))
+         + " (included in the figures)"),
+        ("Emissions", f"{fmt_num(e.emissions_kg)} kgCO2e ({e.country_iso_code or 'n/a'}"
+         + (f", {e.region}" if e.region else "") + ")"),
+        ("Energy per token", f"{fmt_num(e.energy_per_token_j)} J"),
+        ("Emissions per million tokens", f"{fmt_num(e.gco2e_per_million_tokens)} gCO2e"),
+        ("Nodes reporting", f"{e.nodes}" + (f" of {e.nodes_expected}" if e.nodes_expected else "")
+         + (" (partial)" if e.partial else "")),
+    ]
+
+
+def cost_rows(report: Report) -> Rows:
+    c = report.cost
+    cur = c.currency
+    if not c.available:
+        return [("Cost", f"n/a ({c.reason or 'no prices'})")]
+    rows = []
+    if c.compute:
+        cp = c.compute
+        rows.append(("Compute", f"{fmt_num(cp.hours)} {cp.basis} x {fmt_money(cp.price_per_hour, cur)}"
+                                f" = {fmt_money(cp.cost, cur)}"))
+    if c.energy:
+        ce = c.energy
+        rows.append(("Energy", f"{fmt_kwh(ce.kwh)} x {fmt_money(ce.price_per_kwh, cur)}/kWh = {fmt_money(ce.cost, cur)}"))
+    return rows + [("Total", fmt_money(c.total, cur)), ("Per million tokens", fmt_money(c.per_million_tokens, cur))]
+
+
+def loss_rows(report: Report) -> Rows:
+    lo, ck = report.loss, report.checkpoints
+    rows = [
+        ("Train loss first / last", f"{fmt_num(lo.first_train_loss, 4)} / {fmt_num(lo.last_train_loss, 4)}"),
+        ("Train loss min", f"{fmt_num(lo.min_train_loss, 4)}"
+         + (f" (step {lo.min_train_loss_step})" if lo.min_train_loss_step is not None else "")),
+        ("Eval loss last / min", f"{fmt_num(lo.last_eval_loss, 4)} / {fmt_num(lo.min_eval_loss, 4)}"),
+    ]
+    if lo.last_accuracy is not None:
+        rows.append(("Accuracy (last eval)", fmt_pct(lo.last_accuracy)))
+    if report.status_detail.attempts > 1 or ck.count:
+        rows.append(("Checkpoints", f"{ck.count}" + (f" (last at step {ck.last_step})" if ck.last_step is not None else "")))
+    return rows
+
+
+def summary_sections(report: Report) -> list[tuple[str, Rows]]:
+    """The report as titled sections of (label, formatted value): shared by every renderer."""
+    sections = [("Job", job_rows(report)), ("Throughput", throughput_rows(report)), ("MFU", mfu_rows(report)),
+                ("Energy and emissions", energy_rows(report)), ("Cost", cost_rows(report))]
+    fc = forecast_rows(report.forecast)
+    if fc:
+        sections.append(("Forecast vs actual", fc))
+    faults = fault_rows(report)
+    if faults:
+        sections.append(("Faults and stragglers", faults))
+    return sections + [("Loss", loss_rows(report))]
+
+
+def fault_rows(report: Report) -> Rows:
+    """Restarts and the steps they redid, the slowest rank, and Slurm's allocated time; only the
+    rows that say something (one rank and no fault: none)."""
+    rows = []
+    rs, st, al = report.restarts, report.stragglers, report.allocation
+    if rs.attempts > 1:
+        rows.append(("Restarts", f"{rs.automatic_restarts} automatic, {rs.resumes} resumed from a checkpoint; "
+                                 f"{rs.steps_lost + rs.redone_steps} step(s) done again"))
+    if st.available and st.ranks > 1:
+        med = st.compute_median_s
+        host = f" on {st.slowest_host}" if st.slowest_host else ""
+        rows.append(("Slowest rank", f"rank {st.slowest_rank}{host}: {fmt_dur(med[str(st.slowest_rank)])} of "
+                                     f"compute per step, fastest rank {st.fastest_rank} "
+                                     f"{fmt_dur(med[str(st.fastest_rank)])} (x{st.spread:.2f})"
+                     if st.spread else f"rank {st.slowest_rank}{host}"))
+        rows.append(("Waiting in the step's collective", f"{fmt_pct(st.wait_share)} of the median step"))
+        rows += straggler_rows(st)
+    if al.available:
+        share = f" ({fmt_pct(al.trainer_share)} of it)" if al.trainer_share is not None else ""
+        rows.append(("Allocated (sacct)", f"{fmt_num(al.device_hours)} device-hours over {al.attempts} "
+                                          f"attempt(s) ({', '.join(al.states)}); devices: {al.devices_from}"))
+        rows.append(("Measured by the trainer", f"{fmt_num(al.trainer_device_hours)} device-hours{share}"))
+    return rows
+
+
+def straggler_rows(st: Stragglers) -> Rows:
     """One row per rank: its compute and its waiting for the others (medians per step, and totals),
     the slowest rank marked; the rank the others wait for computes longest and waits least."""
     rows = []
-    for r in st.get("per_rank") or []:
-        where = f" ({r['host']})" if r.get("host") else ""
-        mark = "  <- slowest" if r["rank"] == st.get("slowest_rank") else ""
-        rows.append((f"  rank {r['rank']}{where}",
-                     f"compute {fmt_dur(r['compute_median_s'])}, waiting {fmt_dur(r['wait_median_s'])} per step; "
-                     f"{fmt_dur(r['compute_s'])} / {fmt_dur(r['wait_s'])} in all{mark}"))
+    for r in st.per_rank:
+        where = f" ({r.host})" if r.host else ""
+        mark = "  <- slowest" if r.rank == st.slowest_rank else ""
+        rows.append((f"  rank {r.rank}{where}",
+                     f"compute {fmt_dur(r.compute_median_s)}, waiting {fmt_dur(r.wait_median_s)} per step; "
+                     f"{fmt_dur(r.compute_s)} / {fmt_dur(r.wait_s)} in all{mark}"))
     return rows
 
 
@@ -266,77 +277,66 @@ FORECAST_LABELS = {"time_s": "Time (training steps)", "kwh": "Energy", "kg_co2e"
                    "peak_memory_bytes": "Peak memory per device"}
 
 
-def forecast_rows(fc: Optional[dict]) -> list[tuple[str, str]]:
+def forecast_rows(fc: Optional[ForecastCheck]) -> Rows:
     """Forecast against actual, one row per figure: forecast, actual and actual / forecast."""
-    if not fc or not fc.get("available"):
+    if fc is None or not fc.available:
         return []
     rows = []
     for key, label in FORECAST_LABELS.items():
-        r = fc.get("rows", {}).get(key)
+        r = fc.rows.get(key)
         if r is None:
             continue
-        unit = r.get("unit", "")
+        unit = r.unit
         show: Callable[[Any], str] = {
             "time_s": fmt_dur, "kwh": fmt_kwh, "peak_memory_bytes": fmt_bytes,
             "kg_co2e": lambda v: "n/a" if v is None else f"{fmt_num(v)} kgCO2e",
             "cost": lambda v: fmt_money(v, unit),
         }[key]
-        ratio = f"x{r['ratio']:.2f}" if r.get("ratio") is not None else "ratio n/a"
-        note = f" ({r['note']})" if r.get("note") else ""
-        rows.append((label, f"forecast {show(r.get('forecast'))} · actual {show(r.get('actual'))} · {ratio}{note}"))
-    src = f"calibrated on {fc['calibrated_from']}" if fc.get("calibrated_from") else "the plan's assumptions"
-    rows.append(("Forecast from", f"{src}; {fmt_num(fc.get('steps_done'))} of "
-                                  f"{fmt_num(fc.get('steps_forecast'))} forecast steps done"))
-    for m in fc.get("missing") or []:
+        ratio = f"x{r.ratio:.2f}" if r.ratio is not None else "ratio n/a"
+        note = f" ({r.note})" if r.note else ""
+        rows.append((label, f"forecast {show(r.forecast)} · actual {show(r.actual)} · {ratio}{note}"))
+    src = f"calibrated on {fc.calibrated_from}" if fc.calibrated_from else "the plan's assumptions"
+    rows.append(("Forecast from", f"{src}; {fmt_num(fc.steps_done)} of {fmt_num(fc.steps_forecast)} forecast steps done"))
+    for m in fc.missing:
         rows.append(("Forecast n/a", m))
     return rows
 
 
 # --------------------------------------------------------------------------- comparison columns
 
-CompareCol = tuple[str, Callable[[dict], str]]
+CompareCol = tuple[str, Callable[[Report], str]]
 
 
-def _cost_total(r: dict) -> str:
-    c = r.get("cost", {})
-    return fmt_money(c.get("total"), c.get("currency", "")) if c.get("available") else "n/a"
+def _cost_total(r: Report) -> str:
+    return fmt_money(r.cost.total, r.cost.currency) if r.cost.available else "n/a"
 
 
-def _cost_pm(r: dict) -> str:
-    c = r.get("cost", {})
-    return fmt_money(c.get("per_million_tokens"), c.get("currency", "")) if c.get("available") else "n/a"
+def _cost_pm(r: Report) -> str:
+    return fmt_money(r.cost.per_million_tokens, r.cost.currency) if r.cost.available else "n/a"
 
 
 COMPARE_COLUMNS: list[CompareCol] = [
     ("Run", run_label),
-    ("Status", lambda r: "completed" if r.get("complete") else "incomplete"),
-    ("Strategy", lambda r: {"zero": "ZeRO", "fsdp": "FSDP2"}.get(r["job"].get("strategy"), str(r["job"].get("strategy")))),
-    ("ZeRO stage", lambda r: "-" if r["job"].get("zero_stage") is None else str(r["job"]["zero_stage"])),
-    ("Method", lambda r: str(r["job"].get("method") or "n/a")),
-    ("Nodes", lambda r: fmt_num(r["job"].get("nodes"))),
-    ("World", lambda r: fmt_num(r["job"].get("world_size"))),
-    ("Tokens/s/device", lambda r: fmt_num(r["throughput"].get("tokens_per_s_per_device"))),
-    ("MFU", lambda r: fmt_pct(r["mfu"]["value"]) if r["mfu"].get("value") is not None else "n/a"),
-    ("kWh", lambda r: f"{r['energy']['energy_kwh']['total']:.4g}" if r["energy"].get("available") else "n/a"),
-    ("kgCO2e", lambda r: f"{r['energy']['emissions_kg']:.4g}" if r["energy"].get("available") else "n/a"),
+    ("Status", lambda r: "completed" if r.complete else "incomplete"),
+    ("Strategy", lambda r: {"zero": "ZeRO", "fsdp": "FSDP2"}.get(r.job.strategy, str(r.job.strategy))),
+    ("ZeRO stage", lambda r: "-" if r.job.zero_stage is None else str(r.job.zero_stage)),
+    ("Method", lambda r: str(r.job.method or "n/a")),
+    ("Nodes", lambda r: fmt_num(r.job.nodes)),
+    ("World", lambda r: fmt_num(r.job.world_size)),
+    ("Tokens/s/device", lambda r: fmt_num(r.throughput.tokens_per_s_per_device)),
+    ("MFU", lambda r: fmt_pct(r.mfu.value) if r.mfu.value is not None else "n/a"),
+    ("kWh", lambda r: f"{r.energy.energy_kwh.total:.4g}" if r.energy.available else "n/a"),
+    ("kgCO2e", lambda r: f"{r.energy.emissions_kg:.4g}" if r.energy.available and r.energy.emissions_kg is not None
+     else "n/a"),
     ("Cost", _cost_total),
     ("Cost/M tokens", _cost_pm),
-    ("Last loss", lambda r: fmt_num(r["loss"].get("last_train_loss"), 4)),
+    ("Last loss", lambda r: fmt_num(r.loss.last_train_loss, 4)),
 ]
 
 
-def compare_rows(reports: Sequence[dict]) -> tuple[list[str], list[list[str]]]:
+def compare_rows(reports: Sequence[Report]) -> tuple[list[str], list[list[str]]]:
     headers = [h for h, _ in COMPARE_COLUMNS]
-    rows = []
-    for r in reports:
-        row = []
-        for _, fn in COMPARE_COLUMNS:
-            try:
-                row.append(fn(r))
-            except (KeyError, TypeError, AttributeError):
-                row.append("n/a")
-        rows.append(row)
-    return headers, rows
+    return headers, [[fn(r) for _, fn in COMPARE_COLUMNS] for r in reports]
 
 
 # --------------------------------------------------------------------------- lines
@@ -347,15 +347,14 @@ def md_cell(s: str) -> str:
     return str(s).replace("|", "\\|").replace("\n", " ")
 
 
-def what_changed(report: dict) -> Optional[str]:
+def what_changed(report: Report) -> Optional[str]:
     """The line "what changed: eval loss A (step s) -> B (step t)", plus the task accuracy before and
     after when both evaluations have one; None with fewer than two evaluations."""
-    evals = [e for e in (report.get("loss") or {}).get("eval") or [] if e.get("eval_loss") is not None]
+    evals = [e for e in report.loss.eval if e.eval_loss is not None]
     if len(evals) < 2:
         return None
     first, last = evals[0], evals[-1]
-    line = (f"what changed: eval loss {first['eval_loss']:.4f} (step {first['step']}) -> "
-            f"{last['eval_loss']:.4f} (step {last['step']})")
-    if first.get("accuracy") is not None and last.get("accuracy") is not None:
-        line += f", task accuracy {first['accuracy']:.1%} -> {last['accuracy']:.1%}"
+    line = f"what changed: eval loss {first.eval_loss:.4f} (step {first.step}) -> {last.eval_loss:.4f} (step {last.step})"
+    if first.accuracy is not None and last.accuracy is not None:
+        line += f", task accuracy {first.accuracy:.1%} -> {last.accuracy:.1%}"
     return line

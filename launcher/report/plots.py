@@ -1,4 +1,4 @@
-"""The report's plots, as base64 PNGs for the HTML pages: functions of the report dicts and the
+"""The report's plots, as base64 PNGs for the HTML pages: functions of the reports and the
 series handed in (:class:`launcher.report.series.RunSeries`); no file is read here.
 
 matplotlib is imported when a figure is drawn (its object API, no pyplot: no global state, no
@@ -10,8 +10,9 @@ import base64
 import io
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-from launcher.report.energy import COMPONENTS
 from launcher.report.format import run_label
+from launcher.rundir.energy_file import COMPONENTS
+from launcher.rundir.report_file import Report
 
 if TYPE_CHECKING:
     from launcher.report.series import Power, RunSeries
@@ -117,25 +118,25 @@ def _plot_power(series: Power) -> str:
     return _png(fig)
 
 
-def _plot_energy_bars(reports: Sequence[dict]) -> Optional[str]:
-    avail = [r for r in reports if r.get("energy", {}).get("available")]
+def _plot_energy_bars(reports: Sequence[Report]) -> Optional[str]:
+    avail = [r for r in reports if r.energy.available]
     if not avail:
         return None
     fig, ax = _new_fig()
     if len(avail) == 1:
-        e = avail[0]["energy"]
-        labels = [f"{c.upper()}\n{e['measured'].get(c, '').split(' (')[0]}" for c in COMPONENTS]
-        vals = [e["energy_kwh"].get(c, 0.0) * 1000 for c in COMPONENTS]
+        e = avail[0].energy
+        labels = [f"{c.upper()}\n{e.measured.of(c).split(' (')[0]}" for c in COMPONENTS]
+        vals = [e.energy_kwh.of(c) * 1000 for c in COMPONENTS]
         ax.bar(labels, vals, color=["#4c72b0", "#55a868", "#c44e52"])
         ax.set_ylabel("Wh (PUE included)")
     else:
         names = [run_label(r) for r in avail]
         bottom = [0.0] * len(avail)
         # Wh below 1 kWh, so that small runs do not get an axis of 1e-5 kWh
-        wh = max(r["energy"]["energy_kwh"].get("total", 0.0) or 0.0 for r in avail) < 1.0
+        wh = max(r.energy.energy_kwh.total for r in avail) < 1.0
         scale = 1000.0 if wh else 1.0
         for c, col in zip(COMPONENTS, ["#4c72b0", "#55a868", "#c44e52"]):
-            vals = [(r["energy"]["energy_kwh"].get(c, 0.0) or 0.0) * scale for r in avail]
+            vals = [r.energy.energy_kwh.of(c) * scale for r in avail]
             ax.bar(names, vals, bottom=bottom, label=c.upper(), color=col)
             bottom = [b + v for b, v in zip(bottom, vals)]
         ax.set_ylabel(("Wh" if wh else "kWh") + " (PUE included)")
@@ -144,7 +145,7 @@ def _plot_energy_bars(reports: Sequence[dict]) -> Optional[str]:
     return _png(fig)
 
 
-def report_plots(reports: Sequence[dict], series: Sequence[Optional[RunSeries]]) -> list[dict]:
+def report_plots(reports: Sequence[Report], series: Sequence[Optional[RunSeries]]) -> list[dict]:
     """``[{"title", "png"}]`` for one run or several (one series per report, None when not
     available): loss and throughput per step, energy by component, and for a single run its
     power per node over time."""

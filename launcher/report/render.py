@@ -1,7 +1,7 @@
 """Render report dicts: Markdown, self-contained HTML (plots inlined as PNG), a terminal table,
 CSV, and side-by-side comparisons of several runs.
 
-Functions of the report dicts (:func:`launcher.report.build_report`) and of the plot series
+Functions of the reports (:func:`launcher.report.build_report`) and of the plot series
 handed in (:func:`launcher.report.series.read_series`): nothing here reads a file. Templates are
 ``launcher/templates/*.j2`` through the package's one Jinja environment
 (:mod:`launcher.render.jinja`). Heavy imports (matplotlib, rich, jinja2) happen inside the
@@ -14,6 +14,7 @@ import io
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from launcher.report.format import FOOTER, compare_rows, headline, md_cell, run_label, summary_sections
+from launcher.rundir.report_file import Report
 
 if TYPE_CHECKING:
     from launcher.report.series import RunSeries
@@ -30,23 +31,23 @@ def _render(name: str, autoescape: bool, **context: Any) -> str:
     return template(name, autoescape=autoescape).render(**context)
 
 
-def _title(report: dict) -> str:
-    return report.get("job", {}).get("name", "run") + f" ({run_label(report)})"
+def _title(report: Report) -> str:
+    return f"{report.job.name} ({run_label(report)})"
 
 
 # --------------------------------------------------------------------------- Markdown
 
 
-def render_markdown(report: dict) -> str:
+def render_markdown(report: Report) -> str:
     sections = [(t, [(md_cell(a.strip()), md_cell(b)) for a, b in rows]) for t, rows in summary_sections(report)]
-    return _render(MD_TEMPLATE, False, title=_title(report), status=report.get("status"),
-                   complete=report.get("complete"), headline=headline(report), sections=sections,
-                   notes=report.get("notes", []), footer=FOOTER)
+    return _render(MD_TEMPLATE, False, title=_title(report), status=report.status,
+                   complete=report.complete, headline=headline(report), sections=sections,
+                   notes=report.notes, footer=FOOTER)
 
 
-def render_compare_markdown(reports: Sequence[dict]) -> str:
+def render_compare_markdown(reports: Sequence[Report]) -> str:
     headers, rows = compare_rows(reports)
-    runs = [{"label": run_label(r), "status": r.get("status"), "headline": headline(r)} for r in reports]
+    runs = [{"label": run_label(r), "status": r.status, "headline": headline(r)} for r in reports]
     return _render(COMPARE_MD_TEMPLATE, False, n=len(reports), headers=[md_cell(h) for h in headers],
                    rows=[[md_cell(c) for c in row] for row in rows], runs=runs, footer=FOOTER)
 
@@ -68,13 +69,13 @@ def _print_or_capture(renderables: list, console: Any, width: int) -> str:
     return con.file.getvalue() if console is None else ""
 
 
-def render_table(report: dict, console: Any = None, width: int = 110) -> str:
+def render_table(report: Report, console: Any = None, width: int = 110) -> str:
     """A rich table of the report. Printed to ``console`` if given (colours), else returned as text."""
     from rich.table import Table
     from rich.text import Text
 
-    status_style = "bold green" if report.get("complete") else "bold yellow"
-    table = Table(title=f"{report.get('job', {}).get('name', 'run')} ({run_label(report)})",
+    status_style = "bold green" if report.complete else "bold yellow"
+    table = Table(title=_title(report),
                   show_header=True, header_style="bold", expand=False)
     table.add_column("Section", style="cyan", no_wrap=True)
     table.add_column("Metric", no_wrap=True)
@@ -85,12 +86,12 @@ def render_table(report: dict, console: Any = None, width: int = 110) -> str:
             table.add_row(title if i == 0 else "", label.strip(), v)
         table.add_section()
     items: list = [table, Text(headline(report))]
-    for n in report.get("notes", []):
+    for n in report.notes:
         items.append(Text(f"note: {n}", style="yellow"))
     return _print_or_capture(items, console, width)
 
 
-def render_compare_table(reports: Sequence[dict], console: Any = None, width: int = 160) -> str:
+def render_compare_table(reports: Sequence[Report], console: Any = None, width: int = 160) -> str:
     from rich.table import Table
 
     headers, rows = compare_rows(reports)
@@ -139,9 +140,9 @@ CSV_FIELDS: list[tuple[str, tuple[str, ...]]] = [
 ]
 
 
-def render_csv(reports: dict | Sequence[dict]) -> str:
+def render_csv(reports: Report | Sequence[Report]) -> str:
     """One row per run, raw numbers (no units, no rounding)."""
-    if isinstance(reports, dict):
+    if isinstance(reports, Report):
         reports = [reports]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -150,8 +151,8 @@ def render_csv(reports: dict | Sequence[dict]) -> str:
         row = []
         for _, path in CSV_FIELDS:
             cur: Any = r
-            for p in path:
-                cur = cur.get(p) if isinstance(cur, dict) else None
+            for p in path:  # attributes of the sections, keys of forecast.rows
+                cur = cur.get(p) if isinstance(cur, dict) else getattr(cur, p, None)
             row.append("" if cur is None else cur)
         w.writerow(row)
     return buf.getvalue()
@@ -160,24 +161,24 @@ def render_csv(reports: dict | Sequence[dict]) -> str:
 # --------------------------------------------------------------------------- HTML
 
 
-def render_html(report: dict, series: Optional["RunSeries"] = None) -> str:
+def render_html(report: Report, series: Optional["RunSeries"] = None) -> str:
     """Self-contained HTML: CSS and PNG plots inlined (base64), no external resource. Without
-    ``series`` the page has only the plots the report dict itself gives (energy by component)."""
+    ``series`` the page has only the plots the report itself gives (energy by component)."""
     from launcher.report.plots import report_plots
 
-    return _render(HTML_TEMPLATE, True, title=_title(report), status=report.get("status"),
-                   complete=report.get("complete"), headline=headline(report),
-                   sections=summary_sections(report), notes=report.get("notes", []),
+    return _render(HTML_TEMPLATE, True, title=_title(report), status=report.status,
+                   complete=report.complete, headline=headline(report),
+                   sections=summary_sections(report), notes=report.notes,
                    plots=report_plots([report], [series]), footer=FOOTER)
 
 
-def render_compare_html(reports: Sequence[dict], series: Optional[Sequence[Optional["RunSeries"]]] = None) -> str:
+def render_compare_html(reports: Sequence[Report], series: Optional[Sequence[Optional["RunSeries"]]] = None) -> str:
     """Several runs side by side, their plots overlaid (``series``: one per report, or None)."""
     from launcher.report.plots import report_plots
 
     series = list(series) if series is not None else [None] * len(reports)
     headers, rows = compare_rows(reports)
-    runs = [{"label": run_label(r), "status": r.get("status"), "complete": r.get("complete"),
+    runs = [{"label": run_label(r), "status": r.status, "complete": r.complete,
              "headline": headline(r)} for r in reports]
     return _render(COMPARE_HTML_TEMPLATE, True, n=len(reports), headers=headers, rows=rows, runs=runs,
                    plots=report_plots(reports, series), footer=FOOTER)

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 
 from launcher.report.compute import finite, ratio, train_steps
-from launcher.report.energy import num, read_emissions_csv
+from launcher.rundir.energy_file import num, read_emissions_csv
 from launcher.rundir import EvalRecord, RunDir, read_metrics
 
 Power = dict[str, tuple[list[float], list[float]]]  # node -> (minutes, watts)

@@ -11,7 +11,6 @@ pruning never removes the newest verified one.
 from __future__ import annotations
 
 import errno
-import json
 import os
 import random
 import shutil
@@ -21,6 +20,7 @@ from typing import Optional
 
 from launcher import rundir
 from launcher.errors import JobError
+from launcher.rundir.artifacts import RunningTotals, TrainerState, read_model
 from launcher.train import manifest
 
 def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
@@ -99,7 +99,7 @@ def _no_space(root: Path, step: int, detail: str) -> JobError:
                        if prev else "no earlier checkpoint exists"))
 
 
-def save_checkpoint(run: Path, strategy, step: int, keep_last: int, metrics) -> Path:
+def save_checkpoint(run: Path, strategy, step: int, keep_last: int, metrics, totals: RunningTotals) -> Path:
     """Collective: every rank saves its shard into a temp folder; the ranks hash and sync the
     files, rank 0 writes the manifest, renames, prunes and logs the record. A full disk is one
     clear error and the previous checkpoint stays as it was."""
@@ -138,7 +138,7 @@ def save_checkpoint(run: Path, strategy, step: int, keep_last: int, metrics) -> 
         raise _no_space(root, step, problem or f"checkpoint at step {step}: no space left on the device of {root}")
     dist.barrier()
     if rank == 0:
-        rundir.write_json(rundir.trainer_state_file(tmp), {"step": step, "time": time.time()})
+        TrainerState(step=step, time=time.time(), totals=totals).write(rundir.trainer_state_file(tmp))
     dist.barrier()
     manifest.write_manifest(tmp, step)
     if rank == 0:
@@ -174,16 +174,17 @@ def prune(root: Path, keep_last: int) -> None:
                 shutil.rmtree(p, ignore_errors=True)
 
 
-def resume(ckpt: Path, strategy, rank: int) -> int:
-    """Load ``ckpt`` into the strategy and this rank's RNG streams; the step it holds."""
+def resume(ckpt: Path, strategy, rank: int) -> TrainerState:
+    """Load ``ckpt`` into the strategy and this rank's RNG streams; the step it holds and the
+    running totals at that step."""
     import torch
 
     strategy.load(str(rundir.engine_dir(ckpt)))
-    state = json.loads(rundir.trainer_state_file(ckpt).read_text())
+    state = read_model(TrainerState, rundir.trainer_state_file(ckpt))
     rng = rundir.rng_state(ckpt, rank)
     if rng.exists():
         set_rng_state(torch.load(rng, weights_only=False))
-    return int(state["step"])
+    return state
 
 
 def save_final(run: Path, strategy, method: str, tokenizer) -> Path:

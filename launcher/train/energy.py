@@ -38,7 +38,6 @@ Nothing here imports torch or CodeCarbon at module level; CodeCarbon is imported
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -48,7 +47,8 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from launcher.report.energy import COMPONENTS, node_summary, read_emissions_csv, session_from_row
+from launcher.rundir.energy_file import (COMPONENTS, Measured, Session, node_summary, read_emissions_csv,
+                                         read_node_file, session_from_row)
 from launcher.rundir import RunDir, write_json
 
 log = logging.getLogger(__name__)
@@ -326,7 +326,7 @@ class NodeEnergyTracker(_NodeSettings):
 
     # ----------------------------------------------------------------- internals
 
-    def _this_session(self, final: bool, tracker: Any = None) -> Optional[dict]:
+    def _this_session(self, final: bool, tracker: Any = None) -> Optional[Session]:
         tracker = tracker or self._tracker
         run_id = str(getattr(tracker, "run_id", ""))
         rows = [r for r in read_emissions_csv(self.csv_path) if r.get("run_id") == run_id]
@@ -340,16 +340,15 @@ class NodeEnergyTracker(_NodeSettings):
                 "run_id", "duration", "cpu_energy", "gpu_energy", "ram_energy", "energy_consumed",
                 "emissions", "pue", "country_name", "country_iso_code", "region", "cpu_model",
                 "gpu_model", "gpu_count", "timestamp")})
-        s.update(
-            run_id=run_id,
-            start_time=self._start_time,
-            end_time=time.time(),
-            measured=dict(self._labels),
-            final=final,
-            gpu_ids=self.gpu_ids,
-            measure_power_secs=self.measure_power_secs,
-        )
-        return s
+        return s.model_copy(update={
+            "run_id": run_id,
+            "start_time": self._start_time,
+            "end_time": time.time(),
+            "measured": Measured(**self._labels),
+            "final": final,
+            "gpu_ids": self.gpu_ids,
+            "measure_power_secs": self.measure_power_secs,
+        })
 
     def _refresh_labels(self, tracker: Any) -> None:
         # A GPU whose energy counter failed at any point was (partly) integrated from power
@@ -366,13 +365,8 @@ class NodeEnergyTracker(_NodeSettings):
         session = self._this_session(final, tracker)
         if session is None:
             return None
-        sessions: list[dict] = []
-        if self.json_path.is_file():
-            try:
-                old = json.loads(self.json_path.read_text())
-                sessions = [s for s in old.get("sessions", []) if s.get("run_id") != session["run_id"]]
-            except (OSError, json.JSONDecodeError):
-                sessions = []
+        old = read_node_file(self.json_path)  # an earlier attempt's sessions on this node
+        sessions = [s for s in old.sessions if s.run_id != session.run_id] if old else []
         sessions.append(session)
         try:
             import codecarbon
@@ -380,14 +374,11 @@ class NodeEnergyTracker(_NodeSettings):
             version = getattr(codecarbon, "__version__", None)
         except Exception:  # noqa: BLE001
             version = None
-        summary = node_summary(self.node, sessions, {
-            "hostname": socket.gethostname(),
-            "codecarbon_version": version,
-            "written_at": time.time(),
-        })
-        write_json(self.json_path, summary)
-        self.summary = summary
-        return summary
+        summary = node_summary(self.node, sessions, hostname=socket.gethostname(), codecarbon_version=version,
+                               written_at=time.time())
+        self.summary = summary.model_dump(mode="json")  # what the sidecar passes back, as JSON
+        write_json(self.json_path, self.summary)
+        return self.summary
 
 
 __all__ = ["GpuId", "NodeEnergyTracker", "default_node_name", "job_gpu_ids", "measurement_labels",

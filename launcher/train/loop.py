@@ -8,8 +8,9 @@ import time
 from pathlib import Path
 
 from launcher import rundir
-from launcher.progress import step_line
 from launcher.plan.schedule import LrLambda, warmup_steps
+from launcher.progress import step_line
+from launcher.rundir.artifacts import RunningTotals
 from launcher.train import checkpoint as ckpts
 from launcher.train.console import progress_every, say
 from launcher.train.collectives import CollectiveClock
@@ -75,9 +76,10 @@ def train_main(run_dir: str, plan, prepared, tokenizer, t_start: float) -> int:
     monitor.sample()
     release_free_memory()  # what loading left free
 
-    start_step = 0
+    start_step, totals = 0, RunningTotals()
     if latest is not None:
-        start_step = ckpts.resume(latest, strategy, rank)
+        state = ckpts.resume(latest, strategy, rank)
+        start_step, totals = state.step, state.totals or _totals_from_metrics(run, state.step)
     # an earlier attempt's steps past the checkpoint (or all of them, when it died before its
     # first checkpoint) are done again: their records go, so that every step is logged once
     logged = rundir.read_metrics(run).of(rundir.TrainRecord)
@@ -103,11 +105,7 @@ def train_main(run_dir: str, plan, prepared, tokenizer, t_start: float) -> int:
         metrics.write(rundir.EvalRecord(step=0, eval_loss=eval_loss(strategy, prepared.eval, pad_id, plan),
                                         eval_tokens=label_count(prepared.eval), accuracy=acc_before))
 
-    cum_samples = cum_tokens = 0
-    if start_step:  # carry the running totals over from the steps the checkpoint holds
-        done_before = [r for r in rundir.read_metrics(run).of(rundir.TrainRecord) if r.step <= start_step]
-        if done_before:
-            cum_samples, cum_tokens = done_before[-1].cum_samples, done_before[-1].cum_tokens
+    cum_samples, cum_tokens = totals.cum_samples, totals.cum_tokens  # the checkpoint's: its steps are done
     status, done = "completed", start_step
     strategy.train()
     watchdog = Watchdog(run, rank, world, spec.train.hang_timeout_s, default_store())
@@ -154,13 +152,15 @@ def train_main(run_dir: str, plan, prepared, tokenizer, t_start: float) -> int:
         if plan.host_memory == "lean":
             release_free_memory()
         if total.stop:
-            ckpts.save_checkpoint(run, strategy, done, spec.train.keep_last_checkpoints, metrics)
+            ckpts.save_checkpoint(run, strategy, done, spec.train.keep_last_checkpoints, metrics,
+                                  RunningTotals(cum_samples=cum_samples, cum_tokens=cum_tokens))
             status = "preempted"
             log0(f"stop requested: checkpoint at step {done} saved; the job can resume from it")
             break
         if spec.train.save_every_steps and done % spec.train.save_every_steps == 0 and done < total_steps:
             watchdog.beat(step, phase="checkpoint")
-            ckpts.save_checkpoint(run, strategy, done, spec.train.keep_last_checkpoints, metrics)
+            ckpts.save_checkpoint(run, strategy, done, spec.train.keep_last_checkpoints, metrics,
+                                  RunningTotals(cum_samples=cum_samples, cum_tokens=cum_tokens))
             t_last = time.time()
 
     watchdog.pause()
@@ -177,6 +177,12 @@ def train_main(run_dir: str, plan, prepared, tokenizer, t_start: float) -> int:
     metrics.write(rundir.EndRecord(steps=done, status=status, final_path=str(final) if final else None))
     _finish(run, rank, status, done, tracker, strategy, trackers)
     return 0
+
+
+def _totals_from_metrics(run: Path, step: int) -> RunningTotals:
+    """A checkpoint from a launcher that kept no totals in trainer_state.json: the last logged step's."""
+    done = [r for r in rundir.read_metrics(run).of(rundir.TrainRecord) if r.step <= step]
+    return RunningTotals(cum_samples=done[-1].cum_samples, cum_tokens=done[-1].cum_tokens) if done else RunningTotals()
 
 
 def _memory_record(metrics, monitor, strategy, phase: str, step: int) -> None:

@@ -4,13 +4,13 @@ agree on the verdict in one collective."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 from pathlib import Path
 from typing import Optional
 
 from launcher import rundir
+from launcher.rundir.artifacts import DamagedFile, FileHash, Manifest, read_model
 
 CHUNK = 1 << 20
 
@@ -47,13 +47,13 @@ def write_manifest(folder: Path, step: int) -> None:
     for name in names[rank::world]:
         p = folder / name
         _fsync(p)
-        mine[name] = {"bytes": p.stat().st_size, "sha256": sha256_of(p)}
+        mine[name] = FileHash(bytes=p.stat().st_size, sha256=sha256_of(p))
     parts: list = [None] * world
     dist.all_gather_object(parts, mine)
     if rank == 0:
         files = {k: v for part in parts for k, v in part.items()}
-        rundir.write_json(rundir.manifest_file(folder), {"step": step, "world_size": world, "time": time.time(),
-                                                     "files": dict(sorted(files.items()))})
+        Manifest(step=step, world_size=world, time=time.time(), files=dict(sorted(files.items()))).write(
+            rundir.manifest_file(folder))
         _fsync(folder)
 
 
@@ -61,18 +61,17 @@ def check_manifest(folder: Path, rank: int = 0, world: int = 1) -> Optional[str]
     """Why ``folder`` is not the checkpoint its manifest describes (this rank's share of the
     files), or None when it is."""
     try:
-        manifest = json.loads(rundir.manifest_file(folder).read_text())
-        files = manifest["files"]
-    except (OSError, ValueError, KeyError, TypeError):
+        files = read_model(Manifest, rundir.manifest_file(folder)).files
+    except DamagedFile:
         return f"no readable {rundir.MANIFEST} (the save did not finish)"
     for name in sorted(files)[rank::world]:
         p = folder / name
         want = files[name]
         if not p.is_file():
             return f"{name} is missing"
-        if p.stat().st_size != want["bytes"]:
-            return f"{name} has {p.stat().st_size} bytes, the manifest says {want['bytes']}"
-        if sha256_of(p) != want["sha256"]:
+        if p.stat().st_size != want.bytes:
+            return f"{name} has {p.stat().st_size} bytes, the manifest says {want.bytes}"
+        if sha256_of(p) != want.sha256:
             return f"{name} does not match its sha256"
     return None
 

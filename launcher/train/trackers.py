@@ -22,11 +22,14 @@ import importlib.util
 import os
 import time
 from pathlib import Path
-from typing import Optional, Protocol
+from typing import TYPE_CHECKING, Optional, Protocol
 from urllib.parse import quote
 
 from launcher import rundir
 from launcher.train.console import say
+
+if TYPE_CHECKING:
+    from launcher.rundir.report_file import Report
 
 # what each tracker imports, and what to pip install for it
 PACKAGES = {"tensorboard": (("tensorboard",), "tensorboard"),
@@ -157,16 +160,16 @@ def eval_metrics(r: rundir.EvalRecord) -> dict[str, float]:
     return out
 
 
-def summary_figures(report: dict) -> dict[str, float]:
+def summary_figures(report: "Report") -> dict[str, float]:
     """The report's headline figures (those it has) as flat numbers, keyed ``report/...``."""
-    t, m, e, c = (report.get(k) or {} for k in ("throughput", "mfu", "energy", "cost"))
-    figs = {"tokens_per_s": t.get("tokens_per_s"), "tokens_per_s_per_device": t.get("tokens_per_s_per_device"),
-            "tokens": t.get("tokens"), "steps": t.get("last_step"), "wall_time_s": t.get("wall_time_s"),
-            "device_hours": t.get("device_hours"), "mfu": m.get("value")}
-    if e.get("available"):
-        figs.update(energy_kwh=(e.get("energy_kwh") or {}).get("total"), emissions_kgco2e=e.get("emissions_kg"))
-    if c.get("available"):
-        figs["cost"] = c.get("total")
+    t, e = report.throughput, report.energy
+    figs = {"tokens_per_s": t.tokens_per_s, "tokens_per_s_per_device": t.tokens_per_s_per_device,
+            "tokens": t.tokens, "steps": t.last_step, "wall_time_s": t.wall_time_s,
+            "device_hours": t.device_hours, "mfu": report.mfu.value}
+    if e.available:
+        figs.update(energy_kwh=e.energy_kwh.total, emissions_kgco2e=e.emissions_kg)
+    if report.cost.available:
+        figs["cost"] = report.cost.total
     return {f"report/{k}": float(v) for k, v in figs.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
@@ -338,7 +341,7 @@ class Trackers:
         elif isinstance(rec, rundir.EvalRecord):
             self._each("log", rec.step, eval_metrics(rec))
 
-    def summary(self, report: Optional[dict]) -> None:
+    def summary(self, report: Optional["Report"]) -> None:
         if report:
             self._each("summary", summary_figures(report))
 

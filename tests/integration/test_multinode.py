@@ -273,14 +273,14 @@ def test_one_energy_file_per_node_and_job_total_is_their_sum(zero3_runs):
     assert len(files) == 2, files
     assert [f.split("-", 1)[0] for f in files] == ["node0", "node1"], files
     nodes = read_node_energy(multi)
-    assert len(nodes) == 2 and all(n["final"] for n in nodes)
-    node_total = sum(n["energy_kwh"]["total"] for n in nodes)
+    assert len(nodes) == 2 and all(n.final for n in nodes)
+    node_total = sum(n.energy_kwh.total for n in nodes)
     assert node_total > 0
     report = json.loads((multi / rundir.REPORT_JSON).read_text())
     energy = report["energy"]
     assert energy["available"] and energy["nodes"] == 2 and not energy["partial"]
     assert energy["energy_kwh"]["total"] == pytest.approx(node_total, rel=1e-9)
-    assert sorted(n["node"] for n in energy["per_node"]) == sorted(n["node"] for n in nodes)
+    assert sorted(n["node"] for n in energy["per_node"]) == sorted(n.node for n in nodes)
     # one node, two ranks: one tracker (local rank 0 only), one file
     single_files = sorted(p.name for p in (single / rundir.EMISSIONS).glob("*.json"))
     assert len(single_files) == 1 and single_files[0].startswith("node0-"), single_files

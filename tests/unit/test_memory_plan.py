@@ -342,9 +342,10 @@ def test_report_puts_forecast_against_actual_with_memory_records(tmp_path):
     from launcher.report.render import render_markdown
 
     run = make_run(tmp_path, name="no-mem")
-    r = build_report(run)
+    rep = build_report(run)
+    r = rep.to_json()
     assert r["forecast"]["rows"]["peak_memory_bytes"]["actual"] is None
-    assert "Peak memory per device | forecast n/a · actual n/a" in render_markdown(r)
+    assert "Peak memory per device | forecast n/a · actual n/a" in render_markdown(rep)
 
     # the same run with a model the plan knows, and every rank's memory written by hand
     plan = plan_job(JobSpec.model_validate(job_dict()), device="cuda", model_info=TINY, train_rows=512)
@@ -355,7 +356,8 @@ def test_report_puts_forecast_against_actual_with_memory_records(tmp_path):
     recs = [MemoryRecord(phase="setup", step=0, ranks=ranks[:1]), MemoryRecord(phase="end", step=4, ranks=ranks)]
     run2 = make_run(tmp_path, name="mem", records_extra=recs)
     write_plan(run2, plan)
-    r2 = build_report(run2)
+    rep2 = build_report(run2)
+    r2 = rep2.to_json()
     row = r2["forecast"]["rows"]["peak_memory_bytes"]
     assert row["actual"] == planned and row["forecast"] == planned and row["ratio"] == 1.0
     assert "rank 3" in row["note"]
@@ -370,15 +372,15 @@ def test_report_puts_forecast_against_actual_with_memory_records(tmp_path):
     assert t["ratio"] == pytest.approx(40.0 / (f.step_time_s * 4))
     assert r2["forecast"]["rows"]["cost"]["ratio"] == pytest.approx(r2["cost"]["total"] / f.cost)
     assert r2["forecast"]["rows"]["kg_co2e"]["forecast"] == pytest.approx(f.kwh * ci / 1000)
-    md = render_markdown(r2)
+    md = render_markdown(rep2)
     assert "## Forecast vs actual" in md and "Peak memory per device | forecast" in md
     from launcher.report.render import render_csv, render_html
 
-    assert "Forecast vs actual" in render_html(r2, None)
+    assert "Forecast vs actual" in render_html(rep2, None)
     import csv
     import io
 
-    row = next(csv.DictReader(io.StringIO(render_csv(r2))))
+    row = next(csv.DictReader(io.StringIO(render_csv(rep2))))
     assert float(row["peak_memory_ratio"]) == 1.0 and float(row["forecast_cost_ratio"]) > 0
 
 

@@ -17,12 +17,23 @@ from click.testing import CliRunner
 from launcher.cli import cli
 from launcher.errors import JobError
 from launcher.plan import plan_job
-from launcher.report import build_report, read_or_build_report, what_changed, write_reports
+from launcher.report import build_report as build_model
+from launcher.report import read_or_build_report, what_changed, write_reports
 from launcher.report.energy import read_node_energy, sum_energy
 from launcher.facts.flops import flops_per_token_from_config, model_flops_per_token
 from launcher.facts.hardware import ACCELERATORS, match_accelerator
 from launcher.rundir import CheckpointRecord, EndRecord, EvalRecord, StartRecord, TrainRecord, write_plan
+from launcher.rundir.report_file import Report
 from launcher.spec import JobSpec
+
+
+def build_report(run) -> dict:
+    """The report as report.json holds it (what users and their scripts read)."""
+    return build_model(run).to_json()
+
+
+def typed(report: dict) -> Report:
+    return Report.model_validate(report)
 
 T0 = 1_700_000_000.0
 H100 = "NVIDIA H100 80GB HBM3"
@@ -220,7 +231,7 @@ def test_no_prices_means_no_cost(tmp_path):
 def test_job_energy_is_the_sum_of_node_files(tmp_path):
     run = make_run(tmp_path)
     nodes = read_node_energy(run)
-    assert [n["node"] for n in nodes] == ["node0-a", "node1-b"]
+    assert [n.node for n in nodes] == ["node0-a", "node1-b"]
     e = build_report(run)["energy"]
     for comp in ("cpu", "gpu", "ram"):
         assert e["energy_kwh"][comp] == pytest.approx(NODE0[comp] + NODE1[comp])
@@ -229,7 +240,7 @@ def test_job_energy_is_the_sum_of_node_files(tmp_path):
     assert e["emissions_kg"] == pytest.approx(0.25)
     assert e["nodes"] == 2 and e["partial"] is False
     assert e["pue"] == 1.2 and e["pue_included"] is True  # never multiplied again
-    assert e["energy_kwh"]["total"] == pytest.approx(sum_energy(nodes)["energy_kwh"]["total"])
+    assert e["energy_kwh"]["total"] == pytest.approx(sum_energy(nodes)["energy_kwh"].total)
     assert e["measured"]["gpu"] == "measured (NVML energy counter)"
     assert e["measured"]["cpu"].startswith("estimated")
     assert e["total_label"] == "partly measured (gpu), partly estimated (cpu, ram)"
@@ -268,9 +279,9 @@ def test_cpu_run_says_mfu_na(tmp_path):
     assert r["throughput"]["device_hours_label"] == "device-hours"
     from launcher.report.render import render_markdown, render_table
 
-    md = render_markdown(r)
+    md = render_markdown(typed(r))
     assert "MFU: n/a (peak of cpu unknown)" in md
-    assert "n/a (peak of cpu unknown)" in render_table(r)
+    assert "n/a (peak of cpu unknown)" in render_table(typed(r))
 
 
 def test_unknown_gpu_says_mfu_na(tmp_path):
@@ -289,7 +300,7 @@ def test_incomplete_run_still_reports(tmp_path):
     assert r["energy"]["available"] is False
     from launcher.report.render import render_markdown
 
-    assert "incomplete (running or crashed)" in render_markdown(r)
+    assert "incomplete (running or crashed)" in render_markdown(typed(r))
 
 
 def test_resumed_run_counts_redone_steps_once_and_bills_attempts(tmp_path):
@@ -342,14 +353,15 @@ def test_unreadable_lines_get_a_note_but_a_torn_last_line_does_not(tmp_path):
 def test_what_changed_and_read_or_build_report(tmp_path):
     run = make_run(tmp_path)
     r = read_or_build_report(run)  # no report.json yet: built, nothing written
-    assert not (run / "report.json").exists() and r["throughput"]["tokens"] == sum(TOKENS)
+    assert not (run / "report.json").exists() and r.throughput.tokens == sum(TOKENS)
     assert what_changed(r) == "what changed: eval loss 1.4000 (step 2) -> 1.0000 (step 4), task accuracy 50.0% -> 60.0%"
     written = write_reports(run, html=False)
-    assert read_or_build_report(run)["generated_at"] == written["generated_at"]
-    one = {"loss": {"eval": [{"step": 0, "eval_loss": 2.0, "accuracy": None}]}}
-    assert what_changed(one) is None
+    assert read_or_build_report(run).generated_at == written.generated_at
+    one = r.to_json()
+    one["loss"]["eval"] = [{"step": 0, "eval_loss": 2.0, "accuracy": None}]
+    assert what_changed(typed(one)) is None
     one["loss"]["eval"].append({"step": 4, "eval_loss": 1.5, "accuracy": 0.25})
-    assert what_changed(one) == "what changed: eval loss 2.0000 (step 0) -> 1.5000 (step 4)"
+    assert what_changed(typed(one)) == "what changed: eval loss 2.0000 (step 0) -> 1.5000 (step 4)"
 
 
 # --------------------------------------------------------------------------- rendering
@@ -365,7 +377,7 @@ def _pngs(html: str) -> list[bytes]:
 def test_write_reports_and_html_inlines_pngs(tmp_path):
     run = make_run(tmp_path)
     rep = write_reports(run)
-    assert json.loads((run / "report.json").read_text())["throughput"]["tokens"] == rep["throughput"]["tokens"]
+    assert json.loads((run / "report.json").read_text())["throughput"]["tokens"] == rep.throughput.tokens
     md = (run / "report.md").read_text()
     assert "DeepSpeed ZeRO-3" in md and "measured (NVML energy counter)" in md
     html = (run / "report.html").read_text()
@@ -384,13 +396,13 @@ def test_power_plot_from_csv_rows(tmp_path):
     (run / "emissions" / "node0-a.csv").write_text(hdr + rows)
     xs, ys = power_series(run)["node0-a"]
     assert ys == pytest.approx([360.0, 360.0, 360.0])  # 0.001 kWh per 10 s = 360 W
-    assert "Power over time" in render_html(build_report(run), read_series(run))
+    assert "Power over time" in render_html(build_model(run), read_series(run))
 
 
 def test_csv_has_raw_numbers(tmp_path):
     from launcher.report.render import render_csv
 
-    rows = list(csv.DictReader(io.StringIO(render_csv(build_report(make_run(tmp_path))))))
+    rows = list(csv.DictReader(io.StringIO(render_csv(build_model(make_run(tmp_path))))))
     assert len(rows) == 1 and rows[0]["tokens"] == "1010000" and rows[0]["currency"] == "EUR"
 
 

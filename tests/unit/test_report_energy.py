@@ -63,7 +63,7 @@ def test_node_tracker_with_real_codecarbon(tmp_path):
     assert s2["energy_kwh"]["total"] == pytest.approx(sum(x["energy_kwh"]["total"] for x in s2["sessions"]))
     assert s2["energy_kwh"]["total"] > e["total"]
     nodes = read_node_energy(tmp_path)
-    assert len(nodes) == 1 and sum_energy(nodes)["energy_kwh"]["total"] == pytest.approx(s2["energy_kwh"]["total"])
+    assert len(nodes) == 1 and sum_energy(nodes)["energy_kwh"].total == pytest.approx(s2["energy_kwh"]["total"])
 
 
 def test_tracker_failure_never_raises(tmp_path):
@@ -128,7 +128,7 @@ def test_sidecar_keeps_codecarbon_out_of_the_rank_and_outlives_it_only_to_flush(
         time.sleep(0.1)
     assert not _alive(child), "the tracker outlived its rank"
     (node,) = read_node_energy(tmp_path / "b")
-    assert node["final"] is False and node["energy_kwh"]["total"] > 0
+    assert node.final is False and node.energy_kwh.total > 0
 
 
 def test_node_without_json_is_rebuilt_from_csv(tmp_path):
@@ -139,10 +139,10 @@ def test_node_without_json_is_rebuilt_from_csv(tmp_path):
                                          "t,a,20,0.2,0.2,0.4,0.10,0.70,1.0,DEU\n"
                                          "t,b,5,0.05,0.05,0.1,0.025,0.175,1.0,DEU\n")
     (n,) = read_node_energy(tmp_path)
-    assert n["node"] == "node3-x" and n["rebuilt_from_csv"] is True and n["final"] is False
-    assert n["energy_kwh"]["total"] == pytest.approx(0.70 + 0.175)  # last row per session, summed
-    assert n["emissions_kg"] == pytest.approx(0.25)
-    assert n["measured"]["gpu"].startswith("unknown")
+    assert n.node == "node3-x" and n.rebuilt_from_csv is True and n.final is False
+    assert n.energy_kwh.total == pytest.approx(0.70 + 0.175)  # last row per session, summed
+    assert n.emissions_kg == pytest.approx(0.25)
+    assert n.measured.gpu.startswith("unknown")
 
 
 CPU_PROBE = """

@@ -1,0 +1,311 @@
+"""``report.json``, typed: the report of one run (launcher.report.build writes it; the renderers,
+``launcher export``, the experiment trackers and ``launcher report`` read it).
+
+Every section is a model; a figure the run could not give is ``None`` with the section's
+``reason``. ``Report.read`` validates a file: another schema version, or a damaged file, is one
+line naming the file.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from launcher.errors import JobError
+from launcher.rundir.energy_file import EnergyKwh, Measured
+
+REPORT_SCHEMA_VERSION = 1
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Job(_Section):
+    """The job as planned, with what actually ran (the last attempt) taking precedence."""
+
+    name: str
+    model: str
+    strategy: str
+    zero_stage: Optional[int] = None
+    method: str
+    dtype: str
+    nodes: int
+    procs_per_node: int
+    world_size: int
+    device: str
+    accelerator: Optional[str] = None
+    accelerator_key: Optional[str] = None
+    seq_len: int
+    packing: bool
+    micro_batch_size: int
+    grad_accum_steps: int
+    global_batch_size: int
+    n_params: Optional[int] = None
+    n_trainable_params: Optional[int] = None
+    planned_steps: Optional[int] = None
+
+
+class StatusDetail(_Section):
+    complete: bool
+    completed_marker: bool
+    end_record: bool
+    end_status: Optional[str] = None
+    steps_done: int = 0
+    planned_steps: Optional[int] = None
+    attempts: int = 0
+
+
+class Throughput(_Section):
+    steps: int = 0
+    last_step: int = 0
+    redone_steps: int = 0
+    planned_steps: Optional[int] = None
+    tokens: int = 0
+    samples: int = 0
+    padding_tokens: int = 0
+    padding_share: Optional[float] = None
+    eval_tokens: int = 0
+    step_time_sum_s: Optional[float] = None
+    step_time_median_s: Optional[float] = None
+    step_time_p90_s: Optional[float] = None
+    tokens_per_s: Optional[float] = None
+    tokens_per_s_per_device: Optional[float] = None
+    samples_per_s: Optional[float] = None
+    samples_per_s_per_device: Optional[float] = None
+    tokens_per_s_wall: Optional[float] = None
+    tokens_per_s_wall_per_device: Optional[float] = None
+    time_to_first_step_s: Optional[float] = None
+    wall_time_s: Optional[float] = None
+    busy_time_s: Optional[float] = None
+    attempts: int = 0
+    device_hours: Optional[float] = None
+    device_hours_label: str = "device-hours"
+    node_hours: Optional[float] = None
+    first_time: Optional[float] = None
+    last_time: Optional[float] = None
+
+
+class Mfu(_Section):
+    value: Optional[float] = None
+    mfu_wall: Optional[float] = None
+    reason: Optional[str] = None
+    flops_per_token: Optional[float] = None
+    peak_tflops: Optional[float] = None
+    dtype: str = "bf16"
+    accelerator: Optional[str] = None
+    accelerator_source: Optional[str] = None
+    achieved_tflops_per_device: Optional[float] = None
+    note: Optional[str] = None
+
+
+class NodeEnergyRow(_Section):
+    node: Optional[str] = None
+    energy_kwh: EnergyKwh = Field(default_factory=EnergyKwh)
+    emissions_kg: Optional[float] = None
+    duration_s: Optional[float] = None
+    measured: Measured = Field(default_factory=Measured)
+    final: bool = False
+    pue: Optional[float] = None
+    country_iso_code: Optional[str] = None
+    cpu_model: Optional[str] = None
+    gpu_model: Optional[str] = None
+
+
+class Energy(_Section):
+    """The job's energy: the sum over the node files (PUE included), or why there is none."""
+
+    available: bool = False
+    reason: Optional[str] = None
+    nodes: int = 0
+    node_names: list[Optional[str]] = Field(default_factory=list)
+    energy_kwh: EnergyKwh = Field(default_factory=EnergyKwh)
+    it_energy_kwh: Optional[float] = None
+    emissions_kg: Optional[float] = None
+    duration_s: Optional[float] = None
+    node_seconds: Optional[float] = None
+    pue: Optional[float] = None
+    pue_values: list[float] = Field(default_factory=list)
+    pue_included: bool = True
+    measured: Measured = Field(default_factory=Measured)
+    final: bool = False
+    country_iso_code: Optional[str] = None
+    region: Optional[str] = None
+    nodes_expected: Optional[int] = None
+    partial: bool = False
+    total_label: Optional[str] = None
+    energy_per_token_j: Optional[float] = None
+    kwh_per_million_tokens: Optional[float] = None
+    gco2e_per_million_tokens: Optional[float] = None
+    per_node: list[NodeEnergyRow] = Field(default_factory=list)
+
+
+class ComputeCost(_Section):
+    basis: str
+    hours: float
+    price_per_hour: float
+    cost: float
+
+
+class EnergyCost(_Section):
+    kwh: float
+    price_per_kwh: float
+    cost: float
+    label: Optional[str] = None
+
+
+class Cost(_Section):
+    available: bool = False
+    currency: str = "USD"
+    compute: Optional[ComputeCost] = None
+    energy: Optional[EnergyCost] = None
+    total: Optional[float] = None
+    per_million_tokens: Optional[float] = None
+    reason: Optional[str] = None
+
+
+class ForecastRow(_Section):
+    forecast: Optional[float] = None
+    actual: Optional[float] = None
+    ratio: Optional[float] = None
+    unit: str = ""
+    note: str = ""
+
+
+class ForecastCheck(_Section):
+    """What the plan forecast against what the run measured (rows: time_s, kwh, kg_co2e, cost,
+    peak_memory_bytes)."""
+
+    available: bool = False
+    steps_done: int = 0
+    steps_forecast: Optional[int] = None
+    calibrated_from: Optional[str] = None
+    rows: dict[str, ForecastRow] = Field(default_factory=dict)
+    missing: list[str] = Field(default_factory=list)
+
+
+class EvalPoint(_Section):
+    step: int
+    eval_loss: Optional[float] = None
+    accuracy: Optional[float] = None
+    eval_tokens: int = 0
+
+
+class Loss(_Section):
+    first_train_loss: Optional[float] = None
+    last_train_loss: Optional[float] = None
+    min_train_loss: Optional[float] = None
+    min_train_loss_step: Optional[int] = None
+    eval: list[EvalPoint] = Field(default_factory=list)
+    first_eval_loss: Optional[float] = None
+    last_eval_loss: Optional[float] = None
+    min_eval_loss: Optional[float] = None
+    min_eval_loss_step: Optional[int] = None
+    last_accuracy: Optional[float] = None
+
+
+class Checkpoints(_Section):
+    count: int = 0
+    last_step: Optional[int] = None
+
+
+class Restarts(_Section):
+    attempts: int = 0
+    automatic_restarts: int = 0
+    resumes: int = 0
+    resumed_from_steps: list[int] = Field(default_factory=list)
+    redone_steps: int = 0
+    steps_lost: int = 0
+
+
+class RankTime(_Section):
+    rank: int
+    host: Optional[str] = None
+    compute_median_s: float
+    wait_median_s: float
+    compute_s: float
+    wait_s: float
+
+
+class Stragglers(_Section):
+    available: bool = False
+    reason: Optional[str] = None
+    ranks: int = 0
+    compute_median_s: dict[str, float] = Field(default_factory=dict)
+    per_rank: list[RankTime] = Field(default_factory=list)
+    slowest_rank: Optional[int] = None
+    slowest_host: Optional[str] = None
+    slowest_node: Optional[str] = None
+    fastest_rank: Optional[int] = None
+    spread: Optional[float] = None
+    step_median_s: Optional[float] = None
+    wait_share: Optional[float] = None
+    max_wait_median_s: Optional[float] = None
+
+
+class Allocation(_Section):
+    """What Slurm allocated (sacct, every attempt), next to the trainer's device-hours."""
+
+    available: bool = False
+    reason: Optional[str] = None
+    source: Optional[str] = None
+    job_id: Optional[str] = None
+    attempts: int = 0
+    states: list[str] = Field(default_factory=list)
+    elapsed_s: Optional[float] = None
+    device_hours: Optional[float] = None
+    devices_from: Optional[str] = None
+    trainer_device_hours: Optional[float] = None
+    trainer_share: Optional[float] = None
+
+
+class Report(BaseModel):
+    """The content of report.json."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = REPORT_SCHEMA_VERSION
+    run_dir: str
+    generated_at: str
+    job: Job
+    status: str
+    complete: bool
+    status_detail: StatusDetail
+    throughput: Throughput
+    mfu: Mfu
+    energy: Energy
+    cost: Cost
+    forecast: ForecastCheck
+    loss: Loss
+    checkpoints: Checkpoints
+    restarts: Restarts
+    stragglers: Stragglers
+    allocation: Allocation
+    notes: list[str] = Field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def read(cls, path: Union[str, os.PathLike]) -> "Report":
+        """report.json at ``path``, validated; one line naming the file when it is not one this
+        launcher reads (damaged, or of another schema version)."""
+        p = Path(path)
+        try:
+            data = json.loads(p.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise JobError(f"{p}: not a readable report ({e}); rebuild it with launcher report "
+                           f"{p.parent}") from None
+        version = data.get("schema_version") if isinstance(data, dict) else None
+        if version != REPORT_SCHEMA_VERSION:
+            raise JobError(f"{p}: report schema version {version!r}, this launcher reads "
+                           f"{REPORT_SCHEMA_VERSION}; rebuild it with launcher report {p.parent}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            first = e.errors()[0]
+            where = ".".join(str(x) for x in first["loc"])
+            raise JobError(f"{p}: {where}: {first['msg']}; rebuild it with launcher report {p.parent}") from None
