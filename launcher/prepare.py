@@ -358,14 +358,14 @@ def clear_stop_markers(run_dir: Path) -> list[str]:
 
 def preflight_failure(run_dir: Path, since: float) -> Optional[str]:
     """The line of a preflight that failed after ``since`` (logs/preflight.json), or None."""
-    import json
+    from launcher.rundir.artifacts import DamagedFile, Preflight, read_model
 
     try:
-        report = json.loads(rundir.RunDir(run_dir).preflight_json.read_text())
-    except (OSError, ValueError):
+        report = read_model(Preflight, rundir.RunDir(run_dir).preflight_json, missing_ok=True)
+    except DamagedFile:
         return None
-    if report.get("ok") is False and report.get("time", 0) >= since and report.get("error"):
-        return str(report["error"])
+    if report is not None and not report.ok and report.time >= since and report.error:
+        return report.error
     return None
 
 

@@ -6,7 +6,7 @@ from typing import Optional
 
 from launcher.errors import JobError
 from launcher.plan.batch import resolve_batch
-from launcher.plan.engines import ZERO3_MAX_LIVE_PARAMETERS, build_ds_config, build_fsdp_settings
+from launcher.plan.engines import ZERO3_MAX_LIVE_PARAMETERS, ZeroOptimization, build_ds_config, build_fsdp_settings
 from launcher.plan.forecast import build_forecast, with_forecast
 from launcher.plan.memory import estimate_memory, layout_of
 from launcher.plan.schedule import steps_per_epoch as _steps_per_epoch
@@ -138,10 +138,10 @@ def plan_job(
 
 
 def _zero3_caps(plan: Plan) -> list[str]:
-    z = (plan.ds_config or {}).get("zero_optimization", {})
-    if z.get("stage") != 3 or not plan.model:
+    z = ZeroOptimization.of(plan.ds_config)
+    if z.stage != 3 or not plan.model:
         return []
-    live = z["stage3_max_live_parameters"]
+    live = z.stage3_max_live_parameters
     if live < ZERO3_MAX_LIVE_PARAMETERS:
         return [f"stage3_max_live_parameters = min(1e9, n_params {plan.model.n_params:,} / 20) = {live:,} "
                 "(host_memory lean: DeepSpeed's 1e9 would keep a model under 1B parameters gathered whole)"]

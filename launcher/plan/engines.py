@@ -162,6 +162,27 @@ def live_parameter_cap(n_params: Optional[int]) -> int:
     return max(1, n_params // 20) if n_params else ZERO3_MAX_LIVE_PARAMETERS
 
 
+class ZeroOptimization(BaseModel):
+    """The ``zero_optimization`` section of a DeepSpeed config as the planner reads it: the sizes
+    and switches that decide memory, with DeepSpeed's own defaults where the config has none."""
+
+    model_config = ConfigDict(extra="ignore")  # offload sections and the rest: not read here
+
+    stage: int = 0
+    reduce_bucket_size: int = 500_000_000
+    stage3_prefetch_bucket_size: int = 50_000_000
+    stage3_param_persistence_threshold: int = 100_000
+    stage3_max_live_parameters: int = 1_000_000_000
+    overlap_comm: bool = False
+    contiguous_gradients: bool = True
+    memory_efficient_linear: bool = True
+
+    @classmethod
+    def of(cls, ds_config: Optional[dict]) -> "ZeroOptimization":
+        """The section of ``ds_config`` (DeepSpeed's defaults for a config without one, or none)."""
+        return cls.model_validate((ds_config or {}).get("zero_optimization") or {})
+
+
 class FsdpSettings(BaseModel):
     """What the FSDP2 strategy applies: one ``fully_shard`` per decoder layer, then the root."""
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from launcher.plan.activations import LOSS_CHUNK_TOKENS, ActivationInputs, estimate_activations, lora_targets
+from launcher.plan.engines import ZeroOptimization
 from launcher.plan.types import DeviceMemory, HostMemory, MemoryPlan, ModelInfo
 
 GIB = 1024 ** 3
@@ -74,7 +75,7 @@ class Layout:
 
 def layout_of(plan) -> Layout:
     job, p = plan.job, plan.job.parallel
-    z = (plan.ds_config or {}).get("zero_optimization", {})
+    z = ZeroOptimization.of(plan.ds_config)
     lora = job.train.lora
     return Layout(
         device=plan.device, strategy=p.strategy, zero_stage=p.zero_stage if p.strategy == "zero" else 3,
@@ -83,14 +84,12 @@ def layout_of(plan) -> Layout:
         micro_batch_size=plan.micro_batch_size, grad_accum_steps=plan.grad_accum_steps, seq_len=job.data.max_seq_len,
         packed=job.data.packing, checkpointing=job.train.activation_checkpointing,
         attn=job.model.attn_implementation, reshard_after_forward=p.reshard_after_forward,
-        reduce_bucket=int(z.get("reduce_bucket_size", 500_000_000)),
-        prefetch_bucket=int(z.get("stage3_prefetch_bucket_size", 50_000_000)),
-        persistence_threshold=int(z.get("stage3_param_persistence_threshold", 100_000)),
-        max_live=int(z.get("stage3_max_live_parameters", 1_000_000_000)),
-        overlap_comm=bool(z.get("overlap_comm", False)), contiguous_gradients=bool(z.get("contiguous_gradients", True)),
+        reduce_bucket=z.reduce_bucket_size, prefetch_bucket=z.stage3_prefetch_bucket_size,
+        persistence_threshold=z.stage3_param_persistence_threshold, max_live=z.stage3_max_live_parameters,
+        overlap_comm=z.overlap_comm, contiguous_gradients=z.contiguous_gradients,
         lora_targets=lora_targets(lora.target_modules) if job.train.method == "lora" else (),
         lora_dropout=lora.dropout, lora_r=lora.r,
-        zero3_linear=p.strategy == "zero" and p.zero_stage == 3 and bool(z.get("memory_efficient_linear", True)),
+        zero3_linear=p.strategy == "zero" and p.zero_stage == 3 and z.memory_efficient_linear,
     )
 
 

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 
 from launcher.report.compute import finite, ratio, train_steps
-from launcher.rundir.energy_file import num, read_emissions_csv
+from launcher.rundir.energy_file import EmissionsRow, read_emissions_csv
 from launcher.rundir import EvalRecord, RunDir, read_metrics
 
 Power = dict[str, tuple[list[float], list[float]]]  # node -> (minutes, watts)
@@ -44,17 +44,17 @@ def power_series(run_dir: str | os.PathLike) -> Power:
     if not d.is_dir():
         return out
     for p in sorted(d.glob("*.csv")):
-        sessions: dict[str, list[dict]] = {}
+        sessions: dict[str, list[EmissionsRow]] = {}
         for r in read_emissions_csv(p):
-            sessions.setdefault(r.get("run_id") or "", []).append(r)
+            sessions.setdefault(r.run_id or "", []).append(r)
         xs: list[float] = []
         ys: list[float] = []
         offset = 0.0
         for rows in sessions.values():
-            rows.sort(key=lambda r: num(r.get("duration")))
+            rows.sort(key=lambda r: r.duration)
             prev_t, prev_e = 0.0, 0.0
             for r in rows:
-                t, e = num(r.get("duration")), num(r.get("energy_consumed"))
+                t, e = r.duration, r.energy_consumed
                 if t > prev_t:
                     xs.append((offset + t) / 60.0)
                     ys.append((e - prev_e) * 3.6e6 / (t - prev_t))

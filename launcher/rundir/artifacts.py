@@ -171,3 +171,20 @@ class HangRecord(_File):
     behind: list[int] = Field(default_factory=list)
     not_responding: list[int] = Field(default_factory=list)
     heartbeats: dict[str, Any] = Field(default_factory=dict)
+
+
+class DataStats(_File):
+    """cache/<key>/stats.json: what tokenizing (and packing) made of the data set."""
+
+    documents: int  # examples kept after tokenizing
+    train_documents: int
+    eval_documents: int
+    train_rows: int
+    eval_rows: int
+    train_tokens: int  # real tokens in the train rows
+    train_label_tokens: int  # tokens with a loss in the train rows
+    eval_tokens: int
+    truncated: int  # examples cut to max_seq_len
+    dropped: int  # examples with nothing to train on after the cut
+    packed: bool
+    max_seq_len: int

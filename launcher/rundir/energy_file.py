@@ -13,9 +13,9 @@ import csv
 import json
 import os
 from pathlib import Path
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 COMPONENTS = ("cpu", "gpu", "ram")
 ENERGY_SCHEMA_VERSION = 1
@@ -108,38 +108,72 @@ def num(x: Any) -> float:
     return v if v == v else 0.0  # NaN -> 0
 
 
-def read_emissions_csv(path: Union[str, os.PathLike]) -> list[dict]:
-    """Rows of a CodeCarbon CSV as dicts (numbers stay strings; use :func:`num`)."""
+_NUMBERS = ("duration", "energy_consumed", "cpu_energy", "gpu_energy", "ram_energy", "emissions", "pue", "gpu_count")
+_TEXTS = ("run_id", "timestamp", "country_name", "country_iso_code", "region", "cpu_model", "gpu_model")
+
+
+class EmissionsRow(BaseModel):
+    """One row of CodeCarbon's ``emissions/<node>.csv`` (cumulative per ``run_id``): the columns
+    launcher reads. Missing, unreadable or NaN numbers read as 0; empty texts as None."""
+
+    model_config = ConfigDict(extra="ignore")  # CodeCarbon writes more columns than these
+
+    run_id: Optional[str] = None
+    timestamp: Optional[str] = None
+    duration: float = 0.0
+    energy_consumed: float = 0.0
+    cpu_energy: float = 0.0
+    gpu_energy: float = 0.0
+    ram_energy: float = 0.0
+    emissions: float = 0.0
+    pue: float = 0.0
+    gpu_count: float = 0.0
+    country_name: Optional[str] = None
+    country_iso_code: Optional[str] = None
+    region: Optional[str] = None
+    cpu_model: Optional[str] = None
+    gpu_model: Optional[str] = None
+
+    @field_validator(*_NUMBERS, mode="before")
+    @classmethod
+    def _number(cls, v: Any) -> float:
+        return num(v)
+
+    @field_validator(*_TEXTS, mode="before")
+    @classmethod
+    def _text(cls, v: Any) -> Optional[str]:
+        return None if v in (None, "") else str(v)
+
+
+def read_emissions_csv(path: Union[str, os.PathLike]) -> list[EmissionsRow]:
+    """The rows of a CodeCarbon CSV, in file order (none when it is missing or unreadable)."""
     p = Path(path)
     if not p.is_file():
         return []
     try:
         with p.open(newline="") as f:
-            return list(csv.DictReader(f))
+            return [EmissionsRow.model_validate(r) for r in csv.DictReader(f)]
     except (OSError, csv.Error):
         return []
 
 
-def session_from_row(row: Mapping[str, Any]) -> Session:
+def session_from_row(row: EmissionsRow) -> Session:
     """One tracker session (a CodeCarbon ``run_id``) from its last cumulative CSV row, or from
-    the fields of CodeCarbon's ``final_emissions_data``."""
-    def text(key: str) -> Optional[str]:
-        return str(row[key]) if row.get(key) not in (None, "") else None
-
-    e = {c: num(row.get(f"{c}_energy")) for c in COMPONENTS}
+    CodeCarbon's ``final_emissions_data`` read into an :class:`EmissionsRow`."""
+    e = {c: getattr(row, f"{c}_energy") for c in COMPONENTS}
     return Session(
-        run_id=text("run_id") or "",
-        duration_s=num(row.get("duration")),
-        energy_kwh=EnergyKwh(**e, total=num(row.get("energy_consumed")) or sum(e.values())),
-        emissions_kg=num(row.get("emissions")),
-        pue=num(row.get("pue")) or 1.0,
-        country_name=text("country_name"),
-        country_iso_code=text("country_iso_code"),
-        region=text("region"),
-        cpu_model=text("cpu_model"),
-        gpu_model=text("gpu_model"),
-        gpu_count=int(num(row.get("gpu_count"))),
-        timestamp=text("timestamp"),
+        run_id=row.run_id or "",
+        duration_s=row.duration,
+        energy_kwh=EnergyKwh(**e, total=row.energy_consumed or sum(e.values())),
+        emissions_kg=row.emissions,
+        pue=row.pue or 1.0,
+        country_name=row.country_name,
+        country_iso_code=row.country_iso_code,
+        region=row.region,
+        cpu_model=row.cpu_model,
+        gpu_model=row.gpu_model,
+        gpu_count=int(row.gpu_count),
+        timestamp=row.timestamp,
     )
 
 
@@ -209,9 +243,9 @@ def read_node_energy(emissions: Union[str, os.PathLike]) -> list[NodeEnergy]:
         rows = read_emissions_csv(p)
         if not rows:
             continue
-        last: dict[str, dict] = {}
+        last: dict[str, EmissionsRow] = {}
         for r in rows:
-            last[r.get("run_id") or ""] = r  # rows are cumulative per run_id: keep the last
+            last[r.run_id or ""] = r  # rows are cumulative per run_id: keep the last
         unknown = "unknown (no summary JSON: tracker never flushed or stopped)"
         sessions = [session_from_row(r).model_copy(update={"measured": Measured(cpu=unknown, gpu=unknown, ram=unknown)})
                     for r in last.values()]

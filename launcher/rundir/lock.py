@@ -8,9 +8,11 @@ import os
 import socket
 import time
 from pathlib import Path
+from typing import Optional
 
 from launcher.errors import JobError
-from launcher.rundir.names import LOCK
+from launcher.rundir.artifacts import DamagedFile, Lock, read_model
+from launcher.rundir.paths import RunDir
 
 
 def _alive(pid: int) -> bool:
@@ -25,36 +27,35 @@ def _alive(pid: int) -> bool:
 
 class RunLock:
     def __init__(self, run_dir: Path):
-        self.path = Path(run_dir) / LOCK
+        self.path = RunDir(run_dir).lock
         self.held = False
 
     def acquire(self) -> "RunLock":
-        me = {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time()}
+        me = Lock(host=socket.gethostname(), pid=os.getpid(), time=time.time())
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 holder = self._holder()
-                if holder and holder.get("host") == me["host"] and isinstance(holder.get("pid"), int) \
-                        and not _alive(holder["pid"]):
+                if holder and holder.host == me.host and not _alive(holder.pid):
                     self.path.unlink(missing_ok=True)  # stale: its process is gone from this host
                     continue
-                since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("time", 0))) if holder else "?"
-                raise JobError(f"{self.path.parent}: in use by another launcher run (pid {holder.get('pid', '?') if holder else '?'} "
-                               f"on {holder.get('host', '?') if holder else '?'}, since {since}); wait for it to end, "
+                since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.time)) if holder else "?"
+                raise JobError(f"{self.path.parent}: in use by another launcher run (pid {holder.pid if holder else '?'} "
+                               f"on {holder.host if holder else '?'}, since {since}); wait for it to end, "
                                f"or delete {self.path} if that process is gone") from None
             with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
+                json.dump(me.model_dump(), f)
             self.held = True
             return self
         raise JobError(f"{self.path}: could not take the run directory's lock; delete it if no run uses the folder")
 
-    def _holder(self) -> dict:
+    def _holder(self) -> Optional[Lock]:
         try:
-            return json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {}
+            return read_model(Lock, self.path)
+        except DamagedFile:  # half written by a run that died, or gone since
+            return None
 
     def release(self) -> None:
         if self.held:

@@ -51,3 +51,4 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"  # in final/ and export/adapter/ (
 ADAPTER_CONFIG = "adapter_config.json"
 MODEL_CARD = "README.md"  # in export/<kind>/
 ENGINE = "engine"  # in a checkpoint: the engine's own files (DCP or DeepSpeed)
+DATA_STATS = "stats.json"  # in cache/<key>/: what tokenizing made of the data (DataStats)

@@ -47,7 +47,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from launcher.rundir.energy_file import (COMPONENTS, Measured, Session, node_summary, read_emissions_csv,
+from launcher.rundir.energy_file import (COMPONENTS, EmissionsRow, Measured, Session, node_summary, read_emissions_csv,
                                          read_node_file, session_from_row)
 from launcher.rundir import RunDir, write_json
 
@@ -329,17 +329,17 @@ class NodeEnergyTracker(_NodeSettings):
     def _this_session(self, final: bool, tracker: Any = None) -> Optional[Session]:
         tracker = tracker or self._tracker
         run_id = str(getattr(tracker, "run_id", ""))
-        rows = [r for r in read_emissions_csv(self.csv_path) if r.get("run_id") == run_id]
+        rows = [r for r in read_emissions_csv(self.csv_path) if r.run_id == run_id]
         if rows:
             s = session_from_row(rows[-1])
         else:
             data = getattr(tracker, "final_emissions_data", None)
             if data is None:
                 return None
-            s = session_from_row({k: getattr(data, k, None) for k in (
+            s = session_from_row(EmissionsRow.model_validate({k: getattr(data, k, None) for k in (
                 "run_id", "duration", "cpu_energy", "gpu_energy", "ram_energy", "energy_consumed",
                 "emissions", "pue", "country_name", "country_iso_code", "region", "cpu_model",
-                "gpu_model", "gpu_count", "timestamp")})
+                "gpu_model", "gpu_count", "timestamp")}))
         return s.model_copy(update={
             "run_id": run_id,
             "start_time": self._start_time,

@@ -70,7 +70,7 @@ def train_main(run_dir: str, plan, prepared, tokenizer, t_start: float) -> int:
         acc_before = accuracy_of_model(paths.model, paths.tokenizer, spec, paths.data)  # loaded alone, then freed
     ckpts.seed_everything(spec.train.seed)
     model = build_model(plan, paths.model)
-    check_packing(model, plan.micro_batch_size, bool(prepared.stats.get("packed")))
+    check_packing(model, plan.micro_batch_size, prepared.stats.packed)
     n_params, n_trainable = count_params(model)
     strategy = build_strategy(plan, model, lr_lambda, paths.model)
     monitor.sample()

@@ -50,9 +50,9 @@ def start_record(plan, *, world: int, n_params: int, n_trainable: int, flops_per
         world_size=world, nodes=plan.nodes, device=plan.device, accelerator=accelerator_name(plan.device),
         strategy=plan.strategy, zero_stage=plan.zero_stage, method=plan.job.train.method, dtype=plan.dtype,
         seq_len=plan.seq_len, n_params=n_params, n_trainable_params=n_trainable, flops_per_token=flops_per_token,
-        planned_steps=planned_steps, train_rows=train_rows, train_samples=stats.get("train_documents"),
-        train_tokens=stats.get("train_tokens"), resumed_from_step=resumed_from or None,
-        setup_s=time.time() - t_start, packed=bool(stats.get("packed")), hostname=socket.gethostname(),
+        planned_steps=planned_steps, train_rows=train_rows, train_samples=stats.train_documents,
+        train_tokens=stats.train_tokens, resumed_from_step=resumed_from or None,
+        setup_s=time.time() - t_start, packed=stats.packed, hostname=socket.gethostname(),
         restart=restart, steps_lost=steps_lost,
     )
 

@@ -22,7 +22,6 @@ import re
 import socket
 import time
 from datetime import timedelta
-from pathlib import Path
 from typing import Any, Optional
 
 from launcher import rundir
@@ -138,23 +137,24 @@ def write_preflight_failure(run_dir: str | os.PathLike, line: str) -> None:
     import json
     import tempfile
 
+    from launcher.rundir.artifacts import DamagedFile, Preflight, read_model
+
     path = rundir.RunDir(run_dir).preflight_json
     rank = int(os.environ.get("RANK", "0"))
     try:
-        old = json.loads(path.read_text())
-        if old.get("ok") is False and old.get("time", 0) >= _STARTED:
-            return  # this attempt's failure is written (rank 0's report, or the first rank's line)
-    except (OSError, ValueError):
+        old = read_model(Preflight, path, missing_ok=True)
+    except DamagedFile:
         old = None
-    report = {"ok": False, "error": line, "rank": rank, "hostname": socket.gethostname(), "time": time.time()}
+    if old is not None and not old.ok and old.time >= _STARTED:
+        return  # this attempt's failure is written (rank 0's report, or the first rank's line)
+    report = Preflight(ok=False, error=line, rank=rank, hostname=socket.gethostname(), time=time.time())
     if rank == 0:
-        _write_report(run_dir, report)
+        report.write(path)
         return
-    if old is not None:
-        path.unlink(missing_ok=True)  # an earlier attempt's
+    path.unlink(missing_ok=True)  # an earlier attempt's (a damaged one too)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".preflight-")
     with os.fdopen(fd, "w") as f:
-        json.dump(report, f, indent=2, sort_keys=True)
+        json.dump(report.model_dump(mode="json"), f, indent=2, sort_keys=True)
     try:
         os.link(tmp, path)
     except FileExistsError:
@@ -185,8 +185,6 @@ def _unreachable_line(err: BaseException, rank: int, host: str, timeout_s: float
             f"(firewall, GLOO_SOCKET_IFNAME / NCCL_SOCKET_IFNAME)")
 
 
-def _write_report(run_dir: str | os.PathLike, report: dict) -> Path:
-    return rundir.write_json(rundir.RunDir(run_dir).preflight_json, report)
 
 
 def run_preflight(run_dir: str | os.PathLike, timeout_s: float = 60) -> list[dict]:
@@ -248,19 +246,11 @@ def run_preflight(run_dir: str | os.PathLike, timeout_s: float = 60) -> list[dic
                  + "; install the same versions on every node")
     hosts = sorted({i["hostname"] for i in infos}, key=lambda h: min(i["rank"] for i in infos if i["hostname"] == h))
     if rank == 0:
-        report = {
-            "ok": error is None,
-            "error": error,
-            "backend": backend,
-            "world_size": world,
-            "nodes": len(hosts),
-            "hosts": hosts,
-            "allreduce_s": round(allreduce_s, 6),
-            "elapsed_s": round(time.monotonic() - t0, 6),
-            "time": time.time(),
-            "ranks": infos,
-        }
-        _write_report(run_dir, report)
+        from launcher.rundir.artifacts import Preflight
+
+        Preflight(ok=error is None, error=error, backend=backend, world_size=world, nodes=len(hosts), hosts=hosts,
+                  allreduce_s=round(allreduce_s, 6), elapsed_s=round(time.monotonic() - t0, 6), time=time.time(),
+                  ranks=infos).write(rundir.RunDir(run_dir).preflight_json)
         if error is None:
             v = infos[0]
             from launcher.train.console import say

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Optional, Protocol
 from urllib.parse import quote
 
 from launcher import rundir
+from launcher.rundir.artifacts import DamagedFile, TrackerIds, TrackerRun, read_model
 from launcher.train.console import say
 
 if TYPE_CHECKING:
@@ -137,7 +138,7 @@ def tracker_problems(names, environ=os.environ) -> list[str]:
 class Tracker(Protocol):
     name: str
 
-    def start(self, run_dir: Path, plan, start_step: int, kept: Optional[dict]) -> dict: ...
+    def start(self, run_dir: Path, plan, start_step: int, kept: Optional[TrackerRun]) -> TrackerRun: ...
     def log(self, step: int, metrics: dict[str, float]) -> None: ...
     def summary(self, figures: dict[str, float]) -> None: ...
     def close(self, status: str) -> None: ...
@@ -189,7 +190,7 @@ def run_params(plan) -> dict[str, str]:
 class TensorBoardTracker:
     name = "tensorboard"
 
-    def start(self, run_dir: Path, plan, start_step: int, kept: Optional[dict]) -> dict:
+    def start(self, run_dir: Path, plan, start_step: int, kept: Optional[TrackerRun]) -> TrackerRun:
         from torch.utils.tensorboard import SummaryWriter
 
         # an earlier attempt's events from the first step done again on are dropped by readers;
@@ -197,7 +198,7 @@ class TensorBoardTracker:
         purge = None if kept is None else (start_step + 1 if start_step else 0)
         self.dir = rundir.RunDir(run_dir).tensorboard
         self.writer = SummaryWriter(log_dir=str(self.dir), purge_step=purge)
-        return {"log_dir": rundir.TENSORBOARD}
+        return TrackerRun(log_dir=rundir.TENSORBOARD)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         for k, v in metrics.items():
@@ -225,7 +226,7 @@ def mlflow_default_uri(run_dir: Path) -> str:
 class MlflowTracker:
     name = "mlflow"
 
-    def start(self, run_dir: Path, plan, start_step: int, kept: Optional[dict]) -> dict:
+    def start(self, run_dir: Path, plan, start_step: int, kept: Optional[TrackerRun]) -> TrackerRun:
         import logging
 
         from mlflow.exceptions import MlflowException
@@ -241,7 +242,7 @@ class MlflowTracker:
             self.uri = mlflow_default_uri(run_dir)
             artifacts = (rundir.RunDir(run_dir).mlflow_artifacts).absolute().as_uri()
         self.client = MlflowClient(tracking_uri=self.uri)
-        self.run_id, self.resumed, self._last = (kept or {}).get("run_id"), False, {}
+        self.run_id, self.resumed, self._last = kept.run_id if kept else None, False, {}
         if self.run_id:
             try:
                 self.client.get_run(self.run_id)
@@ -261,7 +262,7 @@ class MlflowTracker:
             from mlflow.entities import Param
 
             self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in run_params(plan).items()])
-        return {"run_id": self.run_id, "tracking_uri": self.uri}
+        return TrackerRun(run_id=self.run_id, tracking_uri=self.uri)
 
     def _last_step(self, key: str) -> int:
         """The last step of ``key`` this run holds (earlier attempts), asked once per key."""
@@ -294,19 +295,19 @@ class MlflowTracker:
 class WandbTracker:
     name = "wandb"
 
-    def start(self, run_dir: Path, plan, start_step: int, kept: Optional[dict]) -> dict:
+    def start(self, run_dir: Path, plan, start_step: int, kept: Optional[TrackerRun]) -> TrackerRun:
         import wandb
 
         # offline without an API key (a compute node often has no network either): wandb sync later
         self.mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
-        run_id = (kept or {}).get("run_id")
+        run_id = kept.run_id if kept else None
         config = None if run_id else {**run_params(plan), "job": plan.job.to_dict()}  # given once, at the first start
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT") or plan.job.name, id=run_id,
                               resume="allow", dir=str(run_dir), name=run_dir.name, mode=self.mode, config=config,
                               settings=wandb.Settings(console="off", disable_git=True, silent=True))
         run_id = self.run.id  # W&B's own on the first start
         self.dir = rundir.RunDir(run_dir).wandb
-        return {"run_id": run_id}
+        return TrackerRun(run_id=run_id)
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         self.run.log(metrics, step=step)
@@ -359,14 +360,12 @@ class Trackers:
                     "training goes on without it")
 
 
-def read_tracker_ids(run_dir: Path) -> dict:
-    import json
-
+def read_tracker_ids(run_dir: Path) -> TrackerIds:
+    """trackers.json of the earlier attempts; none when missing (or damaged: new tracker runs)."""
     try:
-        data = json.loads(rundir.RunDir(run_dir).trackers_json.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+        return read_model(TrackerIds, rundir.RunDir(run_dir).trackers_json, missing_ok=True) or TrackerIds()
+    except DamagedFile:
+        return TrackerIds()
 
 
 def start_trackers(run_dir: Path, plan, start_step: int, metrics: rundir.MetricsWriter) -> Trackers:
@@ -379,14 +378,14 @@ def start_trackers(run_dir: Path, plan, start_step: int, metrics: rundir.Metrics
     for name in names:
         tracker = TRACKERS[name]()
         try:
-            kept[name] = tracker.start(run_dir, plan, start_step, kept.get(name))
+            kept = kept.model_copy(update={name: tracker.start(run_dir, plan, start_step, kept.of(name))})
         except Exception as e:  # noqa: BLE001 - the job runs without it, and says so
             say(f"[launcher] tracker {name}: could not start ({type(e).__name__}: {e}); training goes on "
                 "without it")
             continue
         active.append(tracker)
         say(f"[launcher] tracker {name}: {tracker.where()}")
-    rundir.write_json(rundir.RunDir(run_dir).trackers_json, kept)
+    kept.write(rundir.RunDir(run_dir).trackers_json)
     trackers = Trackers(active)
     metrics.listeners.append(trackers.record)
     atexit.register(trackers.close, "failed")  # an exception ends the attempt: the runs are not left running

@@ -153,10 +153,11 @@ class Watchdog:
                 + f"; Python stacks of every live rank in {path.parent}/{rundir.STACKS.format(rank='*')}")
         say(line, err=True)
         try:
-            rundir.write_json(rundir.RunDir(self.run).hang_record(self.rank),
-                              {"rank": self.rank, "host": self.host, "step": self.step + 1, "elapsed_s": elapsed,
-                               "timeout_s": self.timeout(), "behind": behind, "not_responding": silent,
-                               "heartbeats": beats})
+            from launcher.rundir.artifacts import HangRecord
+
+            HangRecord(rank=self.rank, host=self.host, step=self.step + 1, elapsed_s=elapsed, timeout_s=self.timeout(),
+                       behind=behind, not_responding=silent, heartbeats={str(r): b for r, b in beats.items()},
+                       ).write(rundir.RunDir(self.run).hang_record(self.rank))
         finally:
             os._exit(EXIT_HANG)
 

@@ -149,7 +149,7 @@ def test_truncation_counts_and_drops(tok, tmp_path):
     p = write_jsonl(tmp_path / "d.jsonl", rows)
     spec = JobSpec(data=DataSpec(format="instruction", max_seq_len=10, eval_fraction=0.0, packing=False))
     out = prepare_data(spec, tok, str(p), tmp_path / "cache")
-    assert out.stats["truncated"] == 2 and out.stats["dropped"] == 1 and out.stats["documents"] == 2
+    assert out.stats.truncated == 2 and out.stats.dropped == 1 and out.stats.documents == 2
     assert all(len(r["input_ids"]) <= 10 for r in out.train)
 
 
@@ -282,11 +282,11 @@ def test_prepare_data_cache(tok, tmp_path):
     spec = JobSpec(data=DataSpec(format="text", max_seq_len=32, eval_fraction=0.1))
     cache = tmp_path / "cache"
     first = prepare_data(spec, tok, str(p), cache)
-    assert not first.cache_hit and first.stats["packed"] and first.stats["eval_documents"] == 4
-    assert first.stats["documents"] == 40 and first.stats["train_documents"] == 36
+    assert not first.cache_hit and first.stats.packed and first.stats.eval_documents == 4
+    assert first.stats.documents == 40 and first.stats.train_documents == 36
     assert sum(r["n_docs"] for r in first.train) == 36
-    assert first.stats["train_tokens"] == sum(len(r["input_ids"]) for r in first.train)
-    assert first.stats["train_label_tokens"] == sum(label_tokens(r) for r in first.train)
+    assert first.stats.train_tokens == sum(len(r["input_ids"]) for r in first.train)
+    assert first.stats.train_label_tokens == sum(label_tokens(r) for r in first.train)
     second = prepare_data(spec, tok, str(p), cache)
     assert second.cache_hit and second.cache_path == first.cache_path
     assert (second.train, second.eval, second.stats) == (first.train, first.eval, first.stats)
@@ -304,7 +304,7 @@ def test_prepare_data_eval_split_matches_raw_split(tok, tmp_path):
     p = write_jsonl(tmp_path / "d.jsonl", rows)
     spec = JobSpec(data=DataSpec(format="instruction", max_seq_len=16, eval_fraction=0.2, packing=False))
     out = prepare_data(spec, tok, str(p), tmp_path / "cache")
-    assert out.stats["dropped"] == 10
+    assert out.stats.dropped == 10
     _, ev_raw = split_train_eval(load_rows(spec.data, str(p)), 0.2, spec.train.seed)
     kept = [r for r in ev_raw if len(r["prompt"]) < 40]
     assert [tok.decode([t for t in r["labels"] if t != IGNORE_INDEX][:-1]) for r in out.eval] == \

@@ -12,11 +12,13 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
 from launcher.errors import JobError
+from launcher.rundir.artifacts import DataStats, read_model
+from launcher.rundir.names import DATA_STATS as STATS_JSON
 from launcher.train.data.load import check_data_path, load_rows
 from launcher.train.data.pack import _unpacked, pack, split_train_eval
 from launcher.train.data.rows import open_rows, write_rows
@@ -27,7 +29,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 # Bump when the cached layout or any tokenization rule changes: old cache files then miss.
 CACHE_VERSION = 2
-STATS_JSON = "stats.json"
 
 
 @dataclass
@@ -37,15 +38,12 @@ class PreparedData:
     ``train`` and ``eval`` are read-only ``Rows`` sequences over the memory-mapped cache
     (``rows[i]`` gives the row dict, slices and ``==`` work as for a list).
 
-    stats: documents (examples kept after tokenizing), train_documents, eval_documents,
-    train_rows, eval_rows, train_tokens (real tokens in train rows), train_label_tokens
-    (``label_tokens`` summed over train rows), eval_tokens, truncated (examples cut to
-    max_seq_len), dropped (examples with nothing to train on after the cut), packed, max_seq_len.
+    stats: what tokenizing and packing made of the data (:class:`launcher.rundir.artifacts.DataStats`).
     """
 
     train: Sequence[dict]
     eval: Sequence[dict]
-    stats: dict = field(default_factory=dict)
+    stats: DataStats
     cache_path: Optional[str] = None
     cache_hit: bool = False
 
@@ -101,7 +99,7 @@ def _save_cache(path: Path, prepared: PreparedData) -> None:
     try:
         write_rows(tmp, "train", prepared.train)
         write_rows(tmp, "eval", prepared.eval)
-        (tmp / STATS_JSON).write_text(json.dumps(prepared.stats, sort_keys=True))
+        prepared.stats.write(tmp / STATS_JSON)
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         elif path.exists() or path.is_symlink():
@@ -114,9 +112,9 @@ def _save_cache(path: Path, prepared: PreparedData) -> None:
 
 def _open_cache(path: Path) -> PreparedData:
     """The cache folder at ``path``, memory-mapped; raises when it is missing, torn or foreign."""
-    stats = json.loads((path / STATS_JSON).read_text())
+    stats = read_model(DataStats, path / STATS_JSON)
     train, ev = open_rows(path, "train"), open_rows(path, "eval")
-    if (len(train), len(ev)) != (stats.get("train_rows"), stats.get("eval_rows")):
+    if (len(train), len(ev)) != (stats.train_rows, stats.eval_rows):
         raise ValueError(f"{path}: the row counts do not match {STATS_JSON}")
     return PreparedData(train=train, eval=ev, stats=stats, cache_path=str(path), cache_hit=True)
 
@@ -147,20 +145,20 @@ def _build(spec: "JobSpec", tokenizer, data_path: str) -> PreparedData:
         train, ev = pack(train_ex, data.max_seq_len), pack(eval_ex, data.max_seq_len)
     else:
         train, ev = _unpacked(train_ex), _unpacked(eval_ex)
-    stats = {
-        "documents": len(train_ex) + len(eval_ex),
-        "train_documents": len(train_ex),
-        "eval_documents": len(eval_ex),
-        "train_rows": len(train),
-        "eval_rows": len(ev),
-        "train_tokens": sum(len(r["input_ids"]) for r in train),
-        "train_label_tokens": sum(label_tokens(r) for r in train),
-        "eval_tokens": sum(len(r["input_ids"]) for r in ev),
-        "truncated": counts["truncated"],
-        "dropped": counts["dropped"],
-        "packed": bool(data.packing),
-        "max_seq_len": data.max_seq_len,
-    }
+    stats = DataStats(
+        documents=len(train_ex) + len(eval_ex),
+        train_documents=len(train_ex),
+        eval_documents=len(eval_ex),
+        train_rows=len(train),
+        eval_rows=len(ev),
+        train_tokens=sum(len(r["input_ids"]) for r in train),
+        train_label_tokens=sum(label_tokens(r) for r in train),
+        eval_tokens=sum(len(r["input_ids"]) for r in ev),
+        truncated=counts["truncated"],
+        dropped=counts["dropped"],
+        packed=bool(data.packing),
+        max_seq_len=data.max_seq_len,
+    )
     return PreparedData(train=train, eval=ev, stats=stats)
 
 
