@@ -5,6 +5,7 @@ rendering the launch files and writing them. The CLI parses, calls these and pri
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -111,7 +112,7 @@ def check_nvme_here(spec) -> None:
 def check_trackers_here(spec) -> None:
     """report.trackers: each tracker can start here (its package is installed, its URI or folder
     is one it accepts): rank 0 starts them after the queue wait, too late to find out."""
-    from launcher.train.trackers import tracker_problems
+    from launcher.tracker_checks import tracker_problems
 
     problems = tracker_problems(spec.report.trackers)
     if problems:
@@ -315,7 +316,10 @@ def hosts_launch_files(spec, device: str, names: Sequence[str], run_dir: Path):
     for i, host in enumerate(names):
         argv = render_torchrun_argv(plan, str(run_dir), rdzv_endpoint=endpoint, rdzv_id=run_dir.name,
                                     node_rank=str(i), local_addr=host, torchrun=default_torchrun())
-        files[f"launch-{i}-{_safe(host)}.sh"] = render_launch_script(argv, render_env(plan, run_dir=str(run_dir)))
+        finish = (str(rundir.RunDir(run_dir).completed),
+                  [sys.executable, "-m", "launcher", "report", str(run_dir), "--finish"]) if i == 0 else None
+        files[f"launch-{i}-{_safe(host)}.sh"] = render_launch_script(argv, render_env(plan, run_dir=str(run_dir)),
+                                                                     finish=finish)
     return plan, files
 
 

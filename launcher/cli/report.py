@@ -18,7 +18,10 @@ FORMATS = ("table", "md", "html", "json", "csv")
               help="Write to this file (atomically) instead of the terminal.")
 @click.option("--no-write", is_flag=True, default=False,
               help="With one run, do not (re)write report.json/.md/.html in its run directory.")
-def report(run_dirs: tuple[str, ...], fmt: str, output: str | None, no_write: bool) -> None:
+@click.option("--finish", is_flag=True, default=False,
+              help="The job's last step, once per job (a Slurm job's batch script and a --hosts job's first "
+                   "host run it): the report files, and the report's figures added to the job's tracker runs.")
+def report(run_dirs: tuple[str, ...], fmt: str, output: str | None, no_write: bool, finish: bool) -> None:
     """Report what runs did and cost: tokens/s, MFU, kWh (measured or estimated), kgCO2e, money.
 
     With one RUN_DIR the report files in that folder are (re)written too. With several, the
@@ -46,7 +49,14 @@ def report(run_dirs: tuple[str, ...], fmt: str, output: str | None, no_write: bo
         _refresh_accounting(d)
 
     html_cached: str | None = None
-    if len(dirs) == 1 and not no_write:
+    if finish:
+        if len(dirs) != 1 or no_write:
+            raise JobError("--finish: give one RUN_DIR, without --no-write")
+        from launcher.execute.finish import finish_run
+
+        done = finish_run(dirs[0], warn=lambda line: click.echo(line, err=True))
+        reports = [done or build_report(dirs[0])]
+    elif len(dirs) == 1 and not no_write:
         from launcher.report import write_reports
 
         try:

@@ -147,19 +147,21 @@ def _run_locked(target: Path, spec, dev: str, resuming: bool, start_over: bool, 
                    "treating the job as successful", err=True)
         rc = 0
     if completed:
-        _print_summary(target)
+        from launcher.execute.finish import finish_run
+
+        _print_summary(target, finish_run(target, warn=lambda line: click.echo(line, err=True)))
     elif rundir.RunDir(target).preempted.exists():
         click.echo(f"stopped at a checkpoint; resume with: launcher run {shlex.quote(str(target))}", err=True)
     if rc:
         sys.exit(rc)
 
 
-def _print_summary(run_dir: Path) -> None:
+def _print_summary(run_dir: Path, report) -> None:
     from launcher.report import read_or_build_report, what_changed
     from launcher.report.render import render_table
 
     try:
-        report = read_or_build_report(run_dir)
+        report = report or read_or_build_report(run_dir)
         click.echo(render_table(report))
         line = what_changed(report)
         if line:

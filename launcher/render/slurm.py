@@ -181,6 +181,7 @@ def render_sbatch(
         requeue=s.requeue,
         step=_step_lines(srun, argv),
         fetch=render_fetch_line(plan, python),
+        finish=shell_join([python, "-m", "launcher", "report", "$RUN_DIR", "--finish"]),
     )
 
 

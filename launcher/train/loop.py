@@ -193,8 +193,9 @@ def _memory_record(metrics, monitor, strategy, phase: str, step: int) -> None:
 
 
 def _finish(run: Path, rank: int, status: str, done: int, tracker, strategy, trackers) -> None:
-    """Stop the node's tracker, write the marker (and the reports, the experiment trackers'
-    summary), tear down in a fixed order."""
+    """Stop the node's tracker, write the marker, close the experiment trackers' runs, tear down
+    in a fixed order. The reports are not the ranks' work: the process that launched torchrun
+    writes them (launcher.execute.finish)."""
     import torch.distributed as dist
 
     dist.barrier()
@@ -204,26 +205,11 @@ def _finish(run: Path, rank: int, status: str, done: int, tracker, strategy, tra
     if rank == 0:
         if status == "completed":
             rundir.write_atomic(rundir.RunDir(run).completed, f"{time.time()}\n")
-            trackers.summary(_write_reports(run))
         else:
             rundir.write_atomic(rundir.RunDir(run).preempted, f"step {done}\n")
         trackers.close(status)
     dist.barrier()
     _teardown(strategy)
-
-
-def _write_reports(run: Path):
-    """The report dict, written; None when it failed."""
-    try:
-        from launcher.report import write_reports
-
-        if os.environ.get("SLURM_JOB_ID"):  # the allocation so far: `launcher report` refreshes it later
-            from launcher.execute.slurm import write_accounting
-
-            write_accounting(run, os.environ["SLURM_JOB_ID"])
-        return write_reports(run)
-    except Exception as e:  # noqa: BLE001 - the job succeeded; the report can be rebuilt
-        say(f"[launcher] report failed: {e}; rebuild it with launcher report {run}")
 
 
 def _teardown(strategy) -> None:

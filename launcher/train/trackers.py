@@ -1,10 +1,11 @@
 """Experiment trackers (``report.trackers``): TensorBoard, MLflow and W&B, on global rank 0 only.
 
 Every tracker has the members of :class:`Tracker`: ``start`` (returns what to keep of it),
-``log(step, metrics)``, ``summary(figures)`` and ``close(status)``. :class:`Trackers` drives them
+``log(step, metrics)``, ``close(status)`` and ``add_summary``. :class:`Trackers` drives them
 from the records the loop writes (it listens on rank 0's ``MetricsWriter``): each train record
-as the step's metrics, each eval record, and at the end the report's figures (tokens/s, MFU,
-kWh, kgCO2e, cost) as the run's summary.
+as the step's metrics, each eval record. After the job, the process that writes its report adds
+the report's figures (tokens/s, MFU, kWh, kgCO2e, cost) to the same tracker runs
+(:func:`report_to_trackers`).
 
 One tracker run per run directory: what each tracker keeps (MLflow's and W&B's run ids) is in
 RUN_DIR/trackers.json, handed back to it at every later start (resume, torchrun restart, Slurm
@@ -13,12 +14,11 @@ TensorBoard purges its events from the first step done again (``purge_step``); M
 steps its history already holds (the redone steps replay the same data and RNG state).
 
 A tracker that fails prints one line and is dropped: the job matters more than its charts. The
-packages are imported in ``start`` only; :func:`missing_packages` (before launch) only looks.
+packages are imported in ``start`` only; launcher.tracker_checks (before launch) only looks.
 """
 from __future__ import annotations
 
 import atexit
-import importlib.util
 import os
 import time
 from pathlib import Path
@@ -32,107 +32,7 @@ from launcher.train.console import say
 if TYPE_CHECKING:
     from launcher.rundir.report_file import Report
 
-# what each tracker imports, and what to pip install for it
-PACKAGES = {"tensorboard": (("tensorboard",), "tensorboard"),
-            "mlflow": (("mlflow",), "mlflow-skinny"),
-            "wandb": (("wandb",), "wandb")}
-MLFLOW_STORE_PACKAGES = (("sqlalchemy", "alembic"), "sqlalchemy alembic")  # the SQLite store in the run directory
 MLFLOW_STATUS = {"completed": "FINISHED", "preempted": "KILLED", "failed": "FAILED"}
-
-
-def missing_packages(names, environ=os.environ) -> list[tuple[str, str]]:
-    """(tracker, what to pip install) for each of ``names`` whose packages are not installed here."""
-    out = []
-    for name in names:
-        modules, pip = PACKAGES[name]
-        if name == "mlflow" and not environ.get("MLFLOW_TRACKING_URI"):
-            modules, pip = modules + MLFLOW_STORE_PACKAGES[0], f"{pip} {MLFLOW_STORE_PACKAGES[1]}"
-        if any(importlib.util.find_spec(m) is None for m in modules):
-            out.append((name, pip))
-    return out
-
-
-def _truthy(value: Optional[str]) -> bool:
-    return (value or "").strip().lower() in ("1", "true", "yes")
-
-
-def _writable_folder_problem(folder: Path) -> Optional[str]:
-    """Why files cannot be made in ``folder`` (or in the nearest folder above it that exists)."""
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"{existing} is not a folder"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"{existing} is not writable"
-    return None
-
-
-def mlflow_refuses_file_store() -> bool:
-    """Whether the installed MLflow refuses its file store unless MLFLOW_ALLOW_FILE_STORE is true
-    (MLflow 3's FileStore raises "in maintenance mode" at construction). Read from its source, not
-    imported: importing MLflow takes seconds, and `launcher plan` runs on login nodes."""
-    spec = importlib.util.find_spec("mlflow")
-    if spec is None or not spec.submodule_search_locations:
-        return False
-    source = Path(next(iter(spec.submodule_search_locations))) / "store" / "tracking" / "file_store.py"
-    try:
-        return "MLFLOW_ALLOW_FILE_STORE" in source.read_text(errors="replace")
-    except OSError:
-        return False
-
-
-def mlflow_uri_problem(uri: str, environ=os.environ) -> Optional[str]:
-    """Why MLflow would not start on ``uri`` (MLFLOW_TRACKING_URI), in one line with the fix; None
-    when it would, or when only the server can tell (http, https, databricks)."""
-    from urllib.parse import unquote, urlparse
-
-    parsed = urlparse(uri)
-    scheme = parsed.scheme.lower() if len(parsed.scheme) > 1 else ""  # "C:" is a drive, not a scheme
-    where = f"MLFLOW_TRACKING_URI={uri}"
-    if scheme in ("", "file"):
-        if mlflow_refuses_file_store() and not _truthy(environ.get("MLFLOW_ALLOW_FILE_STORE")):
-            return (f"report.trackers: mlflow: {where} is MLflow's file store, which this MLflow refuses at start "
-                    f"(maintenance mode); use a database, for example MLFLOW_TRACKING_URI=sqlite:///"
-                    f"{Path(unquote(parsed.path or uri)).absolute()}.db, or set MLFLOW_ALLOW_FILE_STORE=true")
-        problem = _writable_folder_problem(Path(unquote(parsed.path if scheme else uri)).expanduser())
-        return f"report.trackers: mlflow: {where}: {problem}; point it at a writable folder" if problem else None
-    if scheme == "sqlite":
-        missing = [m for m in MLFLOW_STORE_PACKAGES[0] if importlib.util.find_spec(m) is None]
-        if missing:
-            return (f"report.trackers: mlflow: {where} needs {', '.join(missing)}, not installed here; "
-                    f"pip install {MLFLOW_STORE_PACKAGES[1]}")
-        path = unquote(uri.split(":///", 1)[1]) if ":///" in uri else ""
-        if not path or path == ":memory:":
-            return (f"report.trackers: mlflow: {where} keeps no file; give a database file, for example "
-                    "sqlite:////abs/path/mlflow.db")
-        folder = Path(path).expanduser().absolute().parent
-        if not folder.is_dir():  # SQLite makes the file, not its folder
-            return f"report.trackers: mlflow: {where}: folder {folder} does not exist; mkdir -p {folder}"
-        problem = _writable_folder_problem(folder)
-        return f"report.trackers: mlflow: {where}: {problem}; point it at a writable folder" if problem else None
-    return None
-
-
-def tracker_problems(names, environ=os.environ) -> list[str]:
-    """One line per tracker of ``names`` that could not start here: its package is missing, or
-    its settings (MLflow's tracking URI, W&B's folder) are refused. Checked before launch, so that
-    a job does not find out after the queue wait that it runs untracked."""
-    missing = missing_packages(names, environ)
-    lines = []
-    if missing:
-        listed = ", ".join(name for name, _ in missing)
-        lines.append(f"report.trackers: {listed} {'is' if len(missing) == 1 else 'are'} not installed here; "
-                     f"pip install {' '.join(pip for _, pip in missing)} (all of them: pip install "
-                     "'launcher[trackers]'), or leave it out of report.trackers")
-    absent = {name for name, _ in missing}
-    if "mlflow" in names and "mlflow" not in absent and environ.get("MLFLOW_TRACKING_URI"):
-        lines.append(mlflow_uri_problem(environ["MLFLOW_TRACKING_URI"], environ) or "")
-    if "wandb" in names and "wandb" not in absent and environ.get("WANDB_DIR"):
-        problem = _writable_folder_problem(Path(environ["WANDB_DIR"]).expanduser())
-        lines.append(f"report.trackers: wandb: WANDB_DIR={environ['WANDB_DIR']}: {problem}; point it at a "
-                     "writable folder" if problem else "")
-    return [ln for ln in lines if ln]
 
 
 class Tracker(Protocol):
@@ -140,7 +40,9 @@ class Tracker(Protocol):
 
     def start(self, run_dir: Path, plan, start_step: int, kept: Optional[TrackerRun]) -> TrackerRun: ...
     def log(self, step: int, metrics: dict[str, float]) -> None: ...
-    def summary(self, figures: dict[str, float]) -> None: ...
+    def add_summary(self, run_dir: Path, plan, kept: TrackerRun, figures: dict[str, float]) -> None: ...
+    """Called in another process than the ranks', after the job: the report's figures added to
+    the tracker run ``kept`` (started by the ranks, already closed)."""
     def close(self, status: str) -> None: ...
 
 
@@ -205,10 +107,14 @@ class TensorBoardTracker:
             self.writer.add_scalar(k, v, global_step=step)
         self.writer.flush()  # a killed rank loses no step before its checkpoint
 
-    def summary(self, figures: dict[str, float]) -> None:
+    def add_summary(self, run_dir: Path, plan, kept: TrackerRun, figures: dict[str, float]) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(log_dir=str(rundir.RunDir(run_dir).tensorboard))
         step = int(figures.get("report/steps", 0))
         for k, v in figures.items():
-            self.writer.add_scalar(k, v, global_step=step)
+            writer.add_scalar(k, v, global_step=step)
+        writer.close()
 
     def close(self, status: str) -> None:
         self.writer.close()
@@ -279,11 +185,13 @@ class MlflowTracker:
         if batch:
             self.client.log_batch(self.run_id, metrics=batch)
 
-    def summary(self, figures: dict[str, float]) -> None:
+    def add_summary(self, run_dir: Path, plan, kept: TrackerRun, figures: dict[str, float]) -> None:
         from mlflow.entities import Metric
+        from mlflow.tracking import MlflowClient
 
         now, step = int(time.time() * 1000), int(figures.get("report/steps", 0))
-        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in figures.items()])
+        MlflowClient(tracking_uri=kept.tracking_uri).log_batch(
+            kept.run_id, metrics=[Metric(k, v, now, step) for k, v in figures.items()])
 
     def close(self, status: str) -> None:
         self.client.set_terminated(self.run_id, status=MLFLOW_STATUS.get(status, "FAILED"))
@@ -312,8 +220,12 @@ class WandbTracker:
     def log(self, step: int, metrics: dict[str, float]) -> None:
         self.run.log(metrics, step=step)
 
-    def summary(self, figures: dict[str, float]) -> None:
+    def add_summary(self, run_dir: Path, plan, kept: TrackerRun, figures: dict[str, float]) -> None:
+        """The run resumed once more (offline: one more offline-run folder, which ``wandb sync``
+        merges into the same run), its summary updated."""
+        self.start(run_dir, plan, 0, kept)
         self.run.summary.update(figures)
+        self.run.finish(exit_code=0)
 
     def close(self, status: str) -> None:
         if status == "preempted":
@@ -341,10 +253,6 @@ class Trackers:
             self._each("log", rec.step, train_metrics(rec))
         elif isinstance(rec, rundir.EvalRecord):
             self._each("log", rec.step, eval_metrics(rec))
-
-    def summary(self, report: Optional["Report"]) -> None:
-        if report:
-            self._each("summary", summary_figures(report))
 
     def close(self, status: str) -> None:
         self._each("close", status)
@@ -390,3 +298,21 @@ def start_trackers(run_dir: Path, plan, start_step: int, metrics: rundir.Metrics
     metrics.listeners.append(trackers.record)
     atexit.register(trackers.close, "failed")  # an exception ends the attempt: the runs are not left running
     return trackers
+
+
+def report_to_trackers(run_dir: Path, plan, report: "Report") -> list[str]:
+    """After the job, in the process that writes its report: the report's headline figures added
+    to each of the job's tracker runs (trackers.json). One line per tracker that failed."""
+    names = plan.job.report.trackers
+    if not names:
+        return []
+    kept, figures, problems = read_tracker_ids(run_dir), summary_figures(report), []
+    for name in names:
+        run = kept.of(name)
+        if run is None:
+            continue  # it never started (the ranks said why)
+        try:
+            TRACKERS[name]().add_summary(Path(run_dir), plan, run, figures)
+        except Exception as e:  # noqa: BLE001 - the report stands without it
+            problems.append(f"launcher: tracker {name}: the report's figures were not added ({type(e).__name__}: {e})")
+    return problems

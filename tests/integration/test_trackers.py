@@ -155,10 +155,11 @@ def test_one_tracker_run_with_every_step_across_a_stop_a_resume_and_a_restart(tm
     for key, value in figures.items():
         assert run.data.metrics[key] == pytest.approx(value, rel=1e-9), key
 
-    # W&B, offline: one folder per attempt, every one with the kept id
+    # W&B, offline: one folder per attempt and one for the report's figures (added after the job,
+    # by the process that wrote the report, not by a rank), every one with the kept id
     wandb_id = kept["wandb"]["run_id"]
     attempts = sorted(p.name for p in (run_dir / rundir.WANDB).glob("offline-run-*"))
-    assert len(attempts) == 3 and all(name.endswith(f"-{wandb_id}") for name in attempts), attempts
+    assert len(attempts) == 4 and all(name.endswith(f"-{wandb_id}") for name in attempts), attempts
     assert all((run_dir / rundir.WANDB / name / f"run-{wandb_id}.wandb").is_file() for name in attempts)
 
 

@@ -393,7 +393,7 @@ def test_mlflow_starts_where_the_check_lets_it(tmp_path, monkeypatch):
     MLFLOW_ALLOW_FILE_STORE=true, and a SQLite file in an existing folder starts."""
     from mlflow.tracking import MlflowClient
 
-    from launcher.train.trackers import mlflow_refuses_file_store, mlflow_uri_problem
+    from launcher.tracker_checks import mlflow_refuses_file_store, mlflow_uri_problem
 
     store = f"file:{tmp_path / 'mlruns'}"
     if mlflow_refuses_file_store():
