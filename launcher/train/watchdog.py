@@ -15,6 +15,7 @@ from __future__ import annotations
 import faulthandler
 import json
 import os
+import signal
 import socket
 import statistics
 import threading
@@ -77,7 +78,8 @@ class Watchdog:
         if self.store is not None:
             try:
                 self.store.set(KEY + str(self.rank), json.dumps({"step": step, "phase": phase, "beats": self.beats,
-                                                                 "host": self.host, "time": time.time()}))
+                                                                 "host": self.host, "pid": os.getpid(),
+                                                                 "time": time.time()}))
             except Exception:  # noqa: BLE001 - a store hiccup must not stop training
                 pass
 
@@ -131,6 +133,20 @@ class Watchdog:
                 continue
         return out
 
+    def _end_frozen_peers(self, silent: list[int], beats: dict[int, dict]) -> None:
+        """SIGKILL the ranks on this host that do not respond at all (stopped, frozen): they
+        cannot take torchrun's SIGTERM, and torchrun would wait its 30 s for them before its own
+        SIGKILL, with the node's devices held."""
+        for r in silent:
+            beat = beats.get(r) or {}
+            pid = beat.get("pid")
+            if beat.get("host") == self.host and isinstance(pid, int) and pid != os.getpid():
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    say(f"launcher: hang: rank {r} (pid {pid}) does not respond; killed", err=True)
+                except OSError:
+                    pass
+
     def fire(self) -> None:
         elapsed = time.monotonic() - self.started
         path = stacks_file(self.run, self.rank)
@@ -158,6 +174,7 @@ class Watchdog:
             HangRecord(rank=self.rank, host=self.host, step=self.step + 1, elapsed_s=elapsed, timeout_s=self.timeout(),
                        behind=behind, not_responding=silent, heartbeats={str(r): b for r, b in beats.items()},
                        ).write(rundir.RunDir(self.run).hang_record(self.rank))
+            self._end_frozen_peers(silent, beats)
         finally:
             os._exit(EXIT_HANG)
 

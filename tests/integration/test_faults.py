@@ -90,32 +90,52 @@ def reference(tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+def kill_at_steps(run_dir: Path, steps: list[int], pick, timeout: float = 300) -> tuple[threading.Thread, list[int]]:
+    """SIGKILL one rank (``pick(pids)``) once the run has logged each step of ``steps``, one kill
+    per attempt: kill k waits for attempt k's start record, so that every kill hits a new attempt."""
+    killed: list[int] = []
+
+    def watch():
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and len(killed) < len(steps):
+            if (run_dir / rundir.METRICS).exists():
+                recs = rundir.read_metrics(run_dir)
+                attempts = sum(1 for r in recs if r.kind == "start")
+                if attempts == len(killed) + 1 and any(r.kind == "train" and r.step >= steps[len(killed)] for r in recs):
+                    pids = rank_pids(run_dir)
+                    if pids:
+                        pid = pick(pids)
+                        os.kill(pid, signal.SIGKILL)
+                        killed.append(pid)
+            time.sleep(0.05)
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    return t, killed
+
+
 @pytest.mark.parametrize("strategy", ["fsdp", "zero3"])
-def test_a_killed_rank_restarts_by_itself_and_loses_nothing(reference, tmp_path, strategy, seed):
-    d = tmp_path / f"kill-{strategy}-{seed}"
-    step = random.Random(seed).randint(1, 5)  # a random step of the 6
-    victim = {}
-
-    def kill():
-        pids = rank_pids(d)
-        victim["pid"] = random.Random(seed).choice(pids)
-        os.kill(victim["pid"], signal.SIGKILL)
-
+def test_killed_ranks_restart_by_themselves_and_lose_nothing(reference, tmp_path, strategy):
+    """Three kill -9 in one run, each at a random step (of the 6) of a random rank, each in a new
+    attempt: torchrun restarts the ranks three times, each from the newest checkpoint whole when
+    the rank died, and the losses are the uninterrupted run's."""
+    d = tmp_path / f"kill-{strategy}"
+    rng = random.Random(strategy)
+    steps = sorted(rng.sample(range(1, 6), 3))
     d.parent.mkdir(parents=True, exist_ok=True)
-    watcher = when_step(d, step, kill)
-    out = launcher_run(d, *COMMON, *STRATEGY[strategy], "train.max_restarts=2")
+    watcher, killed = kill_at_steps(d, steps, rng.choice)
+    out = launcher_run(d, *COMMON, *STRATEGY[strategy], "train.max_restarts=3")
     watcher.join(timeout=5)
-    assert victim, f"the run ended before step {step}: no rank was killed"
+    assert len(killed) == 3, f"the run ended before every kill at steps {steps}: {killed}"
     assert (d / rundir.COMPLETED).exists(), out.stdout[-2000:]
     starts = records(d, "start")
-    assert [s["restart"] for s in starts] == [0, 1], "one automatic restart (torchrun's)"
-    # from the newest checkpoint that was whole when the rank died (none yet: from step 0)
-    assert (starts[1]["resumed_from_step"] or 0) <= step
+    assert [s["restart"] for s in starts] == [0, 1, 2, 3], "three automatic restarts (torchrun's)"
+    # each from the newest checkpoint that was whole when its rank died
+    for start, step in zip(starts[1:], steps):
+        assert (start["resumed_from_step"] or 0) <= step, (starts, steps)
     got, ref = losses(d), losses(reference[strategy])
     assert len(got) == 6 and got == pytest.approx(ref, rel=RTOL)
     report = json.loads((d / rundir.REPORT_JSON).read_text())
-    assert report["restarts"]["automatic_restarts"] == 1 and report["restarts"]["attempts"] == 2
+    assert report["restarts"]["automatic_restarts"] == 3 and report["restarts"]["attempts"] == 4
 
 
 def test_a_stopped_rank_makes_the_watchdog_dump_stacks_and_end_the_job(tmp_path):
@@ -144,6 +164,8 @@ def test_a_stopped_rank_makes_the_watchdog_dump_stacks_and_end_the_job(tmp_path)
     hang = json.loads(next((d / rundir.LOGS).glob("hang-rank*.json")).read_text())
     assert hang["behind"] and hang["behind"] != [hang["rank"]], "the rank that did not arrive is named"
     assert "did not arrive" in out.stderr + out.stdout
+    # the stopped rank cannot take torchrun's SIGTERM: the watchdog kills it, torchrun does not wait 30 s
+    assert f"(pid {stopped['pid']}) does not respond; killed" in out.stderr + out.stdout
 
 
 def test_sigterm_checkpoints_and_stops(tmp_path):
