@@ -3,7 +3,10 @@
 # extras, the `launcher` console script, not `python -m launcher`): a dependency that only the
 # test extras bring, or a console script that does not start, fails CI here. Then the embedded
 # default must finish (COMPLETED) and learn (its eval loss falls, its exact-match accuracy rises).
+# With a file argument, the run directory stays and its path is written there: the suite's
+# test_embedded_default_learns reads that run instead of training the same default again.
 set -euo pipefail
+keep="${1:-}"
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 work="$(mktemp -d)"
 before="$work/runs-before"
@@ -21,7 +24,11 @@ export PIP_QUIET=1
 eval "$command"
 run=$(comm -13 "$before" <(ls -d runs/*/ | sort) | tail -1)
 [ -n "$run" ] || { echo "readme: launcher run made no run directory under runs/" >&2; exit 1; }
-trap 'rm -rf "$work" "$repo/$run"' EXIT
+if [ -n "$keep" ]; then
+  echo "$repo/$run" >"$keep"
+else
+  trap 'rm -rf "$work" "$repo/$run"' EXIT
+fi
 RUN="$run" python - <<'PY'
 import json
 import os
