@@ -228,8 +228,7 @@ def big_runs(big_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("big-runs")
     model = [f"model.path={big_model['path']}", f"model.tokenizer={big_model['tokenizer']}"]
     out = {}
-    for name, layout in {"single": ["parallel.strategy=fsdp", "cluster.cpu_procs_per_node=1"],
-                         "fsdp": ["parallel.strategy=fsdp", "cluster.cpu_procs_per_node=2"],
+    for name, layout in {"fsdp": ["parallel.strategy=fsdp", "cluster.cpu_procs_per_node=2"],
                          "zero3": ["parallel.strategy=zero", "parallel.zero_stage=3", "cluster.cpu_procs_per_node=2"]}.items():
         launcher_run(root / name, *BIG_RUN, *model, *layout)
         out[name] = root / name
@@ -246,7 +245,9 @@ def test_no_rank_holds_the_whole_model(big_model, big_runs, layout):
     above = largest["rss_anon_peak_bytes"] - base
     assert above <= PEAK_SHARE[layout] * fp32_size, (f"rank {largest['rank']}: {above / 2**20:.0f} MiB above an import-only "
                                       f"process, {above / fp32_size:.2f}x the fp32 model", ranks)
-    assert losses(big_runs[layout]) == pytest.approx(losses(big_runs["single"]), rel=BF16_LAYOUTS)
+    # the two engines, sharded their own ways, train the same steps (each matches a single process
+    # on the small models of test_train.py; a third run of this model as one process adds no proof)
+    assert losses(big_runs["fsdp"]) == pytest.approx(losses(big_runs["zero3"]), rel=BF16_LAYOUTS)
     adapter = big_runs[layout] / "final" / "adapter_model.safetensors"
     assert adapter.exists() and adapter.stat().st_size > 0
 
