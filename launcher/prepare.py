@@ -298,10 +298,6 @@ def host_names(hosts: str) -> list[str]:
     return names
 
 
-def _safe(host: str) -> str:
-    return "".join(c if c.isalnum() or c in "-._" else "_" for c in host)
-
-
 def hosts_launch_files(spec, device: str, names: Sequence[str], run_dir: Path):
     """(plan, files): one launch script per host, c10d on the first, for ssh/pdsh clusters."""
     from launcher.render.torchrun import default_torchrun, render_env, render_launch_script, render_torchrun_argv
@@ -318,7 +314,7 @@ def hosts_launch_files(spec, device: str, names: Sequence[str], run_dir: Path):
                                     node_rank=str(i), local_addr=host, torchrun=default_torchrun())
         finish = (str(rundir.RunDir(run_dir).completed),
                   [sys.executable, "-m", "launcher", "report", str(run_dir), "--finish"]) if i == 0 else None
-        files[f"launch-{i}-{_safe(host)}.sh"] = render_launch_script(argv, render_env(plan, run_dir=str(run_dir)),
+        files[rundir.RunDir(run_dir).host_launch(i, host).name] = render_launch_script(argv, render_env(plan, run_dir=str(run_dir)),
                                                                      finish=finish)
     return plan, files
 
@@ -341,11 +337,11 @@ def clear_run_outputs(run_dir: Path) -> None:
     plan, the tokenized data and the logs stay."""
     import shutil
 
-    for name in (rundir.CHECKPOINTS, rundir.FINAL, rundir.EMISSIONS, rundir.TENSORBOARD, rundir.MLFLOW, rundir.WANDB):
-        shutil.rmtree(run_dir / name, ignore_errors=True)
-    for name in (rundir.METRICS, rundir.COMPLETED, rundir.PREEMPTED, rundir.STOP, rundir.REPORT_JSON,
-                 rundir.REPORT_MD, rundir.REPORT_HTML, rundir.TRACKERS_JSON):
-        (run_dir / name).unlink(missing_ok=True)
+    folders, files = rundir.RunDir(run_dir).outputs()
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+    for file in files:
+        file.unlink(missing_ok=True)
 
 
 def clear_stop_markers(run_dir: Path) -> list[str]:
@@ -353,10 +349,10 @@ def clear_stop_markers(run_dir: Path) -> list[str]:
     step, as the Slurm batch script does before each attempt (a stale ``STOP`` would stop the
     resumed run at its first step). Returns the names removed."""
     removed = []
-    for name in (rundir.STOP, rundir.PREEMPTED):
-        if (run_dir / name).exists():
-            (run_dir / name).unlink()
-            removed.append(name)
+    for marker in (rundir.RunDir(run_dir).stop, rundir.RunDir(run_dir).preempted):
+        if marker.exists():
+            marker.unlink()
+            removed.append(marker.name)
     return removed
 
 

@@ -65,8 +65,8 @@ def run(job_file, overrides, run_dir, resume, dry_run, nproc_per_node, device, h
             return
         rundir.write_run_dir(target, plan, files)
         click.echo(f"run directory: {target}")
-        for host, name in zip(names, (n for n in files if n.endswith(".sh"))):
-            click.echo(f"  on {host}: bash {shlex.quote(str(target / name))}")
+        for i, host in enumerate(names):
+            click.echo(f"  on {host}: bash {shlex.quote(str(rundir.RunDir(target).host_launch(i, host)))}")
         return
     if dry_run:
         plan = prepare.plan_run(spec, dev, target, with_data=False)

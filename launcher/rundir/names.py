@@ -5,6 +5,7 @@ JOB_YAML = "job.yaml"  # the resolved job (every default filled in)
 PLAN_JSON = "plan.json"  # the Plan (launcher.plan.Plan), written and read only through rundir
 DS_CONFIG = "ds_config.json"  # the DeepSpeed config (strategy zero only), no "auto" in it
 LAUNCH_SH = "launch.sh"  # the torchrun command(s) for this node (local runs)
+HOST_LAUNCH = "launch-{node}-{host}.sh"  # `launcher run --hosts`: one script per host, run on that host
 SBATCH = "job.sbatch"  # the Slurm batch script (Slurm runs)
 SLURM_JOB_ID = "slurm_job_id"  # written once submitted
 HASHES = "artifacts.sha256"  # hashes of the files above, written last

@@ -112,6 +112,19 @@ class RunDir:
     def node_energy_csv(self, node: str) -> Path:
         return self.emissions / N.NODE_ENERGY_CSV.format(node=node)
 
+    def host_launch(self, node: int, host: str) -> Path:
+        """`launcher run --hosts`: node ``node``'s script (the host name made safe for a file name)."""
+        safe = "".join(c if c.isalnum() or c in "-._" else "_" for c in host)
+        return self.path / N.HOST_LAUNCH.format(node=node, host=safe)
+
+    def outputs(self) -> tuple[list[Path], list[Path]]:
+        """(folders, files) a run produces by training: what `launcher run --start-over` removes.
+        The job, the plan, the tokenized data and the logs are not among them."""
+        folders = [self.checkpoints, self.final, self.emissions, self.tensorboard, self.mlflow, self.wandb]
+        files = [self.metrics, self.completed, self.preempted, self.stop, self.report_json, self.report_md,
+                 self.report_html, self.trackers_json]
+        return folders, files
+
     def export_dir(self, kind: str) -> Path:
         return self.export / kind
 
