@@ -44,8 +44,46 @@ def plan_job(
     procs = procs_per_node(spec, device)
     world = c.nodes * procs
     backend = c.backend if c.backend != "auto" else ("nccl" if device == "cuda" else "gloo")
+    batch = _check_job(spec, device, backend, world, model_info)
+    derivations = [
+        f"world_size = nodes {c.nodes} x procs_per_node {procs} = {world}"
+        + (" (cpu_procs_per_node: no GPU)" if device == "cpu" else " (gpus_per_node)"),
+        batch.derived,
+        f"tokens_per_step = global_batch_size {batch.global_batch_size} x max_seq_len {spec.data.max_seq_len} "
+        f"= {batch.global_batch_size * spec.data.max_seq_len}" + (" (packed: exact)" if spec.data.packing else " (padded: at most)"),
+    ]
     notes: list[str] = []
-    errors: list[str] = []
+    ds_kw = _ds_config_args(spec, device, batch, world, model_info, notes) if p.strategy == "zero" else None
+    ds_config = build_ds_config(**ds_kw) if ds_kw else None
+    if ds_config:
+        derivations.append(f"ds_config.train_batch_size = {ds_config['train_batch_size']} (= global_batch_size, checked)")
+    threads = None
+    if device == "cpu" and cpu_count:
+        threads = max(1, cpu_count // procs)
+        derivations.append(f"threads_per_rank = cpu_count {cpu_count} // procs_per_node {procs} = {threads}")
+
+    plan = Plan(
+        job=spec, device=device, backend=backend, procs_per_node=procs, world_size=world,
+        micro_batch_size=batch.micro_batch_size, grad_accum_steps=batch.grad_accum_steps,
+        global_batch_size=batch.global_batch_size, ds_config=ds_config,
+        fsdp=build_fsdp_settings(spec) if p.strategy != "zero" else None,
+        derivations=derivations, notes=notes, model=model_info, total_steps=t.max_steps, threads_per_rank=threads,
+    )
+    if model_info:
+        if t.method == "lora" and model_info.n_trainable_params is None:
+            raise JobError("model info: LoRA adapters were not counted (a ModelInfo counted for full fine-tuning)")
+        plan = plan.model_copy(update={"memory": estimate_memory(model_info, layout_of(plan), plan.params["trainable"])})
+    plan = _with_host_memory(plan, ds_kw, host_memory_bytes)
+    if train_rows is not None:
+        plan = with_train_rows(plan, train_rows)
+    return plan.model_copy(update={"forecast": build_forecast(plan, carbon_intensity=carbon_intensity,
+                                                              carbon_source=carbon_source, calibration=calibration)})
+
+
+def _check_job(spec: JobSpec, device: str, backend: str, world: int, model_info: Optional[ModelInfo]):
+    """The resolved batch; every rule of the job that the device, the model or the batch
+    arithmetic breaks, at once (one JobError with a line each)."""
+    p, errors = spec.parallel, []
     if device == "cpu" and backend == "nccl":
         errors.append("cluster.backend: nccl needs GPUs; use gloo (or auto) on CPU")
     if device == "cpu" and p.strategy == "fsdp" and p.offload_params == "cpu":
@@ -63,63 +101,43 @@ def plan_job(
         )
     batch = None
     try:
-        batch = resolve_batch(t.micro_batch_size, t.grad_accum_steps, t.global_batch_size, world)
+        batch = resolve_batch(spec.train.micro_batch_size, spec.train.grad_accum_steps, spec.train.global_batch_size,
+                              world)
     except JobError as e:
         errors.extend(e.lines)
     if errors:  # every problem at once, the batch arithmetic's among them
         raise JobError(*errors)
     assert batch is not None
-    derivations = [
-        f"world_size = nodes {c.nodes} x procs_per_node {procs} = {world}"
-        + (" (cpu_procs_per_node: no GPU)" if device == "cpu" else " (gpus_per_node)"),
-        batch.derived,
-        f"tokens_per_step = global_batch_size {batch.global_batch_size} x max_seq_len {spec.data.max_seq_len} "
-        f"= {batch.global_batch_size * spec.data.max_seq_len}" + (" (packed: exact)" if spec.data.packing else " (padded: at most)"),
-    ]
+    return batch
 
-    ds_config = fsdp = None
-    if p.strategy == "zero":
-        hidden = model_info.hidden_size if (model_info and p.zero_buckets == "model") else None
-        bucket_size = p.zero_buckets if isinstance(p.zero_buckets, int) else None
-        if p.zero_buckets == "model" and not model_info:
-            notes.append("parallel.zero_buckets=model but the model's config is unknown: DeepSpeed defaults used")
-        ds_kw = dict(
-            stage=p.zero_stage, micro_batch_size=batch.micro_batch_size, grad_accum_steps=batch.grad_accum_steps,
-            world_size=world, precision=spec.model.dtype, offload_optimizer=p.offload_optimizer,
-            offload_params=p.offload_params, nvme_path=p.nvme_path, hidden_size=hidden, bucket_size=bucket_size,
-            n_params=model_info.n_params if model_info else None,
-            n_trainable=(model_info.n_trainable_params if t.method == "lora" else model_info.n_params)
-            if model_info else None, lr=t.lr,
-            betas=t.adam_betas, eps=t.adam_eps, weight_decay=t.weight_decay, gradient_clipping=t.max_grad_norm,
-            torch_adam=device == "cpu",
-        )
-        ds_config = build_ds_config(**ds_kw)
-        derivations.append(
-            f"ds_config.train_batch_size = {ds_config['train_batch_size']} (= global_batch_size, checked)"
-        )
-    else:
-        fsdp = build_fsdp_settings(spec)
 
-    total = t.max_steps
-
-    threads = None
-    if device == "cpu" and cpu_count:
-        threads = max(1, cpu_count // procs)
-        derivations.append(f"threads_per_rank = cpu_count {cpu_count} // procs_per_node {procs} = {threads}")
-
-    plan = Plan(
-        job=spec, device=device, backend=backend, procs_per_node=procs, world_size=world,
-        micro_batch_size=batch.micro_batch_size, grad_accum_steps=batch.grad_accum_steps,
-        global_batch_size=batch.global_batch_size, ds_config=ds_config, fsdp=fsdp,
-        derivations=derivations, notes=notes, model=model_info, total_steps=total, threads_per_rank=threads,
+def _ds_config_args(spec: JobSpec, device: str, batch, world: int, model_info: Optional[ModelInfo],
+                    notes: list[str]) -> dict:
+    """The arguments of build_ds_config for this job (buckets from the model when it is known)."""
+    t, p = spec.train, spec.parallel
+    hidden = model_info.hidden_size if (model_info and p.zero_buckets == "model") else None
+    if p.zero_buckets == "model" and not model_info:
+        notes.append("parallel.zero_buckets=model but the model's config is unknown: DeepSpeed defaults used")
+    return dict(
+        stage=p.zero_stage, micro_batch_size=batch.micro_batch_size, grad_accum_steps=batch.grad_accum_steps,
+        world_size=world, precision=spec.model.dtype, offload_optimizer=p.offload_optimizer,
+        offload_params=p.offload_params, nvme_path=p.nvme_path, hidden_size=hidden,
+        bucket_size=p.zero_buckets if isinstance(p.zero_buckets, int) else None,
+        n_params=model_info.n_params if model_info else None,
+        n_trainable=(model_info.n_trainable_params if t.method == "lora" else model_info.n_params)
+        if model_info else None, lr=t.lr,
+        betas=t.adam_betas, eps=t.adam_eps, weight_decay=t.weight_decay, gradient_clipping=t.max_grad_norm,
+        torch_adam=device == "cpu",
     )
-    if model_info:
-        if t.method == "lora" and model_info.n_trainable_params is None:
-            raise JobError("model info: LoRA adapters were not counted (a ModelInfo counted for full fine-tuning)")
-        plan = plan.model_copy(update={"memory": estimate_memory(model_info, layout_of(plan), plan.params["trainable"])})
+
+
+def _with_host_memory(plan: Plan, ds_kw: Optional[dict], host_memory_bytes: Optional[int]) -> Plan:
+    """``plan`` in the host-memory mode ``parallel.host_memory`` resolves to (auto: lean only when
+    the plan's host memory for a node passes LEAN_SHARE of its RAM), with why, and lean's note."""
+    p, model_info = plan.job.parallel, plan.model
     mode, why = resolve_host_memory(p.host_memory, plan.memory.host_per_node_bytes if plan.memory else None,
                                     host_memory_bytes)
-    if mode == "fast" and device == "cpu" and ds_config is not None and model_info:
+    if mode == "fast" and plan.device == "cpu" and ds_kw is not None and model_info:
         # on CPU what ZeRO gathers and buckets is host memory too: fast takes DeepSpeed's sizes
         # (buckets no larger than the model), unless that plan itself passes the share of the RAM
         fast = plan.model_copy(update={"ds_config": build_ds_config(**ds_kw, cap_at_twentieth=False)})
@@ -129,12 +147,8 @@ def plan_job(
             plan, why = fast, why2
         else:  # within the share only with lean's caps
             mode, why = "lean", why2 + " with DeepSpeed's sizes: lean caps them"
-    plan = plan.model_copy(update={"host_memory": mode, "derivations": [*plan.derivations, why, *_zero3_caps(plan)],
+    return plan.model_copy(update={"host_memory": mode, "derivations": [*plan.derivations, why, *_zero3_caps(plan)],
                                    "notes": [*plan.notes, *([LEAN_NOTE] if mode == "lean" else [])]})
-    if train_rows is not None:
-        plan = with_train_rows(plan, train_rows)
-    return plan.model_copy(update={"forecast": build_forecast(plan, carbon_intensity=carbon_intensity,
-                                                              carbon_source=carbon_source, calibration=calibration)})
 
 
 def _zero3_caps(plan: Plan) -> list[str]:

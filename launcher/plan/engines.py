@@ -89,36 +89,7 @@ def build_ds_config(
     if precision not in ("bf16", "fp16", "fp32"):
         raise JobError(f"--precision: must be bf16, fp16 or fp32, got {precision!r}")
 
-    buckets = model_buckets(hidden_size) if hidden_size else dict(ZERO_DEFAULT_BUCKETS)
-    cap = live_parameter_cap(n_params if cap_at_twentieth else None)
-    buckets = {k: min(v, cap) if k != "stage3_param_persistence_threshold" else v for k, v in buckets.items()}
-    if n_trainable:  # a gradient bucket larger than all the gradients is memory for nothing (LoRA)
-        buckets["reduce_bucket_size"] = max(1, min(buckets["reduce_bucket_size"], n_trainable))
-    buckets["reduce_bucket_size"] = round_to_multiple(buckets["reduce_bucket_size"],
-                                                      ZERO_SIZE_MULTIPLE["allgather_bucket_size"])
-    if bucket_size is not None:
-        buckets["reduce_bucket_size"] = bucket_size
-    zero: dict[str, Any] = {"stage": stage}
-    if stage >= 1:
-        zero.update(
-            overlap_comm=stage >= 2,
-            contiguous_gradients=True,
-            reduce_scatter=True,
-            reduce_bucket_size=buckets["reduce_bucket_size"],
-            allgather_bucket_size=buckets["reduce_bucket_size"],
-        )
-    if stage == 3:
-        del zero["allgather_bucket_size"]
-        zero.update(
-            stage3_prefetch_bucket_size=buckets["stage3_prefetch_bucket_size"],
-            stage3_param_persistence_threshold=buckets["stage3_param_persistence_threshold"],
-            stage3_max_live_parameters=min(ZERO3_MAX_LIVE_PARAMETERS, cap),
-            stage3_max_reuse_distance=min(ZERO3_MAX_LIVE_PARAMETERS, cap),
-            stage3_gather_16bit_weights_on_model_save=True,
-        )
-    problems = zero_size_problems(zero)
-    if problems:
-        raise JobError(*problems)
+    zero = _zero_section(stage, hidden_size, bucket_size, n_params if cap_at_twentieth else None, n_trainable)
     for key, dev in (("offload_optimizer", offload_optimizer), ("offload_param", offload_params)):
         if dev != "none":
             entry: dict[str, Any] = {"device": dev, "pin_memory": True}
@@ -151,6 +122,44 @@ def build_ds_config(
         cfg["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16,
                        "loss_scale_window": 1000, "hysteresis": 2, "min_loss_scale": 1}
     return cfg
+
+
+def _zero_section(stage: int, hidden_size: Optional[int], bucket_size: Optional[int], n_params: Optional[int],
+                  n_trainable: Optional[int]) -> dict[str, Any]:
+    """``zero_optimization`` without its offload entries: the buckets from the model's hidden
+    size (or DeepSpeed's defaults), capped at a twentieth of ``n_params`` (None: no cap) and at
+    ``n_trainable``, rounded to what ZeRO asserts; ``bucket_size`` (the user's) checked as given."""
+    buckets = model_buckets(hidden_size) if hidden_size else dict(ZERO_DEFAULT_BUCKETS)
+    cap = live_parameter_cap(n_params)
+    buckets = {k: min(v, cap) if k != "stage3_param_persistence_threshold" else v for k, v in buckets.items()}
+    if n_trainable:  # a gradient bucket larger than all the gradients is memory for nothing (LoRA)
+        buckets["reduce_bucket_size"] = max(1, min(buckets["reduce_bucket_size"], n_trainable))
+    buckets["reduce_bucket_size"] = round_to_multiple(buckets["reduce_bucket_size"],
+                                                      ZERO_SIZE_MULTIPLE["allgather_bucket_size"])
+    if bucket_size is not None:
+        buckets["reduce_bucket_size"] = bucket_size
+    zero: dict[str, Any] = {"stage": stage}
+    if stage >= 1:
+        zero.update(
+            overlap_comm=stage >= 2,
+            contiguous_gradients=True,
+            reduce_scatter=True,
+            reduce_bucket_size=buckets["reduce_bucket_size"],
+            allgather_bucket_size=buckets["reduce_bucket_size"],
+        )
+    if stage == 3:
+        del zero["allgather_bucket_size"]
+        zero.update(
+            stage3_prefetch_bucket_size=buckets["stage3_prefetch_bucket_size"],
+            stage3_param_persistence_threshold=buckets["stage3_param_persistence_threshold"],
+            stage3_max_live_parameters=min(ZERO3_MAX_LIVE_PARAMETERS, cap),
+            stage3_max_reuse_distance=min(ZERO3_MAX_LIVE_PARAMETERS, cap),
+            stage3_gather_16bit_weights_on_model_save=True,
+        )
+    problems = zero_size_problems(zero)
+    if problems:
+        raise JobError(*problems)
+    return zero
 
 
 ZERO3_MAX_LIVE_PARAMETERS = 1_000_000_000  # DeepSpeed's default, and its reuse distance's

@@ -104,8 +104,7 @@ def _steps(plan: Plan) -> tuple[Optional[int], str]:
 def build_forecast(plan: Plan, *, carbon_intensity: Optional[float] = None, carbon_source: Optional[str] = None,
                    calibration: Optional[Calibration] = None, accelerator: Optional[str] = None) -> Forecast:
     """The forecast of ``plan`` (``accelerator``: a GPU name when the job names none)."""
-    job = plan.job
-    rep = job.report
+    job, rep = plan.job, plan.job.report
     missing: list[str] = []
     assumptions: list[str] = []
     steps, steps_source = _steps(plan)
@@ -113,20 +112,11 @@ def build_forecast(plan: Plan, *, carbon_intensity: Optional[float] = None, carb
         missing.append("steps: the forecast needs the data's row count (launcher plan --with-data) or train.max_steps")
     tps = plan.tokens_per_step
     tokens = steps * tps if steps is not None else None
-    m = plan.model
-    lay = layout_of(plan)
+    m, lay = plan.model, layout_of(plan)
     P = m.n_params if m else 0
     T = (plan.params or {}).get("trainable", 0) if m else 0
     A = T if job.train.method == "lora" else 0
-    fpt = recompute = None
-    if m:
-        cfg = {"num_hidden_layers": m.n_layers, "hidden_size": m.hidden_size, "vocab_size": m.vocab_size,
-               "tie_word_embeddings": m.tie_word_embeddings}
-        fpt = flops_per_token_from_config(cfg, plan.seq_len, P + A, A if A else None, job.train.method)
-        if job.train.activation_checkpointing:
-            recompute = 2.0 * matmul_params(cfg, P + A) + 4.0 * m.n_layers * m.hidden_size * plan.seq_len
-    else:
-        missing.append("flops per token: the model's config.json is not known here")
+    fpt, recompute = _flops(plan, P, A, missing)
     name = job.cluster.accelerator or accelerator
     accel = match_accelerator(name) if plan.device == "cuda" else None
     mfu = mfu_assumption(accel)
@@ -154,36 +144,11 @@ def build_forecast(plan: Plan, *, carbon_intensity: Optional[float] = None, carb
         if recompute:
             assumptions.append(f"activation checkpointing recomputes the forward: +{recompute:,.0f} FLOPs per token")
         assumptions += off_notes
-    comm = None
-    if m and plan.world_size > 1:
-        if plan.nodes <= 1:
-            note = "one node: NVLink/PCIe between the GPUs is not modelled"
-        elif not gbps:
-            note = "cluster.interconnect_gbps unknown: no lower bound on communication time"
-        else:
-            note = (f"lower bound: {_g(comm_bytes)} per GPU at {gbps:g} Gbit/s per node (a collective's bus "
-                    "bandwidth across nodes is at most the node's network bandwidth)")
-        bound = None
-        if comm_s is not None and compute_s is not None:
-            bound = "communication" if comm_s > compute_s else "compute"
-        comm = Communication(collectives=comm_lines, bytes_per_gpu_per_step=comm_bytes, interconnect_gbps=gbps,
-                             time_lower_bound_s=comm_s, compute_s=compute_s, bound=bound, note=note)
+    comm = _communication(plan, comm_lines, comm_bytes, comm_s, compute_s) if m and plan.world_size > 1 else None
     hours = steps * step_s / 3600 if (steps is not None and step_s is not None) else None
     gpu_hours = hours * plan.world_size if hours is not None else None
     node_hours = hours * plan.nodes if hours is not None else None
-    gpu_w = host_w = kwh = None
-    if calibration and calibration.energy_per_token_j and tokens is not None:
-        kwh = tokens * calibration.energy_per_token_j / 3.6e6 * (rep.pue / (calibration.pue or 1.0))
-        assumptions.append(f"energy: {calibration.energy_per_token_j:.4g} J per token measured in "
-                           f"{calibration.run_dir} (PUE {calibration.pue:g} there, {rep.pue:g} here)")
-    elif accel is not None and hours is not None:
-        gpu_w = accel.tdp_w * GPU_POWER_SHARE.value
-        host_w = HOST.cpu_w + HOST.ram_w
-        kwh = hours * (plan.world_size * gpu_w + plan.nodes * host_w) / 1000 * rep.pue
-        assumptions.append(f"power: {gpu_w:g} W per GPU ({GPU_POWER_SHARE.source}); host {host_w:.0f} W per node "
-                           f"(CPU: {HOST.cpu_source}; RAM: {HOST.ram_source}); PUE {rep.pue:g}")
-    elif hours is not None or calibration:
-        missing.append("energy: no power figures for this device; --calibrate RUN_DIR gives energy per token")
+    gpu_w, host_w, kwh = _energy(plan, accel, hours, tokens, calibration, assumptions, missing)
     kg = kwh * carbon_intensity / 1000 if (kwh is not None and carbon_intensity is not None) else None
     if kwh is not None and carbon_intensity is None:
         missing.append(f"CO2: no carbon intensity for {rep.country_iso_code} was handed in")
@@ -195,7 +160,6 @@ def build_forecast(plan: Plan, *, carbon_intensity: Optional[float] = None, carb
     if rep.energy_price_per_kwh is not None and kwh is not None:
         energy_cost = kwh * rep.energy_price_per_kwh
     parts = [c for c in (compute_cost, energy_cost) if c is not None]
-    cost = sum(parts) if parts else None
     return Forecast(
         steps=steps, steps_source=steps_source, tokens=tokens, tokens_per_step=tps, flops_per_token=fpt,
         accelerator=accel.name if accel else name, peak_tflops=peak, mfu_assumed=mfu.value if mfu else None,
@@ -204,9 +168,63 @@ def build_forecast(plan: Plan, *, carbon_intensity: Optional[float] = None, carb
         tokens_per_s_per_device=tps / step_s / plan.world_size if step_s else None, hours=hours, gpu_hours=gpu_hours,
         node_hours=node_hours, gpu_power_w=gpu_w, host_power_w=host_w, pue=rep.pue, kwh=kwh,
         country_iso_code=rep.country_iso_code, carbon_intensity_g_per_kwh=carbon_intensity, carbon_source=carbon_source,
-        kg_co2e=kg, compute_cost=compute_cost, energy_cost=energy_cost, cost=cost, currency=rep.currency,
-        calibration=calibration, communication=comm, assumptions=assumptions, missing=missing,
+        kg_co2e=kg, compute_cost=compute_cost, energy_cost=energy_cost, cost=sum(parts) if parts else None,
+        currency=rep.currency, calibration=calibration, communication=comm, assumptions=assumptions, missing=missing,
     )
+
+
+def _flops(plan: Plan, P: int, A: int, missing: list[str]) -> tuple[Optional[float], Optional[float]]:
+    """(model FLOPs per token, the forward's FLOPs per token recomputed under activation
+    checkpointing), from the model's shape (None without one)."""
+    m = plan.model
+    if not m:
+        missing.append("flops per token: the model's config.json is not known here")
+        return None, None
+    cfg = {"num_hidden_layers": m.n_layers, "hidden_size": m.hidden_size, "vocab_size": m.vocab_size,
+           "tie_word_embeddings": m.tie_word_embeddings}
+    fpt = flops_per_token_from_config(cfg, plan.seq_len, P + A, A if A else None, plan.job.train.method)
+    recompute = None
+    if plan.job.train.activation_checkpointing:
+        recompute = 2.0 * matmul_params(cfg, P + A) + 4.0 * m.n_layers * m.hidden_size * plan.seq_len
+    return fpt, recompute
+
+
+def _communication(plan: Plan, lines: list[str], nbytes: int, comm_s: Optional[float],
+                   compute_s: Optional[float]) -> Communication:
+    """What a step sends per GPU, its time at the interconnect's bandwidth, and what bounds the step."""
+    gbps = plan.job.cluster.interconnect_gbps
+    if plan.nodes <= 1:
+        note = "one node: NVLink/PCIe between the GPUs is not modelled"
+    elif not gbps:
+        note = "cluster.interconnect_gbps unknown: no lower bound on communication time"
+    else:
+        note = (f"lower bound: {_g(nbytes)} per GPU at {gbps:g} Gbit/s per node (a collective's bus "
+                "bandwidth across nodes is at most the node's network bandwidth)")
+    bound = None
+    if comm_s is not None and compute_s is not None:
+        bound = "communication" if comm_s > compute_s else "compute"
+    return Communication(collectives=lines, bytes_per_gpu_per_step=nbytes, interconnect_gbps=gbps,
+                         time_lower_bound_s=comm_s, compute_s=compute_s, bound=bound, note=note)
+
+
+def _energy(plan: Plan, accel, hours: Optional[float], tokens: Optional[int], calibration: Optional[Calibration],
+            assumptions: list[str], missing: list[str]) -> tuple[Optional[float], Optional[float], Optional[float]]:
+    """(W per GPU, W of a node's host, kWh with PUE): from an earlier run's energy per token, or
+    from the GPU's board power and the host's assumed power over the forecast hours."""
+    rep = plan.job.report
+    if calibration and calibration.energy_per_token_j and tokens is not None:
+        assumptions.append(f"energy: {calibration.energy_per_token_j:.4g} J per token measured in "
+                           f"{calibration.run_dir} (PUE {calibration.pue:g} there, {rep.pue:g} here)")
+        return None, None, tokens * calibration.energy_per_token_j / 3.6e6 * (rep.pue / (calibration.pue or 1.0))
+    if accel is not None and hours is not None:
+        gpu_w = accel.tdp_w * GPU_POWER_SHARE.value
+        host_w = HOST.cpu_w + HOST.ram_w
+        assumptions.append(f"power: {gpu_w:g} W per GPU ({GPU_POWER_SHARE.source}); host {host_w:.0f} W per node "
+                           f"(CPU: {HOST.cpu_source}; RAM: {HOST.ram_source}); PUE {rep.pue:g}")
+        return gpu_w, host_w, hours * (plan.world_size * gpu_w + plan.nodes * host_w) / 1000 * rep.pue
+    if hours is not None or calibration:
+        missing.append("energy: no power figures for this device; --calibrate RUN_DIR gives energy per token")
+    return None, None, None
 
 
 def with_forecast(plan: Plan, **kw) -> Plan:
