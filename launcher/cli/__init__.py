@@ -82,7 +82,7 @@ def main() -> None:
 
 def _exit_without_teardown() -> None:
     """A command that imported torch (a rank, `launcher run`) and succeeded exits without the
-    interpreter's teardown of torch, transformers and DeepSpeed: 1-2 s per process on 2 cores,
+    interpreter's teardown of torch, transformers and DeepSpeed: seconds per process on a small machine,
     after the work is done, on every run's path (the ranks', then torchrun's, then this one's).
     Everything launcher owns is closed by then (trackers, the energy child, the process group,
     run-directory files written atomically); the streams and logging are flushed here."""

@@ -1,7 +1,7 @@
 """The job's energy from its nodes' files (:mod:`launcher.rundir.energy_file`): the sum over the
 node summaries, never re-applying PUE (CodeCarbon applies it to every component before summing,
 so every figure is facility energy). Each component's label says how it was obtained; it starts
-with "measured", "estimated", "none" or "unknown" (:func:`launcher.train.energy.measurement_labels`).
+with "measured", "estimated", "none" or "unknown" (:func:`launcher.train.codecarbon_labels.measurement_labels`).
 """
 from __future__ import annotations
 

@@ -39,7 +39,7 @@ class EnergyKwh(_Model):
 
 class Measured(_Model):
     """How each component's energy was obtained: starts with "measured", "estimated", "none" or
-    "unknown" (launcher.train.energy.measurement_labels)."""
+    "unknown" (launcher.train.codecarbon_labels.measurement_labels)."""
 
     cpu: str = "unknown"
     gpu: str = "unknown"

@@ -6,32 +6,13 @@ twice).
 
 The tracker runs in a child process of local rank 0 (:class:`NodeEnergySidecar`), not in the
 rank: CodeCarbon's start imports pandas and pyarrow and its sampling thread wakes every few
-seconds, which made local rank 0 the node's largest rank by about 40 MiB of host memory and
+seconds, which made local rank 0 the node's largest rank by tens of MiB of host memory and
 put its sampling on the GIL of a rank that every other rank waits for. The child lives as
 long as the rank: told to stop, it writes the final figures; when the rank dies (its stdin
 closes) it flushes what it measured and exits.
 
-Measured or estimated (CodeCarbon 3.x)
---------------------------------------
-CodeCarbon picks one backend per component when the tracker starts and keeps the objects in
-``tracker._hardware`` (``RAM``, ``CPU``, ``GPU``, ``AppleSiliconChip``, ``Raspberry``); we
-read them after ``start()``:
-
-* CPU: ``CPU._mode`` is ``"intel_rapl"`` (Linux RAPL energy counters under
-  ``/sys/class/powercap/intel-rapl``), ``"windows_emi"`` or ``"intel_power_gadget"`` ->
-  *measured*; ``"cpu_load"`` (TDP of the detected model x psutil CPU load, floor 10% of TDP) or
-  ``"constant"`` (a fixed share of TDP) -> *estimated*. Apple ``powermetrics`` and the
-  Raspberry Pi PMIC are measured.
-* GPU: ``GPU.devices.devices`` are NVML (NVIDIA) or AMD SMI devices; a device whose total-energy
-  counter could be read (``_has_counter`` and not ``_use_power_fallback``) is *measured
-  (energy counter)*; otherwise CodeCarbon integrates NVML power readings (still measured, less
-  exact). No GPU object -> no GPU figure.
-* RAM: always a model (``RAM()``: a power per GB/DIMM estimate, or ``force_ram_power``) ->
-  *estimated*, except on a Raspberry Pi.
-
-These are private attributes; if a future CodeCarbon renames them the label becomes
-"unknown (...)" rather than a wrong claim. Each label starts with "measured", "estimated",
-"none" or "unknown".
+How each figure was obtained (measured or estimated) is read from CodeCarbon's private objects:
+:mod:`launcher.train.codecarbon_labels`.
 
 Nothing here imports torch or CodeCarbon at module level; CodeCarbon is imported by
 :meth:`NodeEnergyTracker.start`.
@@ -47,9 +28,10 @@ import time
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from launcher.rundir.energy_file import (COMPONENTS, EmissionsRow, Measured, Session, node_summary, read_emissions_csv,
+from launcher.rundir.energy_file import (EmissionsRow, Measured, Session, node_summary, read_emissions_csv,
                                          read_node_file, session_from_row)
 from launcher.rundir import RunDir, write_json
+from launcher.train.codecarbon_labels import measurement_labels
 
 log = logging.getLogger(__name__)
 
@@ -97,60 +79,6 @@ def job_gpu_ids(local_world_size: int) -> list[GpuId]:
             out.append(int(part) if part.isdigit() else part)
         return out[:local_world_size]
     return list(range(local_world_size))
-
-
-def _hw_kind(hw: Any) -> str:
-    return type(hw).__name__
-
-
-def measurement_labels(tracker: Any) -> dict[str, str]:
-    """How CodeCarbon obtains each component's energy, from a *started* tracker (see module doc)."""
-    labels = {"cpu": "none (no CPU tracked)", "gpu": "none (no GPU tracked)", "ram": "none (no RAM tracked)"}
-    try:
-        hardware = list(getattr(tracker, "_hardware"))
-    except Exception:  # noqa: BLE001 - private API changed
-        return {c: "unknown (CodeCarbon internals not recognised)" for c in COMPONENTS}
-    for hw in hardware:
-        kind = _hw_kind(hw)
-        try:
-            if kind == "CPU":
-                mode = getattr(hw, "_mode", None)
-                forced = getattr(tracker, "_force_cpu_power", None) is not None
-                labels["cpu"] = {
-                    "intel_rapl": "measured (RAPL)",
-                    "windows_emi": "measured (Windows EMI / RAPL)",
-                    "intel_power_gadget": "measured (Intel Power Gadget)",
-                    "cpu_load": "estimated (user-given CPU power x CPU load)" if forced
-                    else "estimated (TDP x CPU load)",
-                    "constant": "estimated (user-given CPU power)" if forced else "estimated (TDP constant)",
-                }.get(mode, f"unknown (CodeCarbon CPU mode {mode!r})")
-            elif kind == "GPU":
-                devices = list(getattr(hw.devices, "devices", []))
-                ids = getattr(hw, "gpu_ids", None)
-                if ids is not None:
-                    devices = [d for d in devices if getattr(d, "gpu_index", None) in ids]
-                if not devices:
-                    labels["gpu"] = "none (no GPU tracked)"
-                    continue
-                backend = "AMD SMI" if any("AMD" in type(d).__name__ for d in devices) else "NVML"
-                counters = all(getattr(d, "_has_counter", False) and not getattr(d, "_use_power_fallback", True)
-                               for d in devices)
-                labels["gpu"] = (f"measured ({backend} energy counter)" if counters
-                                 else f"measured ({backend} power readings, integrated)")
-            elif kind == "RAM":
-                forced = getattr(hw, "_force_ram_power", None) is not None
-                labels["ram"] = "estimated (user-given RAM power)" if forced else "estimated (RAM power model)"
-            elif kind == "AppleSiliconChip":
-                part = getattr(hw, "chip_part", "").lower()
-                if part in ("cpu", "gpu"):
-                    labels[part] = "measured (powermetrics)"
-            elif kind == "Raspberry":
-                part = getattr(hw, "chip_part", "").lower()
-                if part in ("cpu", "ram"):
-                    labels[part] = "measured (Raspberry Pi PMIC)"
-        except Exception as e:  # noqa: BLE001
-            log.debug("energy: cannot classify %s: %s", kind, e)
-    return labels
 
 
 # --------------------------------------------------------------------------- the tracker

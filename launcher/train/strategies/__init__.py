@@ -51,8 +51,8 @@ class Strategy(Protocol):
 def import_engine(plan) -> None:
     """Import the libraries a rank of ``plan`` imports lazily (DeepSpeed's engine and ZeRO
     optimizer; FSDP2 and DCP; peft), so that the memory baseline taken next holds the libraries
-    and a rank's peak above it is what the model and the training cost: DeepSpeed's import alone
-    is ~130 MiB of anonymous memory per rank."""
+    and a rank's peak above it is what the model and the training cost (DeepSpeed's import alone
+    holds a large share of a small model's peak)."""
     import_engine_for(plan.strategy, plan.zero_stage, plan.job.train.method)
 
 
