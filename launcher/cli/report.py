@@ -5,6 +5,8 @@ codecarbon, rich or torch.
 """
 from __future__ import annotations
 
+import sys
+
 import click
 
 FORMATS = ("table", "md", "html", "json", "csv")
@@ -28,13 +30,10 @@ def report(run_dirs: tuple[str, ...], fmt: str, output: str | None, no_write: bo
     runs are compared side by side (strategy, ZeRO stage, nodes, tokens/s per device, MFU,
     kWh, kgCO2e, cost, cost per million tokens) and the plots overlaid.
     """
-    import json
-    import sys
     from pathlib import Path
 
     from launcher.errors import JobError
-    from launcher.report.build import build_report
-    from launcher.rundir import RunDir, require_run_dir, write_atomic
+    from launcher.rundir import require_run_dir, write_atomic
 
     bad: list[str] = []
     for d in run_dirs:  # every folder that is not a run at once, one line each
@@ -44,60 +43,71 @@ def report(run_dirs: tuple[str, ...], fmt: str, output: str | None, no_write: bo
             bad.extend(e.lines)
     if bad:
         raise JobError(*bad)
+    if finish and (len(run_dirs) != 1 or no_write):
+        raise JobError("--finish: give one RUN_DIR, without --no-write")
     dirs = [Path(d) for d in run_dirs]
     for d in dirs:
         _refresh_accounting(d)
+    reports, html_cached = _reports(dirs, finish, write=len(dirs) == 1 and not no_write, html=fmt == "html")
+    text = _render(reports, dirs, fmt, html_cached, to_terminal=output is None and sys.stdout.isatty())
+    if text is None:
+        return  # printed to the terminal
+    if output:
+        write_atomic(output, text)
+        click.echo(f"wrote {output}", err=True)
+    else:
+        click.echo(text, nl=not text.endswith("\n"))
 
-    html_cached: str | None = None
+
+def _reports(dirs, finish: bool, *, write: bool, html: bool):
+    """(the reports of ``dirs``, report.html's text when it was just written and asked for). With
+    ``finish``, the job's last step; with ``write``, the files of the one run (re)written."""
+    from launcher.report.build import build_report
+    from launcher.rundir import RunDir
+
     if finish:
-        if len(dirs) != 1 or no_write:
-            raise JobError("--finish: give one RUN_DIR, without --no-write")
         from launcher.execute.finish import finish_run
 
         done = finish_run(dirs[0], warn=lambda line: click.echo(line, err=True))
-        reports = [done or build_report(dirs[0])]
-    elif len(dirs) == 1 and not no_write:
-        from launcher.report import write_reports
+        return [done or build_report(dirs[0])], None
+    if not write:
+        return [build_report(d) for d in dirs], None
+    from launcher.report import write_reports
 
-        try:
-            reports = [write_reports(dirs[0], html=True)]
-            if fmt == "html":
-                html_cached = RunDir(dirs[0]).report_html.read_text()
-        except OSError as e:
-            click.echo(f"warning: could not write the report files in {dirs[0]}: {e}", err=True)
-            reports = [build_report(dirs[0])]
-    else:
-        reports = [build_report(d) for d in dirs]
+    try:
+        report = write_reports(dirs[0], html=True)
+        return [report], RunDir(dirs[0]).report_html.read_text() if html else None
+    except OSError as e:
+        click.echo(f"warning: could not write the report files in {dirs[0]}: {e}", err=True)
+        return [build_report(dirs[0])], None
+
+
+def _render(reports, dirs, fmt: str, html_cached, *, to_terminal: bool):
+    """The reports in ``fmt`` (several: side by side), or None when a table went to the terminal."""
+    import json
 
     from launcher.report import render as R
 
     single = len(reports) == 1
-    to_terminal = output is None and sys.stdout.isatty()
     if fmt == "table":
         if to_terminal:
             from rich.console import Console
 
             con = Console()
             R.render_table(reports[0], console=con) if single else R.render_compare_table(reports, console=con)
-            return
-        text = R.render_table(reports[0]) if single else R.render_compare_table(reports)
-    elif fmt == "md":
-        text = R.render_markdown(reports[0]) if single else R.render_compare_markdown(reports)
-    elif fmt == "html":
+            return None
+        return R.render_table(reports[0]) if single else R.render_compare_table(reports)
+    if fmt == "md":
+        return R.render_markdown(reports[0]) if single else R.render_compare_markdown(reports)
+    if fmt == "html":
         from launcher.report.series import read_series
 
-        text = html_cached or (R.render_html(reports[0], read_series(dirs[0])) if single
+        return html_cached or (R.render_html(reports[0], read_series(dirs[0])) if single
                                else R.render_compare_html(reports, [read_series(d) for d in dirs]))
-    elif fmt == "json":
-        text = json.dumps(reports[0].to_json() if single else [r.to_json() for r in reports], indent=2, sort_keys=True) + "\n"
-    else:
-        text = R.render_csv(reports)
-
-    if output:
-        write_atomic(output, text)
-        click.echo(f"wrote {output}", err=True)
-    else:
-        click.echo(text, nl=not text.endswith("\n"))
+    if fmt == "json":
+        return json.dumps(reports[0].to_json() if single else [r.to_json() for r in reports], indent=2,
+                          sort_keys=True) + "\n"
+    return R.render_csv(reports)
 
 
 def _refresh_accounting(run_dir) -> None:
