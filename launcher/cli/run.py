@@ -149,7 +149,8 @@ def _run_locked(target: Path, spec, dev: str, resuming: bool, start_over: bool, 
     if completed:
         from launcher.execute.finish import finish_run
 
-        _print_summary(target, finish_run(target, warn=lambda line: click.echo(line, err=True)))
+        _print_summary(target, finish_run(target, slurm_job_id=os.environ.get("SLURM_JOB_ID"),
+                                          warn=lambda line: click.echo(line, err=True)))
     elif rundir.RunDir(target).preempted.exists():
         click.echo(f"stopped at a checkpoint; resume with: launcher run {shlex.quote(str(target))}", err=True)
     if rc:

@@ -14,7 +14,8 @@ from launcher import rundir
 def finish_run(run_dir: str | os.PathLike, *, slurm_job_id: Optional[str] = None,
                warn: Callable[[str], None] = print):
     """Write the reports of a run whose job completed; the Report, or None when it failed (the
-    job's success stands: `launcher report RUN_DIR` rebuilds it)."""
+    job's success stands: `launcher report RUN_DIR` rebuilds it). ``slurm_job_id``: the job runs
+    inside a Slurm allocation (`launcher run` under salloc): its accounting so far goes in too."""
     from launcher.report import write_reports
     from launcher.train.trackers import report_to_trackers
 
@@ -32,6 +33,9 @@ def finish_run(run_dir: str | os.PathLike, *, slurm_job_id: Optional[str] = None
     except Exception as e:  # noqa: BLE001 - the job succeeded; the report can be rebuilt
         warn(f"launcher: report failed: {e}; rebuild it with launcher report {run}")
         return None
-    for line in report_to_trackers(run, rundir.read_plan(run), report):
-        warn(line)
+    try:
+        for line in report_to_trackers(run, rundir.read_plan(run), report):
+            warn(line)
+    except Exception as e:  # noqa: BLE001 - the report stands without the trackers' summary
+        warn(f"launcher: trackers: the report's figures were not added ({type(e).__name__}: {e})")
     return report
