@@ -57,8 +57,8 @@ def render_torchrun_argv(
 
 
 def render_env(plan: Plan, extra: Optional[Mapping[str, str]] = None, run_dir: Optional[str] = None) -> dict[str, str]:
-    """Environment every rank needs. Threads per rank on CPU: ranks whose threads outnumber the cores run several times slower.
-    On NCCL, PyTorch's Flight Recorder keeps the last collectives of each rank and dumps them
+    """Environment every rank needs. Threads per rank on CPU: ranks whose threads outnumber the
+    cores run several times slower. On NCCL, PyTorch's Flight Recorder keeps the last collectives of each rank and dumps them
     into RUN_DIR/logs when a collective times out: the record of who waited for whom."""
     # Hub ids were fetched into the local cache before any rank started (launcher.hub): a rank never
     # downloads, so ranks never race to fetch the same files, and a missing file fails at once
