@@ -31,7 +31,7 @@ class _File(BaseModel):
         return write_json(path, self.model_dump(mode="json"))
 
 
-M = TypeVar("M", bound=_File)
+M = TypeVar("M", bound=BaseModel)
 
 
 class DamagedFile(JobError):

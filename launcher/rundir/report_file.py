@@ -7,14 +7,14 @@ line naming the file.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from launcher.errors import JobError
+from launcher.rundir.artifacts import DamagedFile, read_model
 from launcher.rundir.energy_file import EnergyKwh, Measured
 
 REPORT_SCHEMA_VERSION = 1
@@ -295,17 +295,6 @@ class Report(BaseModel):
         launcher reads (damaged, or of another schema version)."""
         p = Path(path)
         try:
-            data = json.loads(p.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise JobError(f"{p}: not a readable report ({e}); rebuild it with launcher report "
-                           f"{p.parent}") from None
-        version = data.get("schema_version") if isinstance(data, dict) else None
-        if version != REPORT_SCHEMA_VERSION:
-            raise JobError(f"{p}: report schema version {version!r}, this launcher reads "
-                           f"{REPORT_SCHEMA_VERSION}; rebuild it with launcher report {p.parent}")
-        try:
-            return cls.model_validate(data)
-        except ValidationError as e:
-            first = e.errors()[0]
-            where = ".".join(str(x) for x in first["loc"])
-            raise JobError(f"{p}: {where}: {first['msg']}; rebuild it with launcher report {p.parent}") from None
+            return read_model(cls, p)
+        except DamagedFile as e:
+            raise JobError(f"{e}; rebuild it with launcher report {p.parent}") from None
