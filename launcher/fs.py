@@ -32,5 +32,13 @@ def write_atomic(path: str | os.PathLike, text: str | bytes, mode: int | None = 
     return path
 
 
+def user_cache_dir() -> Path:
+    """launcher's machine-wide cache: ``$LAUNCHER_CACHE``, else ``~/.cache/launcher``. It holds the
+    demo's assets, model shapes read from the hub and the prepared data of earlier runs; all of it
+    is rebuilt when missing, so the folder can be deleted at any time."""
+    env = os.environ.get("LAUNCHER_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "launcher"
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return write_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")

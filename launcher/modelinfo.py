@@ -155,12 +155,12 @@ def _cache_path(spec: Any, config: dict) -> Optional[Path]:
         versions = [version("transformers"), version("peft")]
     except Exception:  # noqa: BLE001
         return None
-    from launcher.demo.assets import default_cache_dir
+    from launcher.fs import user_cache_dir
 
     key = json.dumps({"config": config, "method": spec.train.method,
                       "lora": spec.train.lora.model_dump(mode="json"), "versions": versions,
                       "schema": sorted(ModelInfo.model_fields), "count_version": COUNT_VERSION}, sort_keys=True)
-    return default_cache_dir() / "modelinfo" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
+    return user_cache_dir() / "modelinfo" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
 
 
 def job_model_info(spec: Any, config_source: Optional[Any]) -> Optional[ModelInfo]:

@@ -198,11 +198,6 @@ def build_arithmetic_data(path: Path, n: int = 2000, seed: int = 0) -> Path:
 # --------------------------------------------------------------------------- cache
 
 
-def default_cache_dir() -> Path:
-    env = os.environ.get("LAUNCHER_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "launcher"
-
-
 def _assets_at(root: Path) -> DemoAssets:
     return DemoAssets(model_dir=root / MODEL_DIR, tokenizer_dir=root / TOKENIZER_DIR, data_file=root / DATA_FILE)
 
@@ -214,7 +209,9 @@ def ensure_demo_assets(cache_dir: Optional[Path] = None) -> DemoAssets:
     in a temp folder beside the target and renamed into place, so concurrent callers (several
     ranks, several jobs) never see a half-built folder: the first rename wins, the others reuse it.
     """
-    root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    from launcher.fs import user_cache_dir
+
+    root = Path(cache_dir).expanduser() if cache_dir is not None else user_cache_dir()
     target = root / ASSETS_VERSION
     if (target / MARKER).is_file():
         return _assets_at(target)

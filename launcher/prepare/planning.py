@@ -51,13 +51,16 @@ def fetch_hub(spec, echo=None) -> dict[str, str]:
 
 def count_rows(spec, cache_dir: Path) -> int:
     """Tokenize (and pack) once into ``cache_dir``, before any process group exists: the
-    training rows the plan turns into steps. The ranks read the same cache."""
-    from launcher.train.data import prepare_data, read_tokenizer
+    training rows the plan turns into steps. The ranks read the same cache. Data this machine
+    prepared before for another run (same files, tokenizer and ``data`` settings) is linked from
+    ``<LAUNCHER_CACHE>/data`` without loading the tokenizer."""
+    from launcher.fs import user_cache_dir
     from launcher.sources import job_paths, require_model_folder
+    from launcher.train.data import prepare_data
 
     require_model_folder(spec)  # the ranks load it: one line here, not a traceback per rank
     paths = job_paths(spec)
-    return len(prepare_data(spec, read_tokenizer(spec, paths.tokenizer), paths.data, cache_dir).train)
+    return len(prepare_data(spec, paths.tokenizer, paths.data, cache_dir, store=user_cache_dir() / "data").train)
 
 
 def plan_run(spec, device: str, run_dir: Path, *, with_data: bool = True):

@@ -131,7 +131,7 @@ def _main(run_dir: str, preflight_only: bool, t_start: float) -> int:
 
         paths = job_paths(plan.job)
         tok = read_tokenizer(plan.job, paths.tokenizer)
-        prepared = prepare_data(plan.job, tok, paths.data, rundir.RunDir(run_dir).cache)
+        prepared = prepare_data(plan.job, paths.tokenizer, paths.data, rundir.RunDir(run_dir).cache)
     try:
         init_distributed(plan, store, join_timeout_s=timeout_s)
         run_preflight(run_dir, timeout_s=timeout_s)

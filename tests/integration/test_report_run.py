@@ -86,13 +86,12 @@ def recount(run_dir: Path) -> dict:
     """Tokens and samples of every scheduled step, from the prepared data (not from the metrics)."""
     from launcher.sources import job_paths
     from launcher.spec import JobSpec
-    from launcher.train.data import BatchSchedule, prepare_data, read_tokenizer
+    from launcher.train.data import BatchSchedule, prepare_data
 
     plan = json.loads((run_dir / "plan.json").read_text())
     spec = JobSpec.model_validate(plan["job"])
     paths = job_paths(spec)
-    tok = read_tokenizer(spec, paths.tokenizer)
-    prepared = prepare_data(spec, tok, paths.data, run_dir / "cache")
+    prepared = prepare_data(spec, paths.tokenizer, paths.data, run_dir / "cache")
     assert prepared.cache_hit, "the run's own tokenized cache must be found again"
     sched = BatchSchedule(len(prepared.train), plan["world_size"], plan["micro_batch_size"],
                           plan["grad_accum_steps"], spec.train.epochs, spec.train.seed)

@@ -218,7 +218,7 @@ def test_lora_adapter_saved_gathered_and_reproduces_eval_loss(runs, layout):
     tok = AutoTokenizer.from_pretrained(str(d / "final"))
     base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     model = PeftModel.from_pretrained(base, str(d / "final")).eval()
-    prepared = prepare_data(spec, tok, data_path, d / "cache")
+    prepared = prepare_data(spec, paths.tokenizer, data_path, d / "cache")
     total = 0.0
     with torch.no_grad():
         for i in range(0, len(prepared.eval), 4):

@@ -404,3 +404,38 @@ def test_packing_problem_names_what_to_change():
     old = packing_problem("sdpa", 1, has_detection=False)
     assert "does not find packed documents in position_ids (transformers >= 4.56 does)" in old
     assert packing_problem("sdpa", 1) is None, "the installed transformers detects packed documents"
+
+
+def test_the_store_gives_another_run_the_data_without_loading_the_tokenizer(tmp_path):
+    """Data prepared for one run is linked into the next run's cache from the machine-wide store
+    (same files, tokenizer folder and data settings), in a process that never imports transformers
+    nor datasets; a changed tokenizer file misses."""
+    import os
+    import subprocess
+    import sys
+
+    tok_dir = tmp_path / "tok"
+    make_char_tokenizer(tok_dir)
+    p = write_jsonl(tmp_path / "d.jsonl", [{"text": "hello world " * (i % 5 + 1)} for i in range(40)])
+    spec = JobSpec(data=DataSpec(format="text", max_seq_len=32, eval_fraction=0.1))
+    store = tmp_path / "store"
+    first = prepare_data(spec, str(tok_dir), str(p), tmp_path / "run1" / "cache", store=store)
+    assert not first.cache_hit and [x.name for x in store.iterdir()] == [Path(first.cache_path).name]
+    assert not prepare_data(spec, str(tok_dir), str(p), tmp_path / "run0" / "cache").cache_hit  # no store
+    code = (
+        "import sys; from pathlib import Path; from launcher.spec import DataSpec, JobSpec; "
+        "from launcher.train.data import prepare_data; "
+        "spec = JobSpec(data=DataSpec(format='text', max_seq_len=32, eval_fraction=0.1)); "
+        f"out = prepare_data(spec, {str(tok_dir)!r}, {str(p)!r}, Path({str(tmp_path / 'run2' / 'cache')!r}), "
+        f"store=Path({str(store)!r})); "
+        "print(out.cache_hit, len(out.train), out.cache_path, 'transformers' in sys.modules, 'datasets' in sys.modules)"
+    )
+    got = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    hit, rows, path, transformers, datasets = got.stdout.split()
+    assert (hit, int(rows), transformers, datasets) == ("True", len(first.train), "False", "False"), got.stderr[-2000:]
+    a, b = Path(first.cache_path) / "train_input_ids.npy", Path(path) / "train_input_ids.npy"
+    assert a.read_bytes() == b.read_bytes() and b.stat().st_ino == (store / a.parent.name / a.name).stat().st_ino
+    (tok_dir / "tokenizer_config.json").write_text((tok_dir / "tokenizer_config.json").read_text() + "\n")
+    assert not prepare_data(spec, str(tok_dir), str(p), tmp_path / "run3" / "cache", store=store).cache_hit
+    assert len(list(store.iterdir())) == 2

@@ -22,7 +22,7 @@ from launcher.rundir.names import DATA_STATS as STATS_JSON
 from launcher.train.data.load import check_data_path, load_rows
 from launcher.train.data.pack import _unpacked, pack, split_train_eval
 from launcher.train.data.rows import open_rows, write_rows
-from launcher.train.data.tokenize import _tokenize, label_tokens
+from launcher.train.data.tokenize import _tokenize, label_tokens, read_tokenizer
 
 if TYPE_CHECKING:  # pragma: no cover
     from launcher.spec import JobSpec
@@ -78,13 +78,47 @@ def _tokenizer_fingerprint(tokenizer) -> str:
     return h.hexdigest()
 
 
+# Files of a model folder that no tokenizer reads: left out of the folder's fingerprint.
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx", ".npz")
+
+
+def _folder_fingerprint(folder: Path, trust_remote_code: bool) -> str:
+    """The tokenizer a folder holds, without loading it: every file of the folder but the weights
+    (tokenizer.json, its configs, vocabularies, chat templates, remote code), by content, with
+    the versions of the libraries that turn them into a tokenizer."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    h = hashlib.sha256()
+    for lib in ("transformers", "tokenizers", "sentencepiece"):
+        try:
+            h.update(f"{lib}={version(lib)}\n".encode())
+        except PackageNotFoundError:
+            h.update(f"{lib}=-\n".encode())
+    h.update(f"trust_remote_code={bool(trust_remote_code)}\n".encode())
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder)
+        if not p.is_file() or p.name.endswith(_WEIGHT_SUFFIXES) or any(x.startswith(".") for x in rel.parts):
+            continue
+        h.update(f"{rel.as_posix()}\0".encode())
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
 def cache_key(spec: "JobSpec", tokenizer, data_path: str) -> str:
-    """sha256 over the data (file content, or a folder's names/sizes/mtimes), the tokenizer
-    (vocab, normalisation, special tokens, chat template), ``spec.data`` and ``train.seed``."""
+    """sha256 over the data (file content, or a folder's names/sizes/mtimes), the tokenizer,
+    ``spec.data`` and ``train.seed``. The tokenizer is its folder's files (when ``tokenizer`` is a
+    folder: nothing is loaded) or the loaded tokenizer's vocab, normalisation, special tokens and
+    chat template."""
+    if isinstance(tokenizer, (str, os.PathLike)):
+        tok = {"folder": _folder_fingerprint(Path(tokenizer).expanduser(), spec.model.trust_remote_code)}
+    else:
+        tok = {"loaded": _tokenizer_fingerprint(tokenizer)}
     parts = {
         "version": CACHE_VERSION,
         "data_source": _hash_data_source(Path(data_path)),
-        "tokenizer": _tokenizer_fingerprint(tokenizer),
+        "tokenizer": tok,
         "data_spec": spec.data.model_dump(mode="json"),
         "seed": spec.train.seed,
     }
@@ -130,6 +164,8 @@ def _load_cache(path: Path) -> Optional[PreparedData]:
 
 def _build(spec: "JobSpec", tokenizer, data_path: str) -> PreparedData:
     data = spec.data
+    if isinstance(tokenizer, (str, os.PathLike)):
+        tokenizer = read_tokenizer(spec, str(tokenizer))
     rows = load_rows(data, data_path)
     # Split the raw rows (not the tokenized examples): load_rows + split_train_eval then gives the
     # same eval rows as here, whatever tokenizing drops.
@@ -162,12 +198,67 @@ def _build(spec: "JobSpec", tokenizer, data_path: str) -> PreparedData:
     return PreparedData(train=train, eval=ev, stats=stats)
 
 
-def prepare_data(spec: "JobSpec", tokenizer, data_path: str, cache_dir: Path) -> PreparedData:
+def _link_tree(src: Path, dst: Path) -> None:
+    """A copy of the cache folder ``src`` at ``dst`` (absent), its files hard-linked where the file
+    system allows (cache files are never written in place), copied otherwise; written under a
+    temporary name, then renamed."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent))
+    try:
+        for f in src.iterdir():
+            try:
+                os.link(f, tmp / f.name)
+            except OSError:
+                shutil.copy2(f, tmp / f.name)
+        os.rename(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _share(path: Path, store: Optional[Path]) -> None:
+    """Put the cache folder ``path`` into ``store`` under its name, unless one is there. Best effort:
+    a store that cannot be written costs the next run a tokenization, nothing else."""
+    if store is None or (store / path.name).exists():
+        return
+    try:
+        store.mkdir(parents=True, exist_ok=True)
+        _link_tree(path, store / path.name)
+    except OSError:
+        pass
+
+
+def _from_store(path: Path, store: Optional[Path]) -> Optional[PreparedData]:
+    """The store's copy of the cache folder ``path``, linked into place at ``path``; None when the
+    store has no sound copy."""
+    if store is None or _load_cache(store / path.name) is None:
+        return None
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        _link_tree(store / path.name, path)
+    except OSError:
+        return None
+    return _load_cache(path)
+
+
+def prepare_data(spec: "JobSpec", tokenizer, data_path: str, cache_dir: Path, *,
+                 store: Optional[Path] = None) -> PreparedData:
     """Load, tokenize, split and (with ``data.packing``) pack, cached in ``cache_dir``.
+
+    ``tokenizer`` is a loaded tokenizer, or the folder holding one: then the cache's key is the
+    folder's files and the tokenizer is loaded only when the cache misses (a hit imports neither
+    transformers nor datasets).
 
     The cache is the folder ``cache_dir/data-<key>`` (``cache_key``; layout in
     ``launcher.train.data.rows``), and the returned rows are read from it memory-mapped, by the
-    process that built it too. Safe to call from every rank at once: the first process to take
+    process that built it too. ``store`` (the machine-wide ``<LAUNCHER_CACHE>/data``) keeps a
+    copy of every folder built, and one found there is hard-linked into ``cache_dir`` instead of
+    being built again: the same data, tokenizer and ``data`` settings are tokenized once per
+    machine, not once per run.
+
+    Safe to call from every rank at once: the first process to take
     the ``fcntl`` lock beside the folder builds it (temp folder, then rename); the others block
     on the lock, then map the folder. A torn or unreadable folder is rebuilt. No
     torch.distributed call is made. (On a shared file system the lock needs working POSIX/flock
@@ -176,6 +267,8 @@ def prepare_data(spec: "JobSpec", tokenizer, data_path: str, cache_dir: Path) ->
     import fcntl
 
     check_data_path(data_path)  # before the cache folder is made: a missing file leaves nothing behind
+    if isinstance(tokenizer, (str, os.PathLike)) and not Path(tokenizer).expanduser().is_dir():
+        tokenizer = read_tokenizer(spec, str(tokenizer))  # a hub name: its one line when it cannot load
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     key = cache_key(spec, tokenizer, data_path)[:32]
@@ -192,6 +285,9 @@ def prepare_data(spec: "JobSpec", tokenizer, data_path: str, cache_dir: Path) ->
                 hit = _load_cache(path)
                 if hit is not None:
                     return hit
+            hit = _from_store(path, store)
+            if hit is not None:
+                return hit
             _save_cache(path, _build(spec, tokenizer, data_path))
             try:
                 prepared = _open_cache(path)
@@ -199,6 +295,7 @@ def prepare_data(spec: "JobSpec", tokenizer, data_path: str, cache_dir: Path) ->
                 raise JobError(f"data cache: {path}: cannot read it back after writing it "
                                f"({type(e).__name__}: {e})") from None
             prepared.cache_hit = False
+            _share(path, store)
             return prepared
         finally:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
