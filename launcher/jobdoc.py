@@ -38,7 +38,7 @@ STARTER: dict[str, Any] = {
               "warmup_ratio": 0.03, "lr_scheduler": "cosine", "activation_checkpointing": True,
               "save_every_steps": 500, "seed": 0},
     "parallel": {"strategy": "zero", "zero_stage": 3, "offload_optimizer": "none", "offload_params": "none"},
-    "cluster": {"nodes": 2, "gpus_per_node": 8,
+    "cluster": {"nodes": 2, "gpus_per_node": 8, "accelerator": "H100-SXM",
                 "slurm": {"partition": None, "account": None, "time": "04:00:00", "setup": []}},
     "report": {"country_iso_code": "USA", "gpu_hour_price": 2.5, "currency": "USD", "energy_price_per_kwh": 0.12,
                "pue": 1.2},

@@ -219,7 +219,8 @@ class ClusterSpec(_Strict):
     cpu_procs_per_node: int = Field(2, ge=1, description="Processes per node when running on CPU.")
     backend: Literal["auto", "nccl", "gloo"] = Field(
         "auto", description="torch.distributed backend: auto (nccl on GPUs, gloo on CPU), nccl or gloo.")
-    accelerator: Optional[str] = Field(None, description="GPU model for MFU, e.g. H100-SXM (default: detected).")
+    accelerator: Optional[str] = Field(None, description="GPU model for MFU and the forecast, e.g. H100-SXM (default: detected). "
+                                       "With device auto, launcher plan plans for GPUs when it is set.")
     hosts: list[str] = Field(default_factory=list, description="Hosts for ssh/pdsh launches (no Slurm).")
     master_port: int = Field(
         29500, ge=1024, le=65535, description="Rendezvous port on the first host of a --hosts launch (one node "

@@ -211,7 +211,8 @@ def format_fit(kept, tried: int, gpu_memory: int, margin: float, fits: bool, job
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON (params, memory, forecast; fits and fit "
                                                       "with --gpu-memory).")
 @click.option("--device", type=click.Choice(["cuda", "cpu"]), default=None,
-              help="Plan for this device (default: cluster.device; auto means the cluster's GPUs).")
+              help="Plan for this device (default: cluster.device; auto: as launcher run would here, "
+                   "cuda when cluster.accelerator names a GPU).")
 @click.option("--with-data", is_flag=True,
               help="Tokenize the data (as launcher run would) to show rows, steps per epoch and total steps.")
 @click.option("--gpu-memory", "gpu_memory", default=None, metavar="SIZE",
@@ -246,7 +247,7 @@ def plan(job_file, overrides, as_json, device, with_data, gpu_memory, margin, ca
 
     gpu_bytes = parse_size(gpu_memory) if gpu_memory else None
     spec = load_job_or_default(job_file, overrides)
-    dev = prepare.resolve_device(spec, device)
+    dev = prepare.resolve_device(spec, device, planning=True)
     prepare.check_trackers_here(spec)
     prepare.check_nvme_buildable(spec)
     if with_data:

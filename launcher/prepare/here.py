@@ -9,17 +9,33 @@ from typing import Optional
 from launcher.errors import JobError
 
 
-def resolve_device(spec, requested: Optional[str] = None, *, probe: bool = False) -> str:
-    """cluster.device (or --device) with "auto" resolved. ``probe`` looks at this machine's
-    GPUs (imports torch: only `run` does that); otherwise auto means the cluster's GPUs."""
+def resolve_device(spec, requested: Optional[str] = None, *, probe: bool = False, planning: bool = False) -> str:
+    """cluster.device (or --device) with "auto" resolved as `launcher run` resolves it on the
+    machine that runs the job. ``probe`` (`run`): auto is cuda when this machine has a visible
+    GPU, else cpu. ``planning`` (`plan`, `ds-config`): the same, unless ``cluster.accelerator``
+    names a GPU (a job planned on a login node for the cluster's GPUs: cuda). Neither (a Slurm
+    batch script, whose nodes are the cluster's): auto means the cluster's GPUs."""
     dev = requested or spec.cluster.device
     if dev != "auto":
         return dev
-    if not probe:
+    if planning and spec.cluster.accelerator:
         return "cuda"
+    if not (probe or planning):
+        return "cuda"
+    return "cuda" if gpu_visible_here() else "cpu"
+
+
+def gpu_visible_here() -> bool:
+    """torch.cuda.is_available(), without importing torch where no NVIDIA device can be there
+    (no /dev/nvidia0 and no /proc/driver/nvidia: no driver), or CUDA_VISIBLE_DEVICES hides them all."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip() in ("", "-1"):
+        return False
+    if not (os.path.exists("/dev/nvidia0") or os.path.isdir("/proc/driver/nvidia")):
+        return False
     import torch
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.cuda.is_available()
 
 
 def check_device_here(device: str) -> None:
