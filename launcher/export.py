@@ -230,10 +230,16 @@ def training_rows(plan, report: "Report") -> list[tuple[str, str]]:
     if e.available:
         rows.append(("energy", f"{fmt_kwh(e.energy_kwh.total)} ({e.total_label}, PUE {e.pue})"))
         rows.append(("emissions", f"{fmt_num((e.emissions_kg or 0.0) * 1000.0)} gCO2e ({e.country_iso_code} grid)"))
+        if e.hourly is not None and e.hourly.available:
+            rows.append(("emissions, hours run", f"{fmt_num(e.hourly.kg_co2e * 1000.0)} gCO2e at the hourly "
+                                                 f"intensity of {e.hourly.start} to {e.hourly.end}"))
     else:
         rows.append(("energy", "not measured"))
     rows.append(("cost", fmt_money(c.total, c.currency) if c.available
                  else "n/a (no prices in the job's report section)"))
+    if c.offset is not None:
+        rows.append(("offset", f"{fmt_money(c.offset.cost, c.currency)} to offset {fmt_num(c.offset.tonnes_co2e)} "
+                               f"tCO2e at {fmt_money(c.offset.price_per_tonne, c.currency)} per tonne"))
     return rows
 
 

@@ -69,13 +69,18 @@ def count_params(module: Any) -> tuple[int, int]:
 
 def _from_config_object(cfg: Any, method: str, lora: Any, trust_remote_code: bool) -> ModelInfo:
     import torch
+
     from transformers import AutoModelForCausalLM
+
+    from launcher.quiet import libraries_quiet
 
     text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with torch.device("meta"):
+            # transformers' model code imports DeepSpeed where it is installed, whose logger prints
+            # to stdout (its accelerator detection): not into `plan --json`
+            with torch.device("meta"), libraries_quiet():
                 model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001 - an unknown or broken config, said in one line
         raise JobError(f"model config: transformers cannot build a causal LM from it "

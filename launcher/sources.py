@@ -31,14 +31,15 @@ def _absolute(p: Optional[str]) -> Optional[str]:
 
 
 def absolute_paths(spec):
-    """The job with model, tokenizer, data and NVMe paths that exist here made absolute, so the
-    run directory means the same thing from any working directory (and on every node of a
-    shared filesystem). Hub ids and demo: names are left as they are."""
+    """The job with model, tokenizer, data, NVMe and intensity-forecast paths that exist here made
+    absolute, so the run directory means the same thing from any working directory (and on every
+    node of a shared filesystem). Hub ids and demo: names are left as they are."""
     model = spec.model.model_copy(update={"path": _absolute(spec.model.path),
                                           "tokenizer": _absolute(spec.model.tokenizer)})
     data = spec.data.model_copy(update={"path": _absolute(spec.data.path)})
     parallel = spec.parallel.model_copy(update={"nvme_path": _absolute(spec.parallel.nvme_path)})
-    return spec.model_copy(update={"model": model, "data": data, "parallel": parallel,
+    report = spec.report.model_copy(update={"intensity_forecast": _absolute(spec.report.intensity_forecast)})
+    return spec.model_copy(update={"model": model, "data": data, "parallel": parallel, "report": report,
                                    "output_dir": str(Path(spec.output_dir).expanduser().resolve())})
 
 

@@ -250,6 +250,14 @@ class ReportSpec(_Strict):
     energy_price_per_kwh: Optional[float] = Field(None, ge=0, description="Price of one kWh, added to compute cost.")
     pue: float = Field(
         1.0, ge=1.0, description="Data center's power usage effectiveness: energy figures are multiplied by it once.")
+    offset_price_per_tonne: Optional[float] = Field(
+        None, ge=0, description="Price of offsetting one tonne of CO2e (in report.currency): the plan's "
+        "forecast.offset_cost, the report's offset_cost and a line in the model card.")
+    intensity_forecast: Optional[str] = Field(
+        None, description="CSV of hourly grid carbon intensity, columns timestamp,g_co2e_per_kwh (UTC; exported "
+        "from Electricity Maps, WattTime or the UK Carbon Intensity API): launcher plan --start-window picks "
+        "the start of least CO2, launcher slurm --carbon-aware writes it as #SBATCH --begin, and the report "
+        "adds the CO2 of the hours the job ran.")
     trackers: list[Tracker] = Field(
         default_factory=list, description="Experiment trackers global rank 0 logs to: tensorboard (event files in "
         "the run directory), mlflow (MLFLOW_TRACKING_URI, else a SQLite store in the run directory), wandb (offline "

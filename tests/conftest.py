@@ -18,6 +18,21 @@ import pytest
 from tests.helpers import missing_prerequisite
 
 SLURM_SCRIPTS = Path(__file__).parent / "slurm"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def launcher_cache(tmp_path_factory):
+    """One LAUNCHER_CACHE for the session (every process the tests start inherits it): the demo's
+    assets, the prepared data, the CPU probe and the calibration history are this session's, not
+    the machine's, so a forecast in a test never scales from a run of another session."""
+    cache = tmp_path_factory.mktemp("launcher-cache")
+    old = os.environ.get("LAUNCHER_CACHE")
+    os.environ["LAUNCHER_CACHE"] = str(cache)
+    yield cache
+    if old is None:
+        os.environ.pop("LAUNCHER_CACHE", None)
+    else:
+        os.environ["LAUNCHER_CACHE"] = old
 SLURM_SETUP_NO_PACKAGES = 3  # setup.sh's exit status when apt-get could not install Slurm
 
 

@@ -24,3 +24,13 @@ def load_job_or_default(job_file, overrides):
 
     job_file, overrides = split_job_file(job_file, overrides)
     return load_job(job_file, overrides)
+
+
+def parse_window(text: str, param_hint: str = "'--start-window'") -> float:
+    """Seconds from "24h", "90m", "2d", "3600s" or a bare number of hours."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smhd]?)\s*", text.lower())
+    if not m or float(m.group(1)) <= 0:
+        raise click.BadParameter(f"{text!r}: give a duration such as 24h, 90m or 2d", param_hint=param_hint)
+    return float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "": 3600}[m.group(2)]

@@ -52,6 +52,8 @@ def memory_rows(mem) -> list[tuple[str, str]]:
 
 
 def forecast_rows(plan) -> list[tuple[str, str]]:
+    from launcher.report.format import calibration_words
+
     f = plan.forecast
     if f is None:
         return []
@@ -59,7 +61,8 @@ def forecast_rows(plan) -> list[tuple[str, str]]:
     rows = [("forecast", (f"{f.steps:,} steps ({f.steps_source}), {f.tokens:,} tokens" if f.steps is not None
                           else "steps unknown: launcher plan --with-data (or train.max_steps)"))]
     if f.step_time_s is not None:
-        how = (f"calibrated on {f.calibration.run_dir}" if f.calibration and f.calibration.tokens_per_s_per_device
+        how = (f"scaled from {f.calibration.run_dir}: {calibration_words(f.calibration.source, f.calibration.distance)}"
+               if f.calibration and (f.calibration.point or f.calibration.tokens_per_s_per_device)
                else f"MFU assumed {f.mfu_assumed:.0%} on {f.accelerator}, forecast {_num(f.mfu_forecast, '.1%')}")
         rows.append(("time", f"{f.step_time_s:,.3g} s/step, {_num(f.tokens_per_s_per_device, ',.0f')} tokens/s per "
                              f"device, {_num(f.hours, ',.3g')} h, {_num(f.gpu_hours, ',.4g')} {label} ({how})"))
@@ -78,6 +81,14 @@ def forecast_rows(plan) -> list[tuple[str, str]]:
         if f.energy_cost is not None:
             parts.append(f"{f.kwh:,.4g} kWh x {rep.energy_price_per_kwh:g}")
         rows.append(("cost", f"{f.cost:,.2f} {f.currency} = {' + '.join(parts)}"))
+    if f.offset_cost is not None:
+        rows.append(("offset", f"{f.offset_cost:,.4g} {f.currency} = {f.kg_co2e / 1000:,.4g} tCO2e x "
+                               f"{f.offset_price_per_tonne:g} {f.currency} per tonne"))
+    b = f.best_start
+    if b is not None:
+        saving = f" ({b.saving_kg / b.kg_co2e_now:.0%} less)" if b.kg_co2e_now else ""
+        rows.append(("best start", f"{b.at} within {b.window_h:g} h: {b.kg_co2e:,.4g} kgCO2e against "
+                                   f"{b.kg_co2e_now:,.4g} now{saving}, from {b.source}"))
     c = f.communication
     if c is not None:
         text = f"{c.bytes_per_gpu_per_step / 1e9:,.2f} GB per GPU per step"
@@ -221,9 +232,16 @@ def format_fit(kept, tried: int, gpu_memory: int, margin: float, fits: bool, job
 @click.option("--margin", type=click.FloatRange(0.0, 0.9), default=None,
               help="Share of the GPU memory a fit leaves free (default 0.10).")
 @click.option("--calibrate", "calibrate", default=None, type=click.Path(file_okay=False, exists=True),
-              metavar="RUN_DIR", help="Forecast from an earlier run's measured tokens/s per device and energy per "
-                                      "token instead of the MFU and power assumptions.")
-def plan(job_file, overrides, as_json, device, with_data, gpu_memory, margin, calibrate):
+              metavar="RUN_DIR", help="Forecast from this earlier run's measured step time and energy per token "
+                                      "(default: the nearest run of the calibration history).")
+@click.option("--no-calibration", "no_calibration", is_flag=True,
+              help="Ignore the calibration history: forecast from the MFU and power assumptions (on CPU: this "
+                   "machine's measured matrix throughput).")
+@click.option("--start-window", "start_window", default=None, metavar="DURATION",
+              help="With report.intensity_forecast (an hourly CSV): the start within this window (24h, 90m, 2d) "
+                   "that gives the least forecast CO2, and the saving against starting now.")
+def plan(job_file, overrides, as_json, device, with_data, gpu_memory, margin, calibrate, no_calibration,
+         start_window):
     """Resolve JOB_FILE (default: the embedded demo job) with key.sub=value OVERRIDES and print
     world size, batch arithmetic, steps, engine settings and what was derived from what; with the
     model's config.json (a local folder, the demo, or a hub id in the local cache): parameters,
@@ -245,28 +263,31 @@ def plan(job_file, overrides, as_json, device, with_data, gpu_memory, margin, ca
     from launcher import prepare
     from launcher.errors import JobError
 
+    from launcher.cli._common import parse_window
+
     gpu_bytes = parse_size(gpu_memory) if gpu_memory else None
+    window_s = parse_window(start_window) if start_window else None
     spec = load_job_or_default(job_file, overrides)
     dev = prepare.resolve_device(spec, device, planning=True)
     prepare.check_trackers_here(spec)
     prepare.check_nvme_buildable(spec)
+    if calibrate and no_calibration:
+        raise JobError("--calibrate and --no-calibration: give one of them")
+    forecast_kw = {"calibrate": calibrate, "history": not no_calibration}
     if with_data:
         import tempfile
         from pathlib import Path
 
         with tempfile.TemporaryDirectory(prefix="launcher-plan-") as tmp:
-            p = prepare.plan_run(spec, dev, Path(tmp))
+            p = prepare.plan_run(spec, dev, Path(tmp), **forecast_kw)
     else:
-        _, p = prepare.plan_without_data(spec, dev, cpu_count=os.cpu_count())
-    # the carbon intensity came with the plan (prepare reads CodeCarbon's data for the country)
-    extra: dict = ({"carbon_intensity": p.forecast.carbon_intensity_g_per_kwh,
-                    "carbon_source": p.forecast.carbon_source} if p.forecast else {})
-    if calibrate:
-        from launcher.plan import with_forecast
-        from launcher.report.calibrate import read_calibration
-
-        extra["calibration"] = read_calibration(calibrate)
-        p = with_forecast(p, calibration=extra["calibration"])
+        _, p = prepare.plan_without_data(spec, dev, cpu_count=os.cpu_count(), **forecast_kw)
+    if window_s is not None:
+        p = prepare.with_best_start(p, window_s)
+    # what the forecast was made from (CodeCarbon's intensity for the country, the probe, the
+    # calibration), for the fit's plans
+    extra: dict = ({"carbon_intensity": p.forecast.carbon_intensity_g_per_kwh, "carbon_source": p.forecast.carbon_source,
+                    "calibration": p.forecast.calibration, "cpu": p.forecast.cpu} if p.forecast else {})
     out = p.to_dict()
     text = format_plan(p)
     if gpu_bytes is not None:

@@ -20,9 +20,14 @@ from launcher.cli._common import job_argument, overrides_argument
 @click.option("--python", "python", default=None,
               help="Python on the nodes that has launcher installed (default: this interpreter, "
                    "i.e. a shared file system).")
+@click.option("--carbon-aware", "carbon_aware", is_flag=True,
+              help="Begin the job (#SBATCH --begin) at the start of least forecast CO2 within --start-window, from "
+                   "report.intensity_forecast (an hourly CSV).")
+@click.option("--start-window", "start_window", default=None, metavar="DURATION",
+              help="With --carbon-aware: how long the job may wait (default 24h; 90m, 2d).")
 @click.option("--preflight-only", is_flag=True, hidden=True,
               help="Ranks only join and run the preflight check (tests).")
-def slurm(job_file, overrides, run_dir, dry_run, submit, python, preflight_only):
+def slurm(job_file, overrides, run_dir, dry_run, submit, python, carbon_aware, start_window, preflight_only):
     """Render JOB_FILE (default: the embedded demo job) with key.sub=value OVERRIDES into a run
     directory with job.sbatch, and print how to submit it; --submit also runs sbatch.
 
@@ -34,6 +39,11 @@ def slurm(job_file, overrides, run_dir, dry_run, submit, python, preflight_only)
 
     if dry_run and submit:
         raise JobError("--dry-run and --submit: choose one")
+    if start_window and not carbon_aware:
+        raise JobError("--start-window: add --carbon-aware (the window is how long the job may wait for its start)")
+    from launcher.cli._common import parse_window
+
+    window_s = parse_window(start_window or "24h") if carbon_aware else None
     spec = load_job_or_default(job_file, overrides)
     target = Path(run_dir).absolute() if run_dir else rundir.new_run_dir(spec)
     if not dry_run:
@@ -42,7 +52,8 @@ def slurm(job_file, overrides, run_dir, dry_run, submit, python, preflight_only)
         raise JobError(f"{target}: already a run directory; choose a new --run-dir "
                        f"(a requeued job resumes in its own run directory by itself)")
     extra = ["--preflight-only"] if preflight_only else []
-    plan, files = prepare.slurm_files(spec, str(target), python=python or sys.executable, extra_train_args=extra)
+    plan, files = prepare.slurm_files(spec, str(target), python=python or sys.executable, extra_train_args=extra,
+                                      start_window_s=window_s)
     if dry_run:
         click.echo(files[rundir.SBATCH], nl=False)
         return

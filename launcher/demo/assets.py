@@ -234,14 +234,19 @@ def ensure_demo_assets(cache_dir: Optional[Path] = None) -> DemoAssets:
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(str(built.tokenizer_dir))
-        build_tiny_llama(
-            built.model_dir,
-            vocab_size=len(tok),
-            seed=0,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-        )
+        # transformers' save imports DeepSpeed where it is installed, whose logger prints to stdout,
+        # and draws a progress bar: neither reaches `launcher plan --json` or a one-line error
+        from launcher.quiet import libraries_quiet
+
+        with libraries_quiet():
+            build_tiny_llama(
+                built.model_dir,
+                vocab_size=len(tok),
+                seed=0,
+                bos_token_id=tok.bos_token_id,
+                eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.pad_token_id,
+            )
         for f in built.tokenizer_dir.iterdir():  # the model folder also loads as a tokenizer
             if f.is_file():
                 shutil.copy2(f, built.model_dir / f.name)

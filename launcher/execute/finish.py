@@ -1,6 +1,6 @@
 """A job's last step, in the process that launched it, never in a rank: Slurm's allocation
-(sacct), the report files (JSON, Markdown, HTML), and the report's figures added to the job's
-experiment-tracker runs. `launcher run` calls it once torchrun has returned; a Slurm job's batch
+(sacct), the report files (JSON, Markdown, HTML), the run added to the calibration history
+(launcher.report.history), and the report's figures added to the job's experiment-tracker runs. `launcher run` calls it once torchrun has returned; a Slurm job's batch
 script and a --hosts job's first-host script call `launcher report RUN_DIR --finish`."""
 from __future__ import annotations
 
@@ -33,6 +33,10 @@ def finish_run(run_dir: str | os.PathLike, *, slurm_job_id: Optional[str] = None
     except Exception as e:  # noqa: BLE001 - the job succeeded; the report can be rebuilt
         warn(f"launcher: report failed: {e}; rebuild it with launcher report {run}")
         return None
+    if report.status_detail.complete:
+        from launcher.report.history import append
+
+        append(run, report)  # the next plan's forecast scales from it; best effort
     try:
         for line in report_to_trackers(run, rundir.read_plan(run), report):
             warn(line)

@@ -229,6 +229,20 @@ HOST = HostAssumptions(
     nvme_source="assumed 6 GB/s per node (one or two PCIe Gen4 NVMe drives); ZeRO-Infinity needs it measured",
 )
 
+#: A CPU job's model FLOPs over the matrix throughput its ranks measured (launcher.prepare.probe):
+#: small models spend much of a step outside large matrix products (the optimizer, norms, the
+#: collectives, Python).
+CPU_MFU = Assumption(0.2, "assumed: launcher's own runs on a 2-core AMD EPYC reached 12-35% of the measured "
+                          "matmul rate for models of 0.3-100M parameters (bench/forecast_accuracy.py); calibrate")
+
+
+def codecarbon_cpu_watts(tdp_w: float, load: float) -> float:
+    """The CPU power CodeCarbon reports without RAPL, tracking the whole machine: its TDP x
+    (0.1 + 0.9 x load^3), load in [0, 1] (codecarbon/external/hardware.py, cpu_load mode)."""
+    load = min(max(load, 0.0), 1.0)
+    return tdp_w * (0.1 + 0.9 * load ** 3)
+
+
 HOST_LINK_EFFICIENCY = Assumption(
     0.8, "share of the nominal PCIe bandwidth a pinned copy reaches (PCIe protocol overhead)")
 

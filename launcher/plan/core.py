@@ -11,7 +11,7 @@ from launcher.plan.forecast import build_forecast, with_forecast
 from launcher.plan.memory import estimate_memory, layout_of
 from launcher.plan.schedule import steps_per_epoch as _steps_per_epoch
 from launcher.plan.schedule import total_steps as _total_steps
-from launcher.plan.types import Calibration, ModelInfo, Plan
+from launcher.plan.types import Calibration, CpuProbe, ModelInfo, Plan
 from launcher.spec import JobSpec
 
 
@@ -30,14 +30,15 @@ def plan_job(
     carbon_intensity: Optional[float] = None,
     carbon_source: Optional[str] = None,
     calibration: Optional[Calibration] = None,
+    cpu: Optional[CpuProbe] = None,
 ) -> Plan:
     """Resolve every derived value of ``spec``. ``device`` is the resolved device ("auto" is
     resolved by the caller, who may look at the hardware). ``train_rows`` (rows after
     tokenization/packing) gives steps per epoch; ``cpu_count`` gives threads per rank on CPU,
     ``host_memory_bytes`` (a node's RAM) the host-memory mode ``parallel.host_memory=auto`` picks.
     ``carbon_intensity`` (gCO2e/kWh of ``report.country_iso_code``, read by the caller:
-    :func:`launcher.report.carbon.carbon_intensity`) and ``calibration`` (an earlier run's
-    measurements) feed the forecast."""
+    :func:`launcher.report.carbon.carbon_intensity`), ``calibration`` (an earlier run's
+    measurements) and ``cpu`` (this machine's probe, for a CPU job run here) feed the forecast."""
     if device not in ("cuda", "cpu"):
         raise JobError(f"cluster.device: must be cuda or cpu once resolved, got {device!r}")
     c, t, p = spec.cluster, spec.train, spec.parallel
@@ -77,7 +78,8 @@ def plan_job(
     if train_rows is not None:
         plan = with_train_rows(plan, train_rows)
     return plan.model_copy(update={"forecast": build_forecast(plan, carbon_intensity=carbon_intensity,
-                                                              carbon_source=carbon_source, calibration=calibration)})
+                                                              carbon_source=carbon_source, calibration=calibration,
+                                                              cpu=cpu)})
 
 
 def _check_job(spec: JobSpec, device: str, backend: str, world: int, model_info: Optional[ModelInfo]):

@@ -16,7 +16,7 @@ from typing import Any, Optional
 from launcher.errors import JobError
 from launcher.plan.core import plan_job
 from launcher.plan.memory import FIT_MARGIN
-from launcher.plan.types import Calibration, ModelInfo, Plan
+from launcher.plan.types import Calibration, CpuProbe, ModelInfo, Plan
 from launcher.engine_rules import offload_problems
 from launcher.spec import JobSpec, apply_overrides, build_job
 
@@ -91,7 +91,7 @@ def rank_key(c: Candidate) -> tuple:
 def fit(spec: JobSpec, device: str, model_info: ModelInfo, gpu_memory_bytes: int, *, margin: float = FIT_MARGIN,
         train_rows: Optional[int] = None, carbon_intensity: Optional[float] = None,
         carbon_source: Optional[str] = None, calibration: Optional[Calibration] = None,
-        global_batch_size: int, world_size: int) -> tuple[list[Candidate], int]:
+        cpu: Optional[CpuProbe] = None, global_batch_size: int, world_size: int) -> tuple[list[Candidate], int]:
     """(the candidates that fit, best first; how many were tried). ``global_batch_size`` and
     ``world_size`` are the job's, from its plan."""
     budget = gpu_memory_bytes * (1 - margin)
@@ -113,7 +113,7 @@ def fit(spec: JobSpec, device: str, model_info: ModelInfo, gpu_memory_bytes: int
                     cand = build_job(apply_overrides(base, list(words)), "fit")
                     plan = plan_job(cand, device=device, model_info=model_info, train_rows=train_rows,
                                     carbon_intensity=carbon_intensity, carbon_source=carbon_source,
-                                    calibration=calibration)
+                                    calibration=calibration, cpu=cpu)
                 except JobError:
                     continue
                 tried += 1

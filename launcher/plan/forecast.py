@@ -27,9 +27,11 @@ from __future__ import annotations
 from typing import Optional
 
 from launcher.plan.memory import DTYPE_BYTES, Layout, layout_of
-from launcher.plan.types import Calibration, Communication, Forecast, Plan
+from launcher.plan.calibration import scaled_energy_per_token, scaled_step_time
+from launcher.plan.types import Calibration, Communication, CpuProbe, Forecast, Plan
 from launcher.facts.flops import flops_per_token_from_config, matmul_params
-from launcher.facts.hardware import GPU_POWER_SHARE, HOST, HOST_LINK_EFFICIENCY, match_accelerator, mfu_assumption
+from launcher.facts.hardware import (CPU_MFU, GPU_POWER_SHARE, HOST, HOST_LINK_EFFICIENCY, codecarbon_cpu_watts,
+                                     match_accelerator, mfu_assumption)
 
 
 def _g(n: float) -> str:
@@ -102,8 +104,10 @@ def _steps(plan: Plan) -> tuple[Optional[int], str]:
 
 
 def build_forecast(plan: Plan, *, carbon_intensity: Optional[float] = None, carbon_source: Optional[str] = None,
-                   calibration: Optional[Calibration] = None, accelerator: Optional[str] = None) -> Forecast:
-    """The forecast of ``plan`` (``accelerator``: a GPU name when the job names none)."""
+                   calibration: Optional[Calibration] = None, accelerator: Optional[str] = None,
+                   cpu: Optional[CpuProbe] = None) -> Forecast:
+    """The forecast of ``plan`` (``accelerator``: a GPU name when the job names none; ``cpu``: this
+    machine's measured matrix throughput and power, for a CPU job that runs here)."""
     job, rep = plan.job, plan.job.report
     missing: list[str] = []
     assumptions: list[str] = []
@@ -119,28 +123,44 @@ def build_forecast(plan: Plan, *, carbon_intensity: Optional[float] = None, carb
     fpt, recompute = _flops(plan, P, A, missing)
     name = job.cluster.accelerator or accelerator
     accel = match_accelerator(name) if plan.device == "cuda" else None
-    mfu = mfu_assumption(accel)
-    peak = accel.peak_tflops(plan.dtype) if accel else None
+    mfu = mfu_assumption(accel) if accel else (CPU_MFU if (plan.device == "cpu" and cpu) else None)
+    peak = accel.peak_tflops(plan.dtype) if accel else (cpu.matmul_gflops / 1000 if (plan.device == "cpu" and cpu) else None)
     if plan.device == "cuda" and accel is None:
         missing.append("GPU kind: set cluster.accelerator (e.g. H100-SXM) for the time and energy forecast"
                        if not name else f"GPU kind {name!r} is not in launcher.facts.hardware")
-    elif plan.device == "cpu" and calibration is None:
-        missing.append("time: no published peak for a CPU; use --calibrate RUN_DIR with an earlier run")
+    elif plan.device == "cpu" and cpu is None and calibration is None:
+        missing.append("time: the CPU's matrix throughput is measured only where the job runs (launcher run, or "
+                       "launcher plan there); use --calibrate RUN_DIR with an earlier run")
     comm_lines, comm_bytes = communication(lay, P, A, T) if m else ([], 0)
     gbps = job.cluster.interconnect_gbps
     comm_s = comm_bytes / (gbps / 8 * 1e9) if (gbps and plan.nodes > 1 and comm_bytes) else None
     compute_s = offload_s = step_s = None
     mfu_fc = None
-    if calibration and calibration.tokens_per_s_per_device:
+    point = calibration.point if calibration else None
+    if point is not None and point.flops_per_token and fpt:
+        compute_s = scaled_step_time(point, tps, fpt + (recompute or 0), plan.world_size)
+        step_s = max(compute_s, comm_s or 0.0)
+        assumptions.append(f"time: {point.step_time_s:.4g} s per step measured in {point.run_dir} "
+                           f"({point.tokens_per_step:,} tokens of {point.flops_per_token:,.0f} FLOPs on "
+                           f"{point.world_size} ranks), scaled by the FLOPs per rank per step")
+    elif calibration and calibration.tokens_per_s_per_device:
         step_s = tps / (calibration.tokens_per_s_per_device * plan.world_size)
         assumptions.append(f"time: {calibration.tokens_per_s_per_device:,.1f} tokens/s per device measured in "
                            f"{calibration.run_dir}")
     elif fpt and peak and mfu:
         compute_s = tps * (fpt + (recompute or 0)) / (plan.world_size * peak * 1e12 * mfu.value)
-        offload_s, off_notes = _offload_s(lay, P, A, T, accel.host_link_gb_s)
+        if accel:
+            offload_s, off_notes = _offload_s(lay, P, A, T, accel.host_link_gb_s)
+        else:
+            offload_s, off_notes = 0.0, []
         step_s = max(compute_s, comm_s or 0.0) + offload_s
         mfu_fc = tps * fpt / (step_s * plan.world_size * peak * 1e12)
-        assumptions.append(f"MFU {mfu.value:.0%} on {accel.name} ({mfu.source})")
+        if accel:
+            assumptions.append(f"MFU {mfu.value:.0%} on {accel.name} ({mfu.source})")
+        else:
+            assumptions.append(f"{cpu.matmul_gflops:,.1f} GFLOP/s per rank: {cpu.dtype} {cpu.matmul_n}x{cpu.matmul_n} "
+                               f"matrix products with {cpu.threads} thread(s) on this {cpu.cpu_model} "
+                               f"(launcher.prepare.probe, {cpu.cache_file}); MFU {mfu.value:.0%} of it ({mfu.source})")
         if recompute:
             assumptions.append(f"activation checkpointing recomputes the forward: +{recompute:,.0f} FLOPs per token")
         assumptions += off_notes
@@ -148,7 +168,7 @@ def build_forecast(plan: Plan, *, carbon_intensity: Optional[float] = None, carb
     hours = steps * step_s / 3600 if (steps is not None and step_s is not None) else None
     gpu_hours = hours * plan.world_size if hours is not None else None
     node_hours = hours * plan.nodes if hours is not None else None
-    gpu_w, host_w, kwh = _energy(plan, accel, hours, tokens, calibration, assumptions, missing)
+    gpu_w, host_w, kwh = _energy(plan, accel, cpu, hours, tokens, step_s, calibration, assumptions, missing)
     kg = kwh * carbon_intensity / 1000 if (kwh is not None and carbon_intensity is not None) else None
     if kwh is not None and carbon_intensity is None:
         missing.append(f"CO2: no carbon intensity for {rep.country_iso_code} was handed in")
@@ -160,16 +180,19 @@ def build_forecast(plan: Plan, *, carbon_intensity: Optional[float] = None, carb
     if rep.energy_price_per_kwh is not None and kwh is not None:
         energy_cost = kwh * rep.energy_price_per_kwh
     parts = [c for c in (compute_cost, energy_cost) if c is not None]
+    offset = kg / 1000.0 * rep.offset_price_per_tonne if (kg is not None and rep.offset_price_per_tonne is not None) \
+        else None
     return Forecast(
         steps=steps, steps_source=steps_source, tokens=tokens, tokens_per_step=tps, flops_per_token=fpt,
-        accelerator=accel.name if accel else name, peak_tflops=peak, mfu_assumed=mfu.value if mfu else None,
+        accelerator=accel.name if accel else (cpu.cpu_model if (plan.device == "cpu" and cpu) else name), peak_tflops=peak, mfu_assumed=mfu.value if mfu else None,
         mfu_source=mfu.source if mfu else None, mfu_forecast=mfu_fc, compute_s_per_step=compute_s,
         offload_s_per_step=offload_s, step_time_s=step_s,
         tokens_per_s_per_device=tps / step_s / plan.world_size if step_s else None, hours=hours, gpu_hours=gpu_hours,
         node_hours=node_hours, gpu_power_w=gpu_w, host_power_w=host_w, pue=rep.pue, kwh=kwh,
         country_iso_code=rep.country_iso_code, carbon_intensity_g_per_kwh=carbon_intensity, carbon_source=carbon_source,
         kg_co2e=kg, compute_cost=compute_cost, energy_cost=energy_cost, cost=sum(parts) if parts else None,
-        currency=rep.currency, calibration=calibration, communication=comm, assumptions=assumptions, missing=missing,
+        currency=rep.currency, offset_price_per_tonne=rep.offset_price_per_tonne, offset_cost=offset,
+        calibration=calibration, cpu=cpu if plan.device == "cpu" else None, communication=comm, assumptions=assumptions, missing=missing,
     )
 
 
@@ -207,21 +230,39 @@ def _communication(plan: Plan, lines: list[str], nbytes: int, comm_s: Optional[f
                          time_lower_bound_s=comm_s, compute_s=compute_s, bound=bound, note=note)
 
 
-def _energy(plan: Plan, accel, hours: Optional[float], tokens: Optional[int], calibration: Optional[Calibration],
-            assumptions: list[str], missing: list[str]) -> tuple[Optional[float], Optional[float], Optional[float]]:
+def _energy(plan: Plan, accel, cpu: Optional[CpuProbe], hours: Optional[float], tokens: Optional[int],
+            step_s: Optional[float], calibration: Optional[Calibration], assumptions: list[str],
+            missing: list[str]) -> tuple[Optional[float], Optional[float], Optional[float]]:
     """(W per GPU, W of a node's host, kWh with PUE): from an earlier run's energy per token, or
-    from the GPU's board power and the host's assumed power over the forecast hours."""
+    from the GPU's board power (the CPU's and RAM's as CodeCarbon counts them, on CPU) and the
+    host's assumed power over the forecast hours."""
     rep = plan.job.report
+    point = calibration.point if calibration else None
+    pue_ratio = rep.pue / ((calibration.pue if calibration else None) or 1.0)
+    if point is not None and point.energy_per_token_j and tokens is not None and step_s:
+        ept = scaled_energy_per_token(point, step_s, plan.tokens_per_step, plan.world_size)
+        assumptions.append(f"energy: {point.energy_per_token_j:.4g} J per token measured in {point.run_dir}, "
+                           f"scaled by the time per token and the devices: {ept:.4g} J "
+                           f"(PUE {calibration.pue:g} there, {rep.pue:g} here)")
+        return None, None, tokens * ept / 3.6e6 * pue_ratio
     if calibration and calibration.energy_per_token_j and tokens is not None:
         assumptions.append(f"energy: {calibration.energy_per_token_j:.4g} J per token measured in "
                            f"{calibration.run_dir} (PUE {calibration.pue:g} there, {rep.pue:g} here)")
-        return None, None, tokens * calibration.energy_per_token_j / 3.6e6 * (rep.pue / (calibration.pue or 1.0))
+        return None, None, tokens * calibration.energy_per_token_j / 3.6e6 * pue_ratio
     if accel is not None and hours is not None:
         gpu_w = accel.tdp_w * GPU_POWER_SHARE.value
         host_w = HOST.cpu_w + HOST.ram_w
         assumptions.append(f"power: {gpu_w:g} W per GPU ({GPU_POWER_SHARE.source}); host {host_w:.0f} W per node "
                            f"(CPU: {HOST.cpu_source}; RAM: {HOST.ram_source}); PUE {rep.pue:g}")
         return gpu_w, host_w, hours * (plan.world_size * gpu_w + plan.nodes * host_w) / 1000 * rep.pue
+    if plan.device == "cpu" and cpu is not None and hours is not None:
+        load = min(1.0, plan.procs_per_node * (plan.threads_per_rank or 1) / cpu.logical_cpus)
+        cpu_w = codecarbon_cpu_watts(cpu.cpu_tdp_w, load)
+        host_w = cpu_w + cpu.ram_w
+        assumptions.append(f"power: {host_w:.3g} W per node as CodeCarbon counts it: CPU {cpu_w:.3g} W ({cpu.cpu_tdp_source}, "
+                           f"x (0.1 + 0.9 x load^3) at load {load:.0%}), RAM {cpu.ram_w:.3g} W (its RAM model); "
+                           f"PUE {rep.pue:g}")
+        return None, host_w, hours * plan.nodes * host_w / 1000 * rep.pue
     if hours is not None or calibration:
         missing.append("energy: no power figures for this device; --calibrate RUN_DIR gives energy per token")
     return None, None, None
@@ -234,6 +275,7 @@ def with_forecast(plan: Plan, **kw) -> Plan:
     args = {"carbon_intensity": old.carbon_intensity_g_per_kwh if old else None,
             "carbon_source": old.carbon_source if old else None,
             "calibration": old.calibration if old else None,
-            "accelerator": old.accelerator if old else None}
+            "accelerator": old.accelerator if (old and plan.device == "cuda") else None,
+            "cpu": old.cpu if old else None}
     args.update(kw)
     return plan.model_copy(update={"forecast": build_forecast(plan, **args)})

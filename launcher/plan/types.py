@@ -54,10 +54,66 @@ class MemoryPlan(_Frozen):
     assumptions: list[str] = []
 
 
-class Calibration(_Frozen):
-    """What an earlier run measured, to replace the forecast's assumptions (``--calibrate``)."""
+class CpuProbe(_Frozen):
+    """What this machine measured for a CPU job's forecast (``launcher.prepare.probe``): the matrix
+    throughput one rank reaches with its threads in the job's dtype, and the CPU and RAM power
+    CodeCarbon would use for it."""
+
+    cpu_model: str
+    logical_cpus: int
+    threads: int
+    dtype: str
+    matmul_gflops: float  # one rank's, with ``threads`` threads
+    matmul_n: int  # the square matrices multiplied
+    cpu_tdp_w: float
+    cpu_tdp_source: str
+    ram_w: float
+    torch_version: str
+    measured_at: float
+    cache_file: Optional[str] = None
+
+
+class CalibrationPoint(_Frozen):
+    """One finished run, as the calibration history keeps it: its configuration and what it
+    measured (``launcher.report.history``)."""
 
     run_dir: str
+    finished_at: float
+    device: str  # cuda | cpu
+    device_kind: str  # the GPU's name, or the CPU's model
+    n_params: int
+    n_trainable_params: int
+    method: str
+    strategy: str
+    zero_stage: Optional[int] = None
+    dtype: str
+    seq_len: int
+    packing: bool
+    micro_batch_size: int
+    grad_accum_steps: int
+    world_size: int
+    nodes: int
+    threads_per_rank: Optional[int] = None
+    activation_checkpointing: bool = False
+    offload: str = "none"  # "optimizer->cpu, params->nvme" or none
+    tokens_per_step: int
+    flops_per_token: Optional[float] = None
+    steps: int
+    step_time_s: float  # the mean over the run's training steps
+    tokens_per_s_per_device: Optional[float] = None
+    energy_per_token_j: Optional[float] = None  # PUE included
+    pue: float = 1.0
+
+
+class Calibration(_Frozen):
+    """What an earlier run measured, to replace the forecast's assumptions: the nearest run of the
+    calibration history (``source`` history), or one named with ``--calibrate`` (``source``
+    --calibrate). ``distance``: how far its configuration is from the job's
+    (``launcher.plan.calibration.distance``; 0 = the same)."""
+
+    run_dir: str
+    source: Literal["history", "--calibrate"] = "--calibrate"
+    distance: Optional[float] = None
     tokens_per_s_per_device: Optional[float] = None
     energy_per_token_j: Optional[float] = None  # PUE included (as CodeCarbon reports it)
     pue: float = 1.0
@@ -65,6 +121,21 @@ class Calibration(_Frozen):
     strategy: Optional[str] = None
     zero_stage: Optional[int] = None
     accelerator: Optional[str] = None
+    point: Optional[CalibrationPoint] = None  # the run's configuration: the forecast scales from it
+
+
+class BestStart(_Frozen):
+    """The start within ``--start-window`` whose hours give the job the least forecast CO2, from an
+    hourly intensity forecast (``report.intensity_forecast``; launcher.plan.start)."""
+
+    at: str  # UTC, ISO 8601
+    at_epoch: float
+    kg_co2e: float
+    kg_co2e_now: float
+    saving_kg: float
+    window_h: float
+    duration_h: float
+    source: str
 
 
 class Communication(_Frozen):
@@ -111,7 +182,11 @@ class Forecast(_Frozen):
     energy_cost: Optional[float] = None
     cost: Optional[float] = None
     currency: str = "USD"
+    offset_price_per_tonne: Optional[float] = None
+    offset_cost: Optional[float] = None  # kgCO2e / 1000 x report.offset_price_per_tonne
+    best_start: Optional[BestStart] = None
     calibration: Optional[Calibration] = None
+    cpu: Optional[CpuProbe] = None  # this machine's probe, for a CPU job that runs here
     communication: Optional[Communication] = None
     assumptions: list[str] = []
     missing: list[str] = []  # why a figure is None

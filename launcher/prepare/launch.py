@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Optional, Sequence
 
 from launcher import rundir
 from launcher.errors import JobError
 from launcher.prepare.here import check_trackers_here, resolve_device
-from launcher.prepare.planning import fetch_hub, plan_without_data
+from launcher.prepare.planning import fetch_hub, plan_without_data, with_best_start
 
 
 def prestart_hint(plan) -> dict:
@@ -73,13 +73,17 @@ def hosts_launch_files(spec, device: str, names: Sequence[str], run_dir: Path):
     return plan, files
 
 
-def slurm_files(spec, run_dir: str, *, python: str, extra_train_args: Sequence[str] = ()):
+def slurm_files(spec, run_dir: str, *, python: str, extra_train_args: Sequence[str] = (),
+                start_window_s: Optional[float] = None):
     """(plan, files) of a Slurm run: job.sbatch and the engine config. "auto" means the cluster's
     GPUs (this machine, a login node, says nothing about them); threads per rank on CPU come from
-    the CPUs the job asks for per node, not from this machine."""
+    the CPUs the job asks for per node, not from this machine. ``start_window_s`` (carbon-aware):
+    the job begins at the start of least forecast CO2 within it (``#SBATCH --begin``)."""
     from launcher.render.slurm import render_sbatch
 
     check_trackers_here(spec)  # the nodes run this Python environment (sys.executable)
     spec, plan = plan_without_data(spec, resolve_device(spec), cpu_count=spec.cluster.slurm.cpus_per_task, here=False)
+    if start_window_s is not None:
+        plan = with_best_start(plan, start_window_s)
     script = render_sbatch(plan, run_dir, python=python, extra_train_args=list(extra_train_args))
     return plan, {**engine_files(plan), rundir.SBATCH: script}

@@ -18,10 +18,14 @@ def with_procs(spec, device: str, nproc: Optional[int]):
     return spec.model_copy(update={"cluster": spec.cluster.model_copy(update={key: nproc})})
 
 
-def plan_without_data(spec, device: str, *, cpu_count: Optional[int] = None, here: bool = True, **plan_kw):
+def plan_without_data(spec, device: str, *, cpu_count: Optional[int] = None, here: bool = True,
+                      calibrate: Optional[str] = None, history: bool = True, **plan_kw):
     """(job with absolute paths, its plan): everything but the steps, which need the data. The
-    forecast's carbon intensity is CodeCarbon's for the job's country; ``plan_kw`` go to plan_job
-    (``calibration``). ``here``: the job runs on this machine (its RAM is the node's)."""
+    forecast's carbon intensity is CodeCarbon's for the job's country; a CPU job that runs here
+    is forecast from this machine's probe (launcher.prepare.probe); the forecast scales from the
+    run ``calibrate`` names, else from the nearest run of the calibration history (unless not
+    ``history``). ``plan_kw`` go to plan_job. ``here``: the job runs on this machine (its RAM is
+    the node's, its CPU the one probed)."""
     from launcher.plan import plan_job
     from launcher.sources import absolute_paths, model_info
 
@@ -29,10 +33,46 @@ def plan_without_data(spec, device: str, *, cpu_count: Optional[int] = None, her
 
     spec = absolute_paths(spec)
     intensity, source = carbon_intensity(spec.report.country_iso_code)
+    cpu = None
+    if here and device == "cpu":
+        from launcher.prepare.probe import cpu_probe
+
+        procs = spec.cluster.cpu_procs_per_node
+        cpu = cpu_probe(spec.model.dtype, max(1, (cpu_count or os.cpu_count() or 1) // procs))
     plan = plan_job(spec, device=device, model_info=model_info(spec), cpu_count=cpu_count,
-                    host_memory_bytes=node_ram_bytes(spec, here=here), carbon_intensity=intensity, carbon_source=source, **plan_kw)
+                    host_memory_bytes=node_ram_bytes(spec, here=here), carbon_intensity=intensity,
+                    carbon_source=source, cpu=cpu, **plan_kw)
     check_attention(plan)
-    return spec, plan
+    return spec, calibrated(plan, calibrate, history)
+
+
+def device_kind(plan) -> Optional[str]:
+    """What the calibration history calls the plan's device (launcher.report.history.device_kind):
+    the GPU's key (H100-SXM), or this CPU's model (known only where the job runs: the probe's)."""
+    from launcher.report.history import device_kind as kind
+
+    if plan.device == "cuda":
+        return kind("cuda", plan.job.cluster.accelerator)
+    return plan.forecast.cpu.cpu_model if (plan.forecast and plan.forecast.cpu) else None
+
+
+def calibrated(plan, calibrate: Optional[str], history: bool):
+    """``plan`` forecast from the run ``calibrate`` names, or from the history's nearest run."""
+    from launcher.plan import with_forecast
+    from launcher.plan.calibration import distance, from_point, nearest
+
+    kind = device_kind(plan)
+    if calibrate:
+        from launcher.report.calibrate import read_calibration
+
+        point = read_calibration(calibrate)
+        return with_forecast(plan, calibration=from_point(point, "--calibrate", distance(point, plan, kind)))
+    if not history:
+        return plan
+    from launcher.report.history import read_points
+
+    cal = nearest(read_points(), plan, kind)
+    return with_forecast(plan, calibration=cal) if cal else plan
 
 
 def fetch_hub(spec, echo=None) -> dict[str, str]:
@@ -63,14 +103,15 @@ def count_rows(spec, cache_dir: Path) -> int:
     return len(prepare_data(spec, paths.tokenizer, paths.data, cache_dir, store=user_cache_dir() / "data").train)
 
 
-def plan_run(spec, device: str, run_dir: Path, *, with_data: bool = True):
+def plan_run(spec, device: str, run_dir: Path, *, with_data: bool = True, **forecast_kw):
     """The plan of a local run, data counted into RUN_DIR/cache (the batch arithmetic and the
-    job's other rules are checked first, before any file is read)."""
-    spec, plan = plan_before_data(spec, device, fetch=with_data)
+    job's other rules are checked first, before any file is read). ``forecast_kw``: ``calibrate``,
+    ``history`` (plan_without_data)."""
+    spec, plan = plan_before_data(spec, device, fetch=with_data, **forecast_kw)
     return plan_with_data(spec, plan, run_dir) if with_data else plan
 
 
-def plan_before_data(spec, device: str, *, fetch: bool = True):
+def plan_before_data(spec, device: str, *, fetch: bool = True, **forecast_kw):
     """(spec, plan) of a local run before its data is read: every rule but the count of training
     rows checked, the hub ids fetched (``fetch``; not for --dry-run, which downloads nothing).
     torchrun's command line and environment are already final (they depend on the ranks, the
@@ -80,7 +121,7 @@ def plan_before_data(spec, device: str, *, fetch: bool = True):
     check_trackers_here(spec)
     if fetch:
         fetch_hub(spec)
-    return plan_without_data(spec, device, cpu_count=os.cpu_count())
+    return plan_without_data(spec, device, cpu_count=os.cpu_count(), **forecast_kw)
 
 
 def plan_with_data(spec, plan, run_dir: Path):
@@ -88,3 +129,31 @@ def plan_with_data(spec, plan, run_dir: Path):
     from launcher.plan import with_train_rows
 
     return with_train_rows(plan, count_rows(spec, rundir.RunDir(run_dir).cache))
+
+
+def with_best_start(plan, window_s: float, now: Optional[float] = None):
+    """``plan`` with its forecast's best start within ``window_s`` seconds from ``now`` (default:
+    the clock), from ``report.intensity_forecast``. One JobError when the job names no forecast
+    CSV, when its forecast has no duration or energy, or when the CSV does not cover now."""
+    import time
+
+    from launcher.errors import JobError
+    from launcher.plan.start import best_start, iso
+    from launcher.report.carbon import read_intensity_forecast
+
+    csv_path = plan.job.report.intensity_forecast
+    if not csv_path:
+        raise JobError("--start-window: the job names no hourly intensity forecast; set report.intensity_forecast "
+                       "to a CSV of timestamp,g_co2e_per_kwh (Electricity Maps, WattTime, UK Carbon Intensity API)")
+    f = plan.forecast
+    if f is None or f.hours is None or f.kwh is None:
+        why = "; ".join(f.missing) if f and f.missing else "no forecast"
+        raise JobError(f"--start-window: the forecast has no duration and energy to place ({why})")
+    series = read_intensity_forecast(csv_path)
+    now = time.time() if now is None else now
+    best = best_start(series, now, f.hours * 3600.0, f.kwh, window_s, source=str(csv_path))
+    if best is None:
+        raise JobError(f"report.intensity_forecast: {csv_path}: covers {iso(series[0][0])} to {iso(series[-1][0])}, "
+                       f"not a job of {f.hours:.3g} h started now ({iso(now)}); export a forecast that starts "
+                       "before now and spans the window")
+    return plan.model_copy(update={"forecast": f.model_copy(update={"best_start": best})})

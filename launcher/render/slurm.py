@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import time
 from functools import lru_cache
 from typing import Optional, Sequence
 
@@ -112,6 +113,14 @@ def render_sbatch_header(plan: Plan, run_dir: str) -> list[str]:
         # B: only the batch shell gets it (NCCL can swallow USR1 in the ranks)
         sbatch_flag("signal", f"B:USR2@{s.signal_grace_s}"),
     ]
+    best = plan.forecast.best_start if plan.forecast else None
+    if best is not None:
+        check_one_line("report.intensity_forecast", best.source)
+        # Slurm reads --begin in the controller's local time: this machine's zone is assumed to be it
+        local = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(best.at_epoch))
+        lines += [f"# carbon-aware: {best.at} (UTC) gives the least forecast CO2 within {best.window_h:g} h "
+                  f"({best.kg_co2e:.4g} kgCO2e against {best.kg_co2e_now:.4g} now; {best.source})",
+                  sbatch_flag("begin", local)]
     for i, line in enumerate(s.extra_sbatch):
         lines.append(_extra_sbatch_line(f"{f}.extra_sbatch[{i}]", check_one_line(f"{f}.extra_sbatch[{i}]", line)))
     return lines

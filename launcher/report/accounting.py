@@ -16,7 +16,8 @@ from launcher.plan.types import Plan
 from launcher.report.compute import finite, latest
 from launcher.report.energy import COMPONENTS, is_measured, sum_energy
 from launcher.rundir.energy_file import EnergyKwh, Measured, NodeEnergy
-from launcher.rundir.report_file import ComputeCost, Cost, Energy, EnergyCost, Job, Mfu, NodeEnergyRow, Throughput
+from launcher.rundir.report_file import (ComputeCost, Cost, Energy, EnergyCost, HourlyCo2, Job, Mfu, NodeEnergyRow,
+                                         OffsetCost, Throughput)
 from launcher.facts.hardware import match_accelerator
 from launcher.rundir import StartRecord
 from launcher.spec import ReportSpec
@@ -114,13 +115,52 @@ def energy_section(nodes: list[NodeEnergy], job: Job, thr: Throughput, notes: li
     )
 
 
+def hourly_co2(nodes: list[NodeEnergy], series, source: str, flat_kg: Optional[float]) -> HourlyCo2:
+    """The job's CO2 from the intensity of the hours each tracker session ran (``series``: UTC epoch
+    seconds and g/kWh, launcher.report.carbon.read_intensity_forecast): a session's energy spread
+    evenly between its start and end."""
+    from launcher.plan.start import iso, mean_intensity
+
+    kg = kwh_all = 0.0
+    first = last = None
+    for node in nodes:
+        for s in node.sessions:
+            end = s.end_time
+            start = s.start_time if s.start_time is not None else (end - s.duration_s if end is not None else None)
+            if start is None or end is None:
+                return HourlyCo2(source=source, flat_kg_co2e=flat_kg,
+                                 reason=f"node {node.node}: a session without start and end times")
+            g = mean_intensity(series, start, end)
+            if g is None:
+                return HourlyCo2(source=source, flat_kg_co2e=flat_kg,
+                                 reason=f"{source} covers {iso(series[0][0])} to {iso(series[-1][0])}, not the "
+                                        f"hours the job ran ({iso(start)} to {iso(end)})")
+            kg += s.energy_kwh.total * g / 1000.0
+            kwh_all += s.energy_kwh.total
+            first = start if first is None else min(first, start)
+            last = end if last is None else max(last, end)
+    if first is None:
+        return HourlyCo2(source=source, flat_kg_co2e=flat_kg, reason="no tracker session with energy")
+    return HourlyCo2(available=True, source=source, kg_co2e=kg, mean_g_co2e_per_kwh=kg * 1000.0 / kwh_all if kwh_all else None,
+                     flat_kg_co2e=flat_kg, start=iso(first), end=iso(last))
+
+
+def offset_cost(prices: ReportSpec, energy: Energy) -> Optional[OffsetCost]:
+    """The price of offsetting the job's CO2 (CodeCarbon's figure) at ``report.offset_price_per_tonne``."""
+    if prices.offset_price_per_tonne is None or not energy.available or energy.emissions_kg is None:
+        return None
+    t = energy.emissions_kg / 1000.0
+    return OffsetCost(price_per_tonne=prices.offset_price_per_tonne, tonnes_co2e=t, cost=t * prices.offset_price_per_tonne)
+
+
 def cost_section(prices: ReportSpec, thr: Throughput, energy: Energy, notes: list[str]) -> Cost:
     """Money from the job's ``report`` prices (``plan.job.report``)."""
     currency = prices.currency or "USD"
     gpu_price, node_price, e_price = prices.gpu_hour_price, prices.node_hour_price, prices.energy_price_per_kwh
+    offset = offset_cost(prices, energy)
     if gpu_price is None and node_price is None and e_price is None:
-        return Cost(currency=currency, reason="no prices set (job report.gpu_hour_price, report.node_hour_price, "
-                                              "report.energy_price_per_kwh)")
+        return Cost(currency=currency, offset=offset, reason="no prices set (job report.gpu_hour_price, "
+                                                             "report.node_hour_price, report.energy_price_per_kwh)")
     compute = energy_cost = None
     if gpu_price is not None and thr.device_hours is not None:
         if node_price is not None:
@@ -137,8 +177,9 @@ def cost_section(prices: ReportSpec, thr: Throughput, energy: Energy, notes: lis
         else:
             notes.append("cost: energy_price_per_kwh set but no energy figures: energy cost left out")
     if compute is None and energy_cost is None:
-        return Cost(currency=currency, reason="prices set but nothing to price (no timing or energy records)")
+        return Cost(currency=currency, offset=offset,
+                    reason="prices set but nothing to price (no timing or energy records)")
     total = (compute.cost if compute else 0.0) + (energy_cost.cost if energy_cost else 0.0)
     tokens = thr.tokens or 0
-    return Cost(available=True, currency=currency, compute=compute, energy=energy_cost, total=total,
+    return Cost(available=True, currency=currency, compute=compute, energy=energy_cost, offset=offset, total=total,
                 per_million_tokens=(total / tokens * 1e6) if tokens else None)

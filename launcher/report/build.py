@@ -27,7 +27,7 @@ from launcher.rundir import (MemoryRecord, RunDir, StartRecord, read_metrics, re
                              write_json)
 from launcher.rundir.artifacts import DamagedFile, SlurmAccounting, read_model
 from launcher.rundir.metrics import parse_metrics
-from launcher.rundir.report_file import Report
+from launcher.rundir.report_file import HourlyCo2, Report
 
 
 def _torn_last_line(run_dir: Path) -> int:
@@ -98,7 +98,10 @@ def build_report(run_dir: str | os.PathLike) -> Report:
     status, status_detail = C.status_section(RunDir(rd).completed.exists(), records, steps, job.planned_steps)
     thr = C.throughput_section(job, records, steps, notes)
     mfu = A.mfu_section(job, thr, A.flops_per_token(plan, starts, job, notes))
-    energy = A.energy_section(read_node_energy(rd), job, thr, notes)
+    nodes = read_node_energy(rd)
+    energy = A.energy_section(nodes, job, thr, notes)
+    if plan.job.report.intensity_forecast and energy.available:
+        energy = energy.model_copy(update={"hourly": _hourly(plan.job.report.intensity_forecast, nodes, energy)})
     allocation = F.allocation_section(_read_accounting(rd, notes), job, thr)
     billed = thr.model_copy(update={"device_hours": allocation.device_hours}) if allocation.available else thr
     if allocation.available:
@@ -117,6 +120,7 @@ def build_report(run_dir: str | os.PathLike) -> Report:
         mfu=mfu,
         energy=energy,
         cost=cost,
+        offset_cost=cost.offset.cost if cost.offset else None,
         forecast=forecast,
         loss=C.loss_section(records, steps),
         checkpoints=C.checkpoints_section(records),
@@ -125,6 +129,17 @@ def build_report(run_dir: str | os.PathLike) -> Report:
         allocation=allocation,
         notes=notes,
     )
+
+
+def _hourly(csv_path: str, nodes, energy) -> HourlyCo2:
+    """The job's CO2 from the hours it ran, or why not (the CSV cannot be read)."""
+    from launcher.report.carbon import read_intensity_forecast
+
+    try:
+        series = read_intensity_forecast(csv_path)
+    except JobError as e:
+        return HourlyCo2(source=csv_path, flat_kg_co2e=energy.emissions_kg, reason=e.lines[0])
+    return A.hourly_co2(nodes, series, csv_path, energy.emissions_kg)
 
 
 def read_or_build_report(run_dir: str | os.PathLike) -> Report:

@@ -11,6 +11,7 @@ will report for the same country (regional figures, ``report.region``, are not a
 from __future__ import annotations
 
 import importlib.util
+import os
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -65,3 +66,48 @@ def carbon_intensity(country_iso_code: str, root: Optional[Path] = None) -> tupl
     if world is None:
         return None, f"CodeCarbon has no figure for {code}"
     return float(world), f"CodeCarbon's world average ({code} not in its data)"
+
+
+INTENSITY_COLUMNS = ("timestamp", "g_co2e_per_kwh")
+
+
+def _utc_epoch(text: str) -> float:
+    from datetime import datetime, timezone
+
+    t = datetime.fromisoformat(text.strip())
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=timezone.utc)  # the format's timestamps are UTC
+    return t.timestamp()
+
+
+def read_intensity_forecast(path: str | os.PathLike, field: str = "report.intensity_forecast") -> list[tuple[float, float]]:
+    """The hourly intensity CSV (``timestamp,g_co2e_per_kwh``, ISO 8601 UTC) as ``(epoch s, g/kWh)``
+    sorted by time. A missing file, another header or a bad row is one JobError naming the file and
+    line."""
+    import csv
+
+    from launcher.errors import JobError
+
+    p = Path(path).expanduser()
+    fix = "columns timestamp,g_co2e_per_kwh, one row per hour, UTC (e.g. 2026-12-07T13:00:00Z,212.5)"
+    try:
+        with open(p, newline="") as f:
+            rows = list(csv.reader(f))
+    except OSError as e:
+        raise JobError(f"{field}: {p}: cannot read it ({e.strerror or e}); give a CSV with {fix}") from None
+    rows = [r for r in rows if any(c.strip() for c in r)]
+    if not rows or tuple(c.strip().lower() for c in rows[0][:2]) != INTENSITY_COLUMNS:
+        raise JobError(f"{field}: {p}: line 1: the header must be timestamp,g_co2e_per_kwh; give a CSV with {fix}")
+    out: dict[float, float] = {}
+    for n, row in enumerate(rows[1:], start=2):
+        try:
+            t, g = _utc_epoch(row[0]), float(row[1])
+        except (ValueError, IndexError):
+            raise JobError(f"{field}: {p}: line {n}: {','.join(row)!r} is not a timestamp and a number; "
+                           f"give a CSV with {fix}") from None
+        if not g >= 0:
+            raise JobError(f"{field}: {p}: line {n}: intensity {g} is negative; give gCO2e per kWh, 0 or more")
+        out[t] = g
+    if not out:
+        raise JobError(f"{field}: {p}: no rows after the header; give a CSV with {fix}")
+    return sorted(out.items())

@@ -73,4 +73,6 @@ def forecast_section(forecast: Optional[Forecast], memory: Optional[MemoryPlan],
     return ForecastCheck(available=f is not None or memory is not None, steps_done=done,
                          steps_forecast=f.steps if f else None,
                          calibrated_from=f.calibration.run_dir if (f and f.calibration) else None,
+                         calibration_source=f.calibration.source if (f and f.calibration) else None,
+                         calibration_distance=f.calibration.distance if (f and f.calibration) else None,
                          rows=rows, missing=list(f.missing) if f else ["plan.json has no forecast"])

@@ -20,6 +20,12 @@ def _isnum(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
+def calibration_words(source: Optional[str], distance: Optional[float]) -> str:
+    """How a forecast's calibration was chosen: "the nearest run of the calibration history, distance 0.69"."""
+    how = "named with --calibrate" if source == "--calibrate" else "the nearest run of the calibration history"
+    return how + (f", distance {distance:.2f}" if distance is not None else ", another kind of device")
+
+
 def fmt_num(x: Any, digits: int = 3) -> str:
     """Numbers for people: thousands separators, ``digits`` significant digits for small values."""
     if x is None:
@@ -177,7 +183,8 @@ def energy_rows(report: Report) -> Rows:
         ("PUE", (fmt_num(e.pue) if e.pue is not None else "mixed " + ", ".join(map(str, e.pue_values)))
          + " (included in the figures)"),
         ("Emissions", f"{fmt_num(e.emissions_kg)} kgCO2e ({e.country_iso_code or 'n/a'}"
-         + (f", {e.region}" if e.region else "") + ")"),
+         + (f", {e.region}" if e.region else "") + ", CodeCarbon's flat annual figure)"),
+        *hourly_rows(e.hourly),
         ("Energy per token", f"{fmt_num(e.energy_per_token_j)} J"),
         ("Emissions per million tokens", f"{fmt_num(e.gco2e_per_million_tokens)} gCO2e"),
         ("Nodes reporting", f"{e.nodes}" + (f" of {e.nodes_expected}" if e.nodes_expected else "")
@@ -185,11 +192,28 @@ def energy_rows(report: Report) -> Rows:
     ]
 
 
+def hourly_rows(h) -> Rows:
+    if h is None:
+        return []
+    if not h.available:
+        return [("Emissions, hours run", f"n/a ({h.reason})")]
+    return [("Emissions, hours run", f"{fmt_num(h.kg_co2e)} kgCO2e at {fmt_num(h.mean_g_co2e_per_kwh)} gCO2e/kWh, "
+                                     f"the hourly intensity of {h.start} to {h.end} ({h.source})")]
+
+
+def offset_rows(c) -> Rows:
+    if c.offset is None:
+        return []
+    o = c.offset
+    return [("Offset (not in the total)", f"{fmt_num(o.tonnes_co2e)} tCO2e x {fmt_money(o.price_per_tonne, c.currency)}"
+                                          f"/t = {fmt_money(o.cost, c.currency)}")]
+
+
 def cost_rows(report: Report) -> Rows:
     c = report.cost
     cur = c.currency
     if not c.available:
-        return [("Cost", f"n/a ({c.reason or 'no prices'})")]
+        return [("Cost", f"n/a ({c.reason or 'no prices'})"), *offset_rows(c)]
     rows = []
     if c.compute:
         cp = c.compute
@@ -198,7 +222,8 @@ def cost_rows(report: Report) -> Rows:
     if c.energy:
         ce = c.energy
         rows.append(("Energy", f"{fmt_kwh(ce.kwh)} x {fmt_money(ce.price_per_kwh, cur)}/kWh = {fmt_money(ce.cost, cur)}"))
-    return rows + [("Total", fmt_money(c.total, cur)), ("Per million tokens", fmt_money(c.per_million_tokens, cur))]
+    return rows + [("Total", fmt_money(c.total, cur)), ("Per million tokens", fmt_money(c.per_million_tokens, cur)),
+                   *offset_rows(c)]
 
 
 def loss_rows(report: Report) -> Rows:
@@ -295,7 +320,8 @@ def forecast_rows(fc: Optional[ForecastCheck]) -> Rows:
         ratio = f"x{r.ratio:.2f}" if r.ratio is not None else "ratio n/a"
         note = f" ({r.note})" if r.note else ""
         rows.append((label, f"forecast {show(r.forecast)} · actual {show(r.actual)} · {ratio}{note}"))
-    src = f"calibrated on {fc.calibrated_from}" if fc.calibrated_from else "the plan's assumptions"
+    src = (f"scaled from {fc.calibrated_from} ({calibration_words(fc.calibration_source, fc.calibration_distance)})"
+           if fc.calibrated_from else "the plan's assumptions")
     rows.append(("Forecast from", f"{src}; {fmt_num(fc.steps_done)} of {fmt_num(fc.steps_forecast)} forecast steps done"))
     for m in fc.missing:
         rows.append(("Forecast n/a", m))

@@ -115,6 +115,21 @@ class NodeEnergyRow(_Section):
     gpu_model: Optional[str] = None
 
 
+class HourlyCo2(_Section):
+    """The job's CO2 from the intensity of the hours it ran (``report.intensity_forecast``): each
+    tracker session's energy spread evenly over its start and end, times the time-weighted mean
+    intensity of those hours; beside CodeCarbon's flat figure for the country."""
+
+    available: bool = False
+    reason: Optional[str] = None
+    source: Optional[str] = None
+    kg_co2e: Optional[float] = None
+    mean_g_co2e_per_kwh: Optional[float] = None
+    flat_kg_co2e: Optional[float] = None  # CodeCarbon's, the country's annual intensity
+    start: Optional[str] = None  # UTC, the first session's
+    end: Optional[str] = None
+
+
 class Energy(_Section):
     """The job's energy: the sum over the node files (PUE included), or why there is none."""
 
@@ -140,6 +155,7 @@ class Energy(_Section):
     energy_per_token_j: Optional[float] = None
     kwh_per_million_tokens: Optional[float] = None
     gco2e_per_million_tokens: Optional[float] = None
+    hourly: Optional[HourlyCo2] = None
     per_node: list[NodeEnergyRow] = Field(default_factory=list)
 
 
@@ -157,11 +173,20 @@ class EnergyCost(_Section):
     label: Optional[str] = None
 
 
+class OffsetCost(_Section):
+    """The price of offsetting the job's CO2 (``report.offset_price_per_tonne``): not part of the total."""
+
+    price_per_tonne: float
+    tonnes_co2e: float
+    cost: float
+
+
 class Cost(_Section):
     available: bool = False
     currency: str = "USD"
     compute: Optional[ComputeCost] = None
     energy: Optional[EnergyCost] = None
+    offset: Optional[OffsetCost] = None
     total: Optional[float] = None
     per_million_tokens: Optional[float] = None
     reason: Optional[str] = None
@@ -183,6 +208,8 @@ class ForecastCheck(_Section):
     steps_done: int = 0
     steps_forecast: Optional[int] = None
     calibrated_from: Optional[str] = None
+    calibration_source: Optional[str] = None  # history | --calibrate
+    calibration_distance: Optional[float] = None
     rows: dict[str, ForecastRow] = Field(default_factory=dict)
     missing: list[str] = Field(default_factory=list)
 
@@ -278,6 +305,7 @@ class Report(BaseModel):
     mfu: Mfu
     energy: Energy
     cost: Cost
+    offset_cost: Optional[float] = None  # cost.offset.cost: the price of offsetting the job's CO2
     forecast: ForecastCheck
     loss: Loss
     checkpoints: Checkpoints

@@ -35,6 +35,7 @@ class Ctx:
 
 
 CPU = "cluster.device=cpu"
+GPU_PLAN = "cluster.accelerator=H100-SXM"  # a job planned for the cluster's GPUs, which forecasts time and energy
 WITH_DATA = ["plan", "--with-data", CPU]
 
 
@@ -296,6 +297,27 @@ CASES: list = [  # (id, setup, argv, expected), or a pytest.param of the same
     ("cancel-not-a-run", mkdir("empty"), ["cancel", "empty"], ("empty: not a run directory", "launcher run")),
     ("cancel-never-submitted", run_dir("r"), ["cancel", "r"],
      ("r: no Slurm job recorded", "launcher slurm --submit")),
+    # --- the forecast: calibration, hourly intensity, start window
+    ("plan-calibrate-and-no-calibration", run_dir("r"), ["plan", "--calibrate", "r", "--no-calibration"],
+     ("--calibrate and --no-calibration", "give one of them")),
+    ("plan-start-window-without-intensity", None, ["plan", GPU_PLAN, "train.max_steps=10", "--start-window", "24h"],
+     ("--start-window: the job names no hourly intensity forecast", "report.intensity_forecast")),
+    ("plan-start-window-bad-duration", None, ["plan", "--start-window", "soon"],
+     ("Invalid value for '--start-window': 'soon'", "24h")),
+    ("intensity-csv-missing", None, ["plan", GPU_PLAN, "train.max_steps=10", "report.intensity_forecast=ci.csv",
+                                     "--start-window", "24h"],
+     ("report.intensity_forecast: ci.csv: cannot read it", "timestamp,g_co2e_per_kwh")),
+    ("intensity-csv-bad-header", write("ci.csv", "time,co2\n2026-01-01T00:00:00Z,100\n"),
+     ["plan", GPU_PLAN, "train.max_steps=10", "report.intensity_forecast=ci.csv", "--start-window", "24h"],
+     ("ci.csv: line 1: the header must be timestamp,g_co2e_per_kwh",)),
+    ("intensity-csv-bad-row", write("ci.csv", "timestamp,g_co2e_per_kwh\n2026-01-01T00:00:00Z,100\nnoon,low\n"),
+     ["plan", GPU_PLAN, "train.max_steps=10", "report.intensity_forecast=ci.csv", "--start-window", "24h"],
+     ("ci.csv: line 3: 'noon,low' is not a timestamp and a number",)),
+    ("intensity-csv-in-the-past", write("ci.csv", "timestamp,g_co2e_per_kwh\n2020-01-01T00:00:00Z,100\n"),
+     ["slurm", GPU_PLAN, "train.max_steps=10", "report.intensity_forecast=ci.csv", "--carbon-aware", "--dry-run"],
+     ("ci.csv: covers 2020-01-01T00:00:00Z to 2020-01-01T00:00:00Z", "not a job of", "starts before now")),
+    ("slurm-start-window-without-carbon-aware", None, ["slurm", "--start-window", "24h", "--dry-run"],
+     ("--start-window: add --carbon-aware",)),
 ]
 
 

@@ -392,9 +392,18 @@ def test_calibrate_from_an_earlier_run(tmp_path):
     res = CliRunner().invoke(cli, ["plan", f"model.path={tmp_path / 'model'}", "train.max_steps=10",
                                    "data.max_seq_len=512", "--device", "cuda", "--calibrate", str(run), "--json"])
     assert res.exit_code == 0, res.output
-    f = json.loads(res.output)["forecast"]
-    assert f["calibration"]["run_dir"] == str(run.resolve())
-    assert f["tokens_per_s_per_device"] == pytest.approx(1_010_000 / 40.0 / 16)
+    out = json.loads(res.output)
+    f = out["forecast"]
+    assert f["calibration"]["run_dir"] == str(run.resolve()) and f["calibration"]["source"] == "--calibrate"
+    # the earlier run's step time, scaled by the FLOPs each rank computes per step
+    from launcher.report.history import point_of
+
+    pt = point_of(run)
+    assert pt.step_time_s == pytest.approx(40.0 / pt.steps) and pt.world_size == 16
+    mine = out["tokens_per_step"] * f["flops_per_token"] / out["world_size"]
+    theirs = pt.tokens_per_step * pt.flops_per_token / pt.world_size
+    assert f["step_time_s"] == pytest.approx(pt.step_time_s * mine / theirs)
+    assert f["tokens_per_s_per_device"] != pytest.approx(1_010_000 / 40.0 / 16)  # not the 8B's tokens/s unscaled
 
 
 def test_with_forecast_keeps_what_it_was_handed():

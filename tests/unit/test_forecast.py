@@ -1,0 +1,261 @@
+"""The forecast on every device, calibrated by earlier runs, and when to start: the CPU probe, the
+calibration history and its nearest point, the hourly intensity CSV (best start, #SBATCH --begin,
+the report's CO2 of the hours run) and the price of offsetting."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from launcher.cli import cli
+from launcher.plan import plan_job
+from launcher.plan.calibration import distance, from_point, nearest
+from launcher.plan.start import best_start, mean_intensity
+from launcher.plan.types import CalibrationPoint
+from launcher.report.history import read_points
+from tests.unit.test_report import T0, make_run
+
+REPO = Path(__file__).resolve().parents[2]
+HOUR = 3600.0
+
+
+def iso(t: float) -> str:
+    return datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def intensity_csv(path: Path, start: float, values: list[float]) -> Path:
+    path.write_text("timestamp,g_co2e_per_kwh\n" + "".join(f"{iso(start + i * HOUR)},{g}\n" for i, g in
+                                                           enumerate(values)))
+    return path
+
+
+def clean_window_csv(tmp_path: Path) -> tuple[Path, float]:
+    """An hourly CSV from the hour before now for 30 hours: 400 g/kWh, except 50 g/kWh for the 4
+    hours that start 6 hours after the current hour. Returns (path, the clean window's start)."""
+    hour = time.time() // HOUR * HOUR
+    values = [50.0 if 7 <= i < 11 else 400.0 for i in range(31)]  # row 0 is the hour before now
+    return intensity_csv(tmp_path / "intensity.csv", hour - HOUR, values), hour + 6 * HOUR
+
+
+# --------------------------------------------------------------------------- CPU: plan and probe
+
+
+def test_plan_on_a_machine_without_gpu_plans_cpu_and_forecasts_from_the_probe(tmp_path):
+    """The embedded default planned here: device cpu, no CUDA context in its memory, a forecast of
+    time and energy from this machine's measured matrix throughput and CodeCarbon's power."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, "-m", "launcher", "plan", "train.max_steps=100", "--json"],
+                         capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr
+    plan = json.loads(out.stdout)
+    assert plan["device"] == "cpu" and plan["backend"] == "gloo"
+    assert not any("CUDA" in line for line in plan["memory"]["formulas"] + plan["memory"]["assumptions"])
+    f = plan["forecast"]
+    probe = f["cpu"]
+    assert probe["matmul_gflops"] > 0 and probe["threads"] == plan["threads_per_rank"]
+    assert Path(probe["cache_file"]).is_file()
+    # time: the FLOPs of a step over the ranks' measured rate and the stated MFU
+    assert f["step_time_s"] == pytest.approx(plan["tokens_per_step"] * f["flops_per_token"]
+                                             / (plan["world_size"] * probe["matmul_gflops"] * 1e9 * f["mfu_assumed"]))
+    # energy: CodeCarbon's CPU power model at the ranks' load, and its RAM power, for the hours
+    load = min(1.0, plan["procs_per_node"] * plan["threads_per_rank"] / probe["logical_cpus"])
+    host_w = probe["cpu_tdp_w"] * (0.1 + 0.9 * load ** 3) + probe["ram_w"]
+    assert f["host_power_w"] == pytest.approx(host_w)
+    assert f["kwh"] == pytest.approx(f["hours"] * host_w / 1000 * plan["job"]["report"]["pue"])
+    assert f["kg_co2e"] is not None and not [m for m in f["missing"] if m.startswith(("time", "energy"))]
+    text = subprocess.run([sys.executable, "-m", "launcher", "plan", "train.max_steps=100"], capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path, env=env).stdout
+    assert "device         cpu (gloo)" in text and "CUDA" not in text and "GFLOP/s per rank" in text
+
+
+def test_accelerator_named_plans_for_the_clusters_gpus():
+    res = CliRunner().invoke(cli, ["plan", "cluster.accelerator=H100-SXM", "train.max_steps=10", "--json"])
+    assert res.exit_code == 0, res.output
+    plan = json.loads(res.stdout)
+    assert plan["device"] == "cuda" and plan["forecast"]["accelerator"] == "NVIDIA H100 SXM"
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def point(**kw) -> CalibrationPoint:
+    base = dict(run_dir="/runs/a", finished_at=1.0, device="cpu", device_kind="AMD EPYC", n_params=321_408,
+                n_trainable_params=321_408, method="full", strategy="zero", zero_stage=2, dtype="fp32", seq_len=128,
+                packing=True, micro_batch_size=8, grad_accum_steps=1, world_size=2, nodes=1, threads_per_rank=1,
+                tokens_per_step=2048, flops_per_token=2.0e6, steps=10, step_time_s=0.5,
+                tokens_per_s_per_device=2048.0, energy_per_token_j=0.01, pue=1.2)
+    base.update(kw)
+    return CalibrationPoint(**base)
+
+
+def demo_plan(*overrides: str):
+    """The embedded default on 2 CPU ranks of one thread each (micro 8, 128 tokens, ZeRO-2)."""
+    from launcher.cli._common import load_job_or_default
+    from launcher.sources import model_info
+
+    spec = load_job_or_default(None, ["cluster.device=cpu", "train.max_steps=10", *overrides])
+    return plan_job(spec, device="cpu", model_info=model_info(spec), cpu_count=2)
+
+
+def test_nearest_point_same_device_kind_least_distance_newest_first():
+    plan = demo_plan()
+    same = point(run_dir="/runs/same")
+    assert distance(same, plan, "AMD EPYC") == 0.0
+    assert distance(same, plan, "Intel Xeon") is None  # another CPU: never a calibration
+    assert distance(point(device="cuda"), plan, "AMD EPYC") is None
+    twice = point(run_dir="/runs/seq256", seq_len=256)
+    assert distance(twice, plan, "AMD EPYC") == pytest.approx(0.6931, abs=1e-4)  # |ln 2|
+    lora = point(run_dir="/runs/lora", method="lora")
+    assert distance(lora, plan, "AMD EPYC") == 1.0
+    newer = point(run_dir="/runs/newer", finished_at=2.0)
+    cal = nearest([twice, lora, same, newer], plan, "AMD EPYC")
+    assert (cal.run_dir, cal.distance, cal.source) == ("/runs/newer", 0.0, "history")
+    assert nearest([point(device_kind="Intel Xeon")], plan, "AMD EPYC") is None
+
+
+def test_the_forecast_scales_a_point_by_flops_per_rank_and_its_energy_by_time_and_devices():
+    from launcher.plan import with_forecast
+
+    plan = demo_plan()
+    f0 = plan.forecast
+    p = point(flops_per_token=f0.flops_per_token, tokens_per_step=plan.tokens_per_step // 2, step_time_s=0.25)
+    f = with_forecast(plan, calibration=from_point(p, "history", 0.0)).forecast
+    # twice the tokens per step at the same FLOPs per token and world: twice the step time
+    assert f.step_time_s == pytest.approx(0.5)
+    # the same time per token and devices: the same energy per token
+    assert f.kwh == pytest.approx(f.tokens * 0.01 / 3.6e6 * plan.job.report.pue / 1.2)
+    assert any("scaled by the FLOPs per rank per step" in a for a in f.assumptions)
+
+
+def test_history_skips_lines_it_cannot_read_and_keeps_the_newest_of_a_run(tmp_path):
+    h = tmp_path / "calibration.jsonl"
+    h.write_text("\n".join([point(step_time_s=1.0).model_dump_json(), "{torn", json.dumps({"run_dir": "x"}),
+                            point(step_time_s=2.0).model_dump_json(), point(run_dir="/runs/b").model_dump_json()]))
+    got = {p.run_dir: p.step_time_s for p in read_points(h)}
+    assert got == {"/runs/a": 2.0, "/runs/b": 0.5}
+
+
+def test_plan_names_the_nearest_run_and_no_calibration_ignores_it(tmp_path, monkeypatch):
+    """A finished run in the history calibrates the next plan of the same job (its JSON says which,
+    how near and why); --no-calibration ignores it; --calibrate names one."""
+    from launcher.report.history import append
+
+    monkeypatch.setenv("LAUNCHER_CACHE", str(tmp_path / "cache"))
+    run = make_run(tmp_path, name="earlier")
+    assert append(run) is not None
+    # the earlier run: 16 H100 (its start record's torch name), ZeRO-3, bf16; the plan: the demo on
+    # two GPUs named as the job names them (one kind of device: H100-SXM), so near but not the same
+    args = ["plan", "cluster.accelerator=H100-SXM", "train.max_steps=4", "--json"]
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    cal = json.loads(res.stdout)["forecast"]["calibration"]
+    assert cal["run_dir"] == str(run.resolve()) and cal["source"] == "history" and cal["distance"] > 0
+    res = CliRunner().invoke(cli, [*args, "--no-calibration"])
+    assert json.loads(res.stdout)["forecast"]["calibration"] is None
+    res = CliRunner().invoke(cli, [*args, "--calibrate", str(run)])
+    assert json.loads(res.stdout)["forecast"]["calibration"]["source"] == "--calibrate"
+    text = " ".join(CliRunner().invoke(cli, args[:-1]).stdout.split())  # the table folds long lines
+    assert "scaled from" in text and "earlier: the nearest run of the calibration history, distance" in text
+
+
+# --------------------------------------------------------------------------- when to start
+
+
+def test_mean_intensity_and_best_start_by_hand():
+    s = [(0.0, 100.0), (HOUR, 300.0), (2 * HOUR, 50.0)]
+    assert mean_intensity(s, 0.5 * HOUR, 1.5 * HOUR) == pytest.approx(200.0)
+    assert mean_intensity(s, 0, 4 * HOUR) is None  # past the series' last hour
+    b = best_start(s, now=0.0, duration_s=HOUR, kwh=2.0, window_s=2 * HOUR, source="s")
+    assert (b.at_epoch, b.kg_co2e, b.kg_co2e_now) == (2 * HOUR, pytest.approx(0.1), pytest.approx(0.2))
+
+
+def test_plan_start_window_finds_the_clean_hours(tmp_path):
+    csv, clean = clean_window_csv(tmp_path)
+    res = CliRunner().invoke(cli, ["plan", "cluster.accelerator=H100-SXM", "train.max_steps=2000",
+                                   f"report.intensity_forecast={csv}", "--start-window", "24h", "--json"])
+    assert res.exit_code == 0, res.output
+    f = json.loads(res.stdout)["forecast"]
+    b = f["best_start"]
+    assert b["at"] == iso(clean) and f["hours"] < 4
+    assert b["kg_co2e"] == pytest.approx(f["kwh"] * 50 / 1000) and b["kg_co2e_now"] == pytest.approx(f["kwh"] * 400 / 1000)
+    res = CliRunner().invoke(cli, ["plan", "cluster.accelerator=H100-SXM", "train.max_steps=2000",
+                                   f"report.intensity_forecast={csv}", "--start-window", "3h", "--json"])
+    b = json.loads(res.stdout)["forecast"]["best_start"]
+    assert b["kg_co2e"] == pytest.approx(b["kg_co2e_now"])  # no cleaner hour within 3 h: start now
+
+
+def test_carbon_aware_slurm_script_begins_in_the_clean_window(tmp_path):
+    csv, clean = clean_window_csv(tmp_path)
+    res = CliRunner().invoke(cli, ["slurm", "cluster.accelerator=H100-SXM", "train.max_steps=2000",
+                                   f"report.intensity_forecast={csv}", "--carbon-aware", "--dry-run",
+                                   "--run-dir", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    local = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(clean))
+    assert f"#SBATCH --begin={local}\n" in res.output
+    plain = CliRunner().invoke(cli, ["slurm", "cluster.accelerator=H100-SXM", "train.max_steps=2000",
+                                     f"report.intensity_forecast={csv}", "--dry-run", "--run-dir", str(tmp_path / "r")])
+    assert "--begin" not in plain.output
+
+
+def test_report_co2_of_the_hours_run_by_hand(tmp_path):
+    """Two nodes' tracker sessions over an hour boundary: each session's energy times the mean
+    intensity of the hours it ran, beside CodeCarbon's flat figure."""
+    from launcher.report import build_report
+
+    hour = (T0 // HOUR) * HOUR
+    csv = intensity_csv(tmp_path / "ci.csv", hour - HOUR, [999.0, 100.0, 300.0, 999.0])
+    run = make_run(tmp_path, job=_job(report={"intensity_forecast": str(csv)}))
+    sessions = {"node0-a": (hour + 1800, hour + 5400, 0.6), "node1-b": (hour + 3600, hour + 4500, 0.3)}
+    for node, (start, end, kwh) in sessions.items():
+        p = run / "emissions" / f"{node}.json"
+        d = json.loads(p.read_text())
+        d["sessions"] = [{"run_id": "a", "duration_s": end - start, "energy_kwh": {"cpu": 0, "gpu": kwh, "ram": 0,
+                                                                                   "total": kwh},
+                          "start_time": start, "end_time": end, "final": True}]
+        p.write_text(json.dumps(d))
+    h = build_report(run).energy.hourly
+    # node 0: half an hour at 100 g/kWh, half an hour at 300; node 1: a quarter hour at 300
+    by_hand = 0.6 * (100 * 1800 + 300 * 1800) / 3600 / 1000 + 0.3 * 300 / 1000
+    assert h.available and h.kg_co2e == pytest.approx(by_hand)
+    assert h.flat_kg_co2e == pytest.approx(0.25) and h.start == iso(hour + 1800) and h.end == iso(hour + 5400)
+    from launcher.report.render import render_markdown
+
+    assert "Emissions, hours run" in render_markdown(build_report(run))
+
+
+def _job(report: dict) -> dict:
+    from tests.unit.test_report import job_dict
+
+    return job_dict(**report)
+
+
+# --------------------------------------------------------------------------- offsetting
+
+
+def test_the_offset_price_adds_up_in_plan_report_and_model_card(tmp_path):
+    from launcher.export import training_rows
+    from launcher.report import build_report
+    from launcher.rundir import read_plan
+
+    res = CliRunner().invoke(cli, ["plan", "cluster.accelerator=H100-SXM", "train.max_steps=2000",
+                                   "report.offset_price_per_tonne=80", "--json"])
+    f = json.loads(res.stdout)["forecast"]
+    assert f["offset_cost"] == pytest.approx(f["kg_co2e"] / 1000 * 80) and f["offset_price_per_tonne"] == 80
+    run = make_run(tmp_path, job=_job(report={"offset_price_per_tonne": 80.0}))
+    rep = build_report(run)
+    assert rep.offset_cost == pytest.approx(rep.energy.emissions_kg / 1000 * 80) == rep.cost.offset.cost
+    assert rep.cost.total == pytest.approx(rep.cost.compute.cost + rep.cost.energy.cost)  # not in the total
+    from launcher.report.format import fmt_money, fmt_num
+
+    rows = dict(training_rows(read_plan(run), rep))
+    assert rows["offset"] == (f"{fmt_money(rep.offset_cost, 'EUR')} to offset {fmt_num(rep.energy.emissions_kg / 1000)} "
+                              f"tCO2e at {fmt_money(80.0, 'EUR')} per tonne")
+    no_price = build_report(make_run(tmp_path, name="no-price"))
+    assert no_price.offset_cost is None and "offset" not in dict(training_rows(read_plan(run), no_price))
