@@ -232,8 +232,9 @@ HOST = HostAssumptions(
 #: A CPU job's model FLOPs over the matrix throughput its ranks measured (launcher.prepare.probe):
 #: small models spend much of a step outside large matrix products (the optimizer, norms, the
 #: collectives, Python).
-CPU_MFU = Assumption(0.2, "assumed: launcher's own runs on a 2-core AMD EPYC reached 12-35% of the measured "
-                          "matmul rate for models of 0.3-100M parameters (bench/forecast_accuracy.py); calibrate")
+CPU_MFU = Assumption(0.3, "the median of launcher's runs on a 2-core AMD EPYC: 20-54% of the measured matmul rate "
+                          "for models of 0.3-4M parameters, ZeRO 0-3, FSDP2, LoRA and full (bench/forecast_accuracy.py); "
+                          "calibrate")
 
 
 def codecarbon_cpu_watts(tdp_w: float, load: float) -> float:

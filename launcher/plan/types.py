@@ -96,6 +96,7 @@ class CalibrationPoint(_Frozen):
     threads_per_rank: Optional[int] = None
     activation_checkpointing: bool = False
     offload: str = "none"  # "optimizer->cpu, params->nvme" or none
+    host_memory: str = "fast"  # parallel.host_memory as resolved (lean trims the host's memory after each step)
     tokens_per_step: int
     flops_per_token: Optional[float] = None
     steps: int

@@ -72,6 +72,8 @@ def train_main(run_dir: str, plan, prepared, tokenizer, t_start: float) -> int:
     acc_before = None
     if r.spec.train.eval_accuracy_samples and r.rank == 0 and latest is None:  # loaded alone, then freed
         acc_before = accuracy_of_model(r.paths.model, r.paths.tokenizer, r.spec, r.paths.data)
+        release_free_memory()
+        r.monitor.rebaseline()  # the training's peak, as the plan counts it: not this model's nor its libraries
     n_params, n_trainable = _build(r)
     start_step, totals, steps_lost = _resume(r, latest)
     trackers = start_trackers(r.run, plan, start_step, r.metrics)  # rank 0: fed every record written from here
@@ -192,6 +194,13 @@ def _step(r: Run, step: int, clock: CollectiveClock):
     return total, total.loss_sum / max(1, global_labels), lr_used, global_labels
 
 
+# Under host_memory fast (no trim after each step: the next step would fault its pages in again),
+# freed host memory is given back every this many steps, and after each evaluation: glibc keeps
+# what one step freed and the next could not reuse, and a long run's peak would otherwise creep
+# up with its step count.
+FAST_TRIM_EVERY = 100
+
+
 def _train(r: Run, start_step: int, totals: RunningTotals, watchdog) -> tuple[str, int]:
     """The steps from ``start_step``: ("completed" or "preempted", the last step done)."""
     spec, plan = r.spec, r.plan
@@ -218,10 +227,11 @@ def _train(r: Run, start_step: int, totals: RunningTotals, watchdog) -> tuple[st
             say(step_line(done, r.total_steps, loss, lr_used, total.tokens, step_time))
         if spec.train.eval_every_steps and done % spec.train.eval_every_steps == 0 and done < r.total_steps and has_eval:
             r.metrics.write(r.eval_record(done))
+            release_free_memory()  # what the evaluation's batches left: of other sizes than the steps'
             watchdog.beat(step, phase="after eval")
             t_last = time.time()
         r.monitor.sample()
-        if plan.host_memory == "lean":
+        if plan.host_memory == "lean" or done % FAST_TRIM_EVERY == 0:
             release_free_memory()
         kept = RunningTotals(cum_samples=cum_samples, cum_tokens=cum_tokens)
         if total.stop:
@@ -241,12 +251,14 @@ def _end_records(r: Run, status: str, done: int) -> None:
     final = None
     if status == "completed":
         final = ckpts.save_final(r.run, r.strategy, r.spec.train.method, r.tokenizer)
-        if len(r.prepared.eval):
-            acc = accuracy_of_model(final, final, r.spec, r.paths.data) \
-                if r.spec.train.eval_accuracy_samples and r.rank == 0 else None
-            r.metrics.write(r.eval_record(r.total_steps, acc))
+    # the peaks of the training and its saves, as the plan counts them: before rank 0 loads the
+    # final model again to generate (accuracy), which the plan does not count
     _memory_record(r.metrics, r.monitor, r.strategy, "end", done)
     r.monitor.stop()
+    if status == "completed" and len(r.prepared.eval):
+        acc = accuracy_of_model(final, final, r.spec, r.paths.data) \
+            if r.spec.train.eval_accuracy_samples and r.rank == 0 else None
+        r.metrics.write(r.eval_record(r.total_steps, acc))
     r.metrics.write(rundir.EndRecord(steps=done, status=status, final_path=str(final) if final else None))
 
 

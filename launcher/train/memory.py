@@ -88,6 +88,12 @@ class MemoryMonitor:
             self.peak = now
         return now
 
+    def rebaseline(self) -> None:
+        """Take the baseline again, now, and forget the peak so far: what came before (rank 0's
+        accuracy pass on a model of its own, and the libraries it imported: datasets, generation)
+        is not what the peak measures."""
+        self.baseline = self.peak = read_rss_anon(self._fd)
+
     def stop(self) -> None:
         self._stop.set()
 

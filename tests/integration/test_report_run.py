@@ -42,16 +42,16 @@ COMMON = [*BASE, "train.max_steps=6", "train.eval_every_steps=3"]
 RUNS = {"zero2": [], "fsdp": ["parallel.strategy=fsdp"]}  # ZeRO-2 is the demo's default
 
 
-def launcher(*args: str, cwd: Path | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+def launcher(*args: str, cwd: Path | None = None, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     out = subprocess.run([sys.executable, "-m", "launcher", *args], capture_output=True, text=True,
-                         timeout=timeout, cwd=cwd)
+                         timeout=timeout, cwd=cwd, env=env)
     assert out.returncode == 0, f"launcher {' '.join(args)}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     return out
 
 
-def launcher_run(run_dir: Path, *overrides: str) -> Path:
+def launcher_run(run_dir: Path, *overrides: str, env: dict | None = None) -> Path:
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    launcher("run", "--run-dir", str(run_dir), *overrides, cwd=run_dir.parent)
+    launcher("run", "--run-dir", str(run_dir), *overrides, cwd=run_dir.parent, env=env)
     assert (run_dir / "COMPLETED").exists()
     return run_dir
 
@@ -66,10 +66,17 @@ def report_json(run_dir: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Path]:
-    """Run A (ZeRO-2, the default) and run B (FSDP2): six steps each, same data and batch."""
+def runs(tmp_path_factory, launcher_cache) -> dict[str, Path]:
+    """Run A (ZeRO-2, the default) and run B (FSDP2): six steps each, same data and batch, in that
+    order, with a calibration history of their own (empty before A; the session's probe of this
+    machine and the demo's assets copied in)."""
     root = tmp_path_factory.mktemp("report")
-    return {name: launcher_run(root / name, *COMMON, *extra) for name, extra in RUNS.items()}
+    cache = root / "cache"
+    shutil.copytree(launcher_cache, cache, ignore=shutil.ignore_patterns("calibration.jsonl"))
+    env = {**os.environ, "LAUNCHER_CACHE": str(cache)}
+    out = {name: launcher_run(root / name, *COMMON, *extra, env=env) for name, extra in RUNS.items()}
+    out["env"] = env
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +120,23 @@ def recount(run_dir: Path) -> dict:
                 padding += max(lens) * len(lens) - sum(lens)
     return {"plan": plan, "spec": spec, "prepared": prepared, "sched": sched, "total_steps": total_steps,
             "tokens": tokens, "samples": samples, "padding": padding, "used": used}
+
+
+def test_a_run_forecasts_itself_and_calibrates_the_next_plan(runs):
+    """No history: run A's report holds its CPU forecast (this machine's probe) against what it
+    measured. A completed run joins the history: run B (FSDP2) is forecast from A (another
+    strategy: distance 1.5), and the next plan of A's job from A itself (distance 0)."""
+    a, b = report_json(runs["zero2"])["forecast"], report_json(runs["fsdp"])["forecast"]
+    assert a["calibrated_from"] is None and a["missing"] == []
+    for row in ("time_s", "kwh", "kg_co2e", "peak_memory_bytes"):
+        assert a["rows"][row]["forecast"] > 0 and a["rows"][row]["ratio"] > 0, row
+    assert (b["calibrated_from"], b["calibration_source"], b["calibration_distance"]) == (
+        str(runs["zero2"]), "history", 1.5)
+    plan = json.loads(launcher("plan", *COMMON, "--json", env=runs["env"]).stdout)["forecast"]
+    assert {k: plan["calibration"][k] for k in ("run_dir", "distance", "source")} == {
+        "run_dir": str(runs["zero2"]), "distance": 0.0, "source": "history"}
+    text = " ".join(launcher("plan", *COMMON, env=runs["env"]).stdout.split())
+    assert f"scaled from {runs['zero2']}: the nearest run of the calibration history, distance 0.00" in text
 
 
 @pytest.mark.parametrize("name", list(RUNS))
