@@ -49,7 +49,8 @@ def ds_config(job_file, overrides, stage, offload_optimizer, offload_params, nvm
         if spec.parallel.strategy != "zero":
             raise JobError(f"parallel.strategy: {spec.parallel.strategy!r} uses no DeepSpeed config; "
                            f"set parallel.strategy=zero")
-        _, plan = prepare.plan_without_data(spec, prepare.resolve_device(spec, device, planning=True))
+        _, plan = prepare.plan_without_data(spec, prepare.resolve_device(spec, device, planning=True), probe=False,
+                                            history=False)  # a config, no forecast to make
         cfg = plan.ds_config
     else:
         world = world_size or 1

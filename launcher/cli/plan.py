@@ -273,7 +273,8 @@ def plan(job_file, overrides, as_json, device, with_data, gpu_memory, margin, ca
     prepare.check_nvme_buildable(spec)
     if calibrate and no_calibration:
         raise JobError("--calibrate and --no-calibration: give one of them")
-    forecast_kw = {"calibrate": calibrate, "history": not no_calibration}
+    forecast_kw = {"calibrate": calibrate, "history": not no_calibration,
+                   "probe": with_data or spec.train.max_steps is not None}  # no steps: nothing to time
     if with_data:
         import tempfile
         from pathlib import Path

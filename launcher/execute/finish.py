@@ -1,6 +1,7 @@
 """A job's last step, in the process that launched it, never in a rank: Slurm's allocation
 (sacct), the report files (JSON, Markdown, HTML), the run added to the calibration history
-(launcher.report.history), and the report's figures added to the job's experiment-tracker runs. `launcher run` calls it once torchrun has returned; a Slurm job's batch
+(launcher.report.history), and the report's figures added to the job's experiment-tracker
+runs. `launcher run` calls it once torchrun has returned; a Slurm job's batch
 script and a --hosts job's first-host script call `launcher report RUN_DIR --finish`."""
 from __future__ import annotations
 

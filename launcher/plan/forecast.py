@@ -123,8 +123,9 @@ def build_forecast(plan: Plan, *, carbon_intensity: Optional[float] = None, carb
     fpt, recompute = _flops(plan, P, A, missing)
     name = job.cluster.accelerator or accelerator
     accel = match_accelerator(name) if plan.device == "cuda" else None
-    mfu = mfu_assumption(accel) if accel else (CPU_MFU if (plan.device == "cpu" and cpu) else None)
-    peak = accel.peak_tflops(plan.dtype) if accel else (cpu.matmul_gflops / 1000 if (plan.device == "cpu" and cpu) else None)
+    on_cpu = plan.device == "cpu" and cpu is not None
+    peak = accel.peak_tflops(plan.dtype) if accel else (cpu.matmul_gflops / 1000 if on_cpu else None)
+    mfu = mfu_assumption(accel) if accel else (CPU_MFU if on_cpu else None)
     if plan.device == "cuda" and accel is None:
         missing.append("GPU kind: set cluster.accelerator (e.g. H100-SXM) for the time and energy forecast"
                        if not name else f"GPU kind {name!r} is not in launcher.facts.hardware")
@@ -184,7 +185,8 @@ def build_forecast(plan: Plan, *, carbon_intensity: Optional[float] = None, carb
         else None
     return Forecast(
         steps=steps, steps_source=steps_source, tokens=tokens, tokens_per_step=tps, flops_per_token=fpt,
-        accelerator=accel.name if accel else (cpu.cpu_model if (plan.device == "cpu" and cpu) else name), peak_tflops=peak, mfu_assumed=mfu.value if mfu else None,
+        accelerator=accel.name if accel else (cpu.cpu_model if (plan.device == "cpu" and cpu) else name),
+        peak_tflops=peak, mfu_assumed=mfu.value if mfu else None,
         mfu_source=mfu.source if mfu else None, mfu_forecast=mfu_fc, compute_s_per_step=compute_s,
         offload_s_per_step=offload_s, step_time_s=step_s,
         tokens_per_s_per_device=tps / step_s / plan.world_size if step_s else None, hours=hours, gpu_hours=gpu_hours,
@@ -192,7 +194,8 @@ def build_forecast(plan: Plan, *, carbon_intensity: Optional[float] = None, carb
         country_iso_code=rep.country_iso_code, carbon_intensity_g_per_kwh=carbon_intensity, carbon_source=carbon_source,
         kg_co2e=kg, compute_cost=compute_cost, energy_cost=energy_cost, cost=sum(parts) if parts else None,
         currency=rep.currency, offset_price_per_tonne=rep.offset_price_per_tonne, offset_cost=offset,
-        calibration=calibration, cpu=cpu if plan.device == "cpu" else None, communication=comm, assumptions=assumptions, missing=missing,
+        calibration=calibration, cpu=cpu if plan.device == "cpu" else None, communication=comm,
+        assumptions=assumptions, missing=missing,
     )
 
 

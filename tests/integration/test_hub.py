@@ -49,6 +49,7 @@ def launcher(env, *args, cwd=None, timeout=600) -> subprocess.CompletedProcess:
 HUB_JOB = [f"model.path={MODEL_ID}", f"data.path=hf://datasets/{DATA_ID}", "model.dtype=fp32"]
 
 
+@pytest.mark.slow  # two plans, each building its model on the meta device in a fresh interpreter (~5 s each)
 def test_plan_reads_the_cached_config_of_a_hub_id_and_of_a_revision(hub_env, tmp_path):
     res = launcher(hub_env, "plan", *HUB_JOB, "--json", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
