@@ -7,7 +7,8 @@ default, so an fp32 job runs plain FP32 matmuls; ``tf32`` is listed for jobs tha
 ``None`` means the chip has no such tensor path (V100: no bf16/tf32).
 
 MFU against an unknown chip is never invented: :func:`match_accelerator` returns ``None`` for
-CPUs and unknown names and the report says "MFU: n/a (peak of <device> unknown)".
+CPUs and unknown names and the report says "MFU: n/a (peak of <device> unknown)". (On a CPU the
+report takes MFU against the matrix rate launcher.prepare.probe measured on it, labelled so.)
 
 The plan's forecast (:mod:`launcher.plan.forecast`) also reads its *assumptions* here, each with
 its source: the MFU a fine-tune reaches per GPU kind (:data:`MFU_ASSUMPTIONS`), the GPU's power

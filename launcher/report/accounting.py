@@ -3,7 +3,8 @@ throughput section, the plan and the node energy summaries (no file is read here
 
 * MFU = tokens/s per device (step times) x flops_per_token / dense peak of the accelerator for
   the job dtype (:mod:`launcher.facts.flops`, :mod:`launcher.facts.hardware`); ``mfu_wall``
-  uses the wall-time throughput. No peak -> ``None`` with a reason, never a guess.
+  uses the wall-time throughput. On CPU the peak is the matrix rate this machine's probe
+  measured (plan.json's ``forecast.cpu``). No peak -> ``None`` with a reason, never a guess.
 * Energy figures include PUE (CodeCarbon applies it); each comes with its measured/estimated
   label. Costs: ``gpu_hour_price`` x device-hours, or ``node_hour_price`` x node-hours, plus
   ``energy_price_per_kwh`` x kWh, when those prices are set in the job's ``report`` section.
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from launcher.plan.types import Plan
+from launcher.plan.types import CpuProbe, Plan
 from launcher.report.compute import finite, latest
 from launcher.report.energy import COMPONENTS, is_measured, sum_energy
 from launcher.rundir.energy_file import EnergyKwh, Measured, NodeEnergy
@@ -50,18 +51,34 @@ def flops_per_token(plan: Plan, starts: Sequence[StartRecord], job: Job, notes: 
     return v
 
 
-def mfu_section(job: Job, thr: Throughput, fpt: Optional[float]) -> Mfu:
+def mfu_section(job: Job, thr: Throughput, fpt: Optional[float], cpu: Optional[CpuProbe] = None) -> Mfu:
+    """MFU against the accelerator's dense peak; on CPU, against the matrix rate this machine's
+    probe measured for the job's dtype and threads (``cpu``: plan.json's, when its CPU is the one
+    the ranks ran on), labelled as measured: no CPU has a published peak."""
     device, name, dtype = job.device, job.accelerator, job.dtype or "bf16"
     out = Mfu(flops_per_token=fpt, dtype=dtype)
-    accel = match_accelerator(name) if device != "cpu" else None
+    if device == "cpu":
+        if cpu is None or cpu.dtype != dtype or (name and cpu.cpu_model != name):
+            return out.model_copy(update={"reason": "peak of cpu unknown"})
+        out = out.model_copy(update={
+            "accelerator": f"{cpu.cpu_model} ({cpu.threads} thread(s) per rank)",
+            "accelerator_source": f"measured by launcher.prepare.probe: {cpu.dtype} {cpu.matmul_n}x{cpu.matmul_n} "
+                                  "matrix products",
+            "note": "on CPU the peak is this machine's measured matrix rate per rank, not a datasheet's"})
+        peak = cpu.matmul_gflops / 1000.0
+        return _mfu_value(out, thr, fpt, peak)
+    accel = match_accelerator(name)
     if accel is None:
-        what = "cpu" if device == "cpu" else (name or device or "the device")
-        return out.model_copy(update={"reason": f"peak of {what} unknown"})
+        return out.model_copy(update={"reason": f"peak of {name or device or 'the device'} unknown"})
     out = out.model_copy(update={"accelerator": accel.name, "accelerator_source": accel.source,
                                  "note": accel.note or None})
     peak = accel.peak_tflops(dtype)
     if not peak:
         return out.model_copy(update={"reason": f"peak of {accel.name} for {dtype} unknown"})
+    return _mfu_value(out, thr, fpt, peak)
+
+
+def _mfu_value(out: Mfu, thr: Throughput, fpt: Optional[float], peak: float) -> Mfu:
     out = out.model_copy(update={"peak_tflops": peak})
     if not fpt:
         return out.model_copy(update={"reason": "flops per token unknown (no flops_per_token in the start record)"})

@@ -97,7 +97,8 @@ def build_report(run_dir: str | os.PathLike) -> Report:
     steps = C.train_steps(records)
     status, status_detail = C.status_section(RunDir(rd).completed.exists(), records, steps, job.planned_steps)
     thr = C.throughput_section(job, records, steps, notes)
-    mfu = A.mfu_section(job, thr, A.flops_per_token(plan, starts, job, notes))
+    mfu = A.mfu_section(job, thr, A.flops_per_token(plan, starts, job, notes),
+                        cpu=plan.forecast.cpu if plan.forecast else None)
     nodes = read_node_energy(rd)
     energy = A.energy_section(nodes, job, thr, notes)
     if plan.job.report.intensity_forecast and energy.available:

@@ -13,7 +13,8 @@ from launcher.rundir.report_file import ForecastCheck, Job, Report, Stragglers
 
 FOOTER = ("Made by launcher report from the run directory. Energy includes PUE; each energy figure says "
           "whether it was measured or estimated. MFU uses model FLOPs (6N + 12 L h s per token, LoRA: "
-          "4N + 2 n_trainable + 12 L h s) over the dense peak of the accelerator.")
+          "4N + 2 n_trainable + 12 L h s) over the dense peak of the accelerator (on CPU: the matrix rate "
+          "measured on it).")
 
 
 def _isnum(x: Any) -> bool:

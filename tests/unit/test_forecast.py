@@ -258,3 +258,33 @@ def test_the_offset_price_adds_up_in_plan_report_and_model_card(tmp_path):
                               f"tCO2e at {fmt_money(80.0, 'EUR')} per tonne")
     no_price = build_report(make_run(tmp_path, name="no-price"))
     assert no_price.offset_cost is None and "offset" not in dict(training_rows(read_plan(run), no_price))
+
+
+# --------------------------------------------------------------------------- MFU on CPU
+
+
+def test_cpu_mfu_is_against_the_probes_measured_rate(tmp_path):
+    """A CPU run whose plan holds this machine's probe: MFU = tokens/s per device x FLOPs per token
+    over the measured matrix rate, labelled as measured; without the probe, or with another CPU's,
+    n/a as before."""
+    from launcher.plan.types import CpuProbe
+    from launcher.report import build_report
+    from launcher.rundir import read_plan, write_plan
+    from tests.unit.test_report import job_dict
+
+    probe = CpuProbe(cpu_model="AMD EPYC", logical_cpus=2, threads=1, dtype="bf16", matmul_gflops=200.0,
+                     matmul_n=512, cpu_tdp_w=8.0, cpu_tdp_source="table", ram_w=20.0, torch_version="x",
+                     measured_at=0.0, cache_file="/c/p.json")
+    for name in ("same", "other"):
+        run = make_run(tmp_path, name=name, device="cpu", job=job_dict(device="cpu"))
+        ran_on = build_report(run).job.accelerator  # the CPU the start record names
+        plan = read_plan(run)
+        p = probe.model_copy(update={"cpu_model": ran_on if name == "same" else "another CPU"})
+        write_plan(run, plan.model_copy(update={"forecast": plan.forecast.model_copy(update={"cpu": p})}))
+        rep = build_report(run)
+        m = rep.mfu
+        if name == "same":
+            assert m.value == pytest.approx(rep.throughput.tokens_per_s_per_device * m.flops_per_token / 200e9)
+            assert m.peak_tflops == pytest.approx(0.2) and "measured" in m.accelerator_source
+        else:
+            assert m.value is None and m.reason == "peak of cpu unknown"
