@@ -69,7 +69,7 @@ def run(job_file, overrides, run_dir, resume, dry_run, nproc_per_node, device, h
             click.echo(f"  on {host}: bash {shlex.quote(str(rundir.RunDir(target).host_launch(i, host)))}")
         return
     if dry_run:
-        plan = prepare.plan_run(spec, dev, target, with_data=False)
+        plan = prepare.plan_run(spec, dev, target, with_data=False, probe=False, history=False)  # commands only
         _, _, files = prepare.local_launch_files(plan, target)
         click.echo(files[rundir.LAUNCH_SH], nl=False)
         return
