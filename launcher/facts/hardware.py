@@ -238,6 +238,21 @@ CPU_MFU = Assumption(0.3, "the median of launcher's runs on a 2-core AMD EPYC: 2
                           "calibrate")
 
 
+def cpu_model_name() -> str:
+    """This machine's CPU as the kernel names it (``model name`` in /proc/cpuinfo: the CPUID brand
+    string), "cpu" where there is none. The start record, the CPU probe and the energy child all
+    use it, so a calibration point and a probe match the CPU a run reports."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and value.strip():
+                    return value.strip()
+    except OSError:
+        pass
+    return "cpu"
+
+
 def codecarbon_cpu_watts(tdp_w: float, load: float) -> float:
     """The CPU power CodeCarbon reports without RAPL, tracking the whole machine: its TDP x
     (0.1 + 0.9 x load^3), load in [0, 1] (codecarbon/external/hardware.py, cpu_load mode)."""

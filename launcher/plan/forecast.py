@@ -1,8 +1,8 @@
 """The forecast of a job: steps, tokens, time, GPU-hours, kWh, kgCO2e and money, and the
 communication each step needs. Pure arithmetic on the Plan and the stated assumptions of
 :mod:`launcher.facts.hardware`; the carbon intensity and an earlier run's measurements
-(``--calibrate``) are handed in by the caller, which reads them (:mod:`launcher.report.carbon`,
-:mod:`launcher.report.calibrate`).
+(the calibration history, ``--calibrate``) are handed in by the caller, which reads them
+(:mod:`launcher.report.carbon`, :mod:`launcher.report.history`).
 
 Time per optimizer step::
 

@@ -64,9 +64,9 @@ def calibrated(plan, calibrate: Optional[str], history: bool):
 
     kind = device_kind(plan)
     if calibrate:
-        from launcher.report.calibrate import read_calibration
+        from launcher.report.history import point_of
 
-        point = read_calibration(calibrate)
+        point = point_of(calibrate)
         return with_forecast(plan, calibration=from_point(point, "--calibrate", distance(point, plan, kind)))
     if not history:
         return plan

@@ -16,26 +16,12 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from launcher.facts.hardware import cpu_model_name
 from launcher.plan.types import CpuProbe
 
 PROBE_VERSION = 1
 MATMUL_N = 512  # large enough for the BLAS kernels' steady rate, small enough to stay in cache-friendly tiles
 MEASURE_S = 1.0
-
-
-def cpu_model_name() -> str:
-    """The kernel's ``model name`` of the first CPU (the CPUID brand string py-cpuinfo would give)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and value.strip():
-                    return value.strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def _versions() -> dict[str, str]:
@@ -130,4 +116,4 @@ def cpu_probe(dtype: str, threads: int, *, refresh: bool = False) -> Optional[Cp
     return probe
 
 
-__all__ = ["cpu_model_name", "cpu_probe", "matmul_gflops", "probe_file"]
+__all__ = ["cpu_probe", "matmul_gflops", "probe_file"]

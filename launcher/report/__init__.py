@@ -21,7 +21,7 @@ Rooms (each reads files, or formats, never both):
     render.py   Markdown, HTML, table, CSV and comparisons (templates: launcher/templates/*.j2)
     carbon.py   CodeCarbon's offline carbon intensity of a country (its data file, read without codecarbon)
     forecast.py forecast against actual (time, kWh, CO2, cost, peak memory)
-    calibrate.py  an earlier run's figures for --calibrate
+    history.py    the calibration history: each finished run's configuration and figures (--calibrate reads one run)
 """
 from __future__ import annotations
 

@@ -91,12 +91,12 @@ def _cpu_brand_from_proc() -> None:
     runs as it would)."""
     try:
         import cpuinfo
-
-        with open("/proc/cpuinfo") as f:
-            brand = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
-    except (ImportError, OSError):
+    except ImportError:
         return
-    if brand:
+    from launcher.facts.hardware import cpu_model_name
+
+    brand = cpu_model_name()
+    if brand != "cpu":
         cpuinfo.get_cpu_info = lambda: {"brand_raw": brand}
 
 

@@ -195,9 +195,8 @@ def _step(r: Run, step: int, clock: CollectiveClock):
 
 
 # Under host_memory fast (no trim after each step: the next step would fault its pages in again),
-# freed host memory is given back every this many steps, and after each evaluation: glibc keeps
-# what one step freed and the next could not reuse, and a long run's peak would otherwise creep
-# up with its step count.
+# freed host memory is given back every this many steps: glibc keeps what one step freed and the
+# next could not reuse, and a long run's peak would otherwise creep up with its step count.
 FAST_TRIM_EVERY = 100
 
 
@@ -227,7 +226,6 @@ def _train(r: Run, start_step: int, totals: RunningTotals, watchdog) -> tuple[st
             say(step_line(done, r.total_steps, loss, lr_used, total.tokens, step_time))
         if spec.train.eval_every_steps and done % spec.train.eval_every_steps == 0 and done < r.total_steps and has_eval:
             r.metrics.write(r.eval_record(done))
-            release_free_memory()  # what the evaluation's batches left: of other sizes than the steps'
             watchdog.beat(step, phase="after eval")
             t_last = time.time()
         r.monitor.sample()

@@ -6,7 +6,6 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional
 
 from launcher import rundir
@@ -18,13 +17,9 @@ def accelerator_name(device: str) -> str:
         import torch
 
         return torch.cuda.get_device_name(0)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "cpu"
+    from launcher.facts.hardware import cpu_model_name
+
+    return cpu_model_name()
 
 
 def restarts_all_nodes(device) -> int:

@@ -20,7 +20,7 @@ from launcher.plan.calibration import distance, from_point, nearest
 from launcher.plan.start import best_start, mean_intensity
 from launcher.plan.types import CalibrationPoint
 from launcher.report.history import read_points
-from tests.unit.test_report import T0, make_run
+from tests.unit.test_report import T0, job_dict, make_run
 
 REPO = Path(__file__).resolve().parents[2]
 HOUR = 3600.0
@@ -210,7 +210,7 @@ def test_report_co2_of_the_hours_run_by_hand(tmp_path):
 
     hour = (T0 // HOUR) * HOUR
     csv = intensity_csv(tmp_path / "ci.csv", hour - HOUR, [999.0, 100.0, 300.0, 999.0])
-    run = make_run(tmp_path, job=_job(report={"intensity_forecast": str(csv)}))
+    run = make_run(tmp_path, job=job_dict(intensity_forecast=str(csv)))
     sessions = {"node0-a": (hour + 1800, hour + 5400, 0.6), "node1-b": (hour + 3600, hour + 4500, 0.3)}
     for node, (start, end, kwh) in sessions.items():
         p = run / "emissions" / f"{node}.json"
@@ -229,12 +229,6 @@ def test_report_co2_of_the_hours_run_by_hand(tmp_path):
     assert "Emissions, hours run" in render_markdown(build_report(run))
 
 
-def _job(report: dict) -> dict:
-    from tests.unit.test_report import job_dict
-
-    return job_dict(**report)
-
-
 # --------------------------------------------------------------------------- offsetting
 
 
@@ -247,7 +241,7 @@ def test_the_offset_price_adds_up_in_plan_report_and_model_card(tmp_path):
                                    "report.offset_price_per_tonne=80", "--json"])
     f = json.loads(res.stdout)["forecast"]
     assert f["offset_cost"] == pytest.approx(f["kg_co2e"] / 1000 * 80) and f["offset_price_per_tonne"] == 80
-    run = make_run(tmp_path, job=_job(report={"offset_price_per_tonne": 80.0}))
+    run = make_run(tmp_path, job=job_dict(offset_price_per_tonne=80.0))
     rep = build_report(run)
     assert rep.offset_cost == pytest.approx(rep.energy.emissions_kg / 1000 * 80) == rep.cost.offset.cost
     assert rep.cost.total == pytest.approx(rep.cost.compute.cost + rep.cost.energy.cost)  # not in the total
@@ -270,7 +264,6 @@ def test_cpu_mfu_is_against_the_probes_measured_rate(tmp_path):
     from launcher.plan.types import CpuProbe
     from launcher.report import build_report
     from launcher.rundir import read_plan, write_plan
-    from tests.unit.test_report import job_dict
 
     probe = CpuProbe(cpu_model="AMD EPYC", logical_cpus=2, threads=1, dtype="bf16", matmul_gflops=200.0,
                      matmul_n=512, cpu_tdp_w=8.0, cpu_tdp_source="table", ram_w=20.0, torch_version="x",
