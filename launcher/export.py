@@ -99,21 +99,38 @@ def _write_adapter(final: Path, tmp: Path, base: str, dtype: Optional[str]) -> N
     if dtype:
         tensors = {k: v.to(_torch_dtype(dtype)) if v.is_floating_point() else v for k, v in tensors.items()}
     save_file(tensors, str(tmp_weights), metadata={"format": "pt"})
+    if (final / "config.json").is_file():  # a classifier's classes (launcher.train.checkpoint.save_final)
+        shutil.copy2(final / "config.json", tmp / "config.json")
     config = json.loads(config_file.read_text())
     config["base_model_name_or_path"] = base
     tmp_config.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def merged_model(plan, final: Path, dtype: str):
-    """The base model (from where the run loaded it) with the run's adapter merged in, in ``dtype``
-    (merged in fp32 when the export is fp32, else in ``dtype``, as the adapter is applied in training)."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
+def load_base(plan, final: Path, dtype: str, base_path: Optional[str] = None):
+    """The base model a run's adapter in ``final`` applies to, from where the run loaded it: a
+    causal LM, or (classification) a sequence classifier with the classes the run saved beside
+    the adapter (its head comes from the adapter)."""
+    from transformers import AutoConfig
 
     from launcher.sources import job_paths
+    from launcher.train.model import model_class
 
-    base = AutoModelForCausalLM.from_pretrained(job_paths(plan.job).model, dtype=_torch_dtype(dtype),
-                                                trust_remote_code=plan.job.model.trust_remote_code)
+    path = base_path or job_paths(plan.job).model
+    trust = plan.job.model.trust_remote_code
+    kw = {}
+    if plan.job.train.task == "classification":
+        kw["config"] = AutoConfig.from_pretrained(str(final), trust_remote_code=trust)
+    return model_class(plan.job.train.task).from_pretrained(path, dtype=_torch_dtype(dtype), trust_remote_code=trust,
+                                                            **kw)
+
+
+def merged_model(plan, final: Path, dtype: str):
+    """The base model (from where the run loaded it) with the run's adapter merged in, in ``dtype``
+    (merged in fp32 when the export is fp32, else in ``dtype``, as the adapter is applied in training).
+    A classifier's trained head (peft's modules_to_save) replaces the base's."""
+    from peft import PeftModel
+
+    base = load_base(plan, final, dtype)
     model = PeftModel.from_pretrained(base, str(final)).merge_and_unload()
     return model.to(_torch_dtype(dtype))
 
@@ -162,16 +179,18 @@ def export_run(run_dir, *, merge: bool = False, dtype: Optional[str] = None, out
 def _write_model(plan, final: Path, tmp: Path, kind: str, dtype: Optional[str], max_shard_size: int,
                  base_id: Optional[str]) -> None:
     """The weights (adapter, merged or full) and the tokenizer the run saved with them."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from launcher.sources import job_paths
+    from launcher.train.model import model_class
 
     trust = plan.job.model.trust_remote_code
     if kind == "adapter":
         _write_adapter(final, tmp, base_id or job_paths(plan.job).model, dtype)
     else:
         model = (merged_model(plan, final, dtype) if kind == "merged" else
-                 AutoModelForCausalLM.from_pretrained(str(final), dtype=_torch_dtype(dtype), trust_remote_code=trust))
+                 model_class(plan.job.train.task).from_pretrained(str(final), dtype=_torch_dtype(dtype),
+                                                                  trust_remote_code=trust))
         model.save_pretrained(str(tmp), max_shard_size=max_shard_size, safe_serialization=True)
     AutoTokenizer.from_pretrained(str(final), trust_remote_code=trust).save_pretrained(str(tmp))
 
@@ -201,7 +220,7 @@ def co2_metadata(report: "Report") -> Optional[dict]:
 
 def training_rows(plan, report: "Report") -> list[tuple[str, str]]:
     """The card's training facts, from the report (what ran) and the plan (what was asked)."""
-    from launcher.report.format import fmt_dur, fmt_kwh, fmt_money, fmt_num, strategy_label
+    from launcher.report.format import fmt_dur, fmt_kwh, fmt_money, fmt_num, fmt_pct, strategy_label
 
     job, t, loss, e, c, spec = report.job, report.throughput, report.loss, report.energy, report.cost, plan.job
     if spec.train.method == "lora":
@@ -212,6 +231,8 @@ def training_rows(plan, report: "Report") -> list[tuple[str, str]]:
         method = "full fine-tuning"
     rows = [
         ("method", method),
+        *([("task", "sequence classification: " + ", ".join(_class_names(plan, report)))]
+          if spec.train.task == "classification" else []),
         ("data", f"{spec.data.path} ({spec.data.format}, max_seq_len {spec.data.max_seq_len}"
                  f"{', packed' if spec.data.packing else ''})"),
         ("parallelism", f"{strategy_label(job)}, {job.world_size} x {job.device} on {job.nodes} node(s)"),
@@ -224,6 +245,10 @@ def training_rows(plan, report: "Report") -> list[tuple[str, str]]:
         ("tokens", fmt_num(t.tokens)),
         ("final train loss", fmt_num(loss.last_train_loss, 4)),
         ("final eval loss", fmt_num(loss.last_eval_loss, 4)),
+        *([("eval accuracy", f"{fmt_pct(loss.first_accuracy)} before, {fmt_pct(loss.last_accuracy)} after")]
+          if spec.train.task == "classification" and loss.last_accuracy is not None else []),
+        *([("eval macro F1", f"{fmt_num(loss.first_f1_macro, 3)} before, {fmt_num(loss.last_f1_macro, 3)} after")]
+          if loss.last_f1_macro is not None else []),
         ("throughput", f"{fmt_num(t.tokens_per_s)} tokens/s ({fmt_num(t.tokens_per_s_per_device)} per device)"),
         ("training time", fmt_dur(t.wall_time_s)),
     ]
@@ -243,6 +268,24 @@ def training_rows(plan, report: "Report") -> list[tuple[str, str]]:
     return rows
 
 
+def _class_names(plan, report: "Report") -> list[str]:
+    return list(report.job.labels or plan.job.data.labels or ["(classes of the data)"])
+
+
+def _classifier_use(kind: str) -> list[str]:
+    if kind == "adapter":  # the head is in the adapter (peft's modules_to_save), the classes in config.json
+        return ["from peft import PeftConfig, PeftModel",
+                "from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer", "",
+                'config = AutoConfig.from_pretrained("PATH_OR_HUB_ID")  # the classes: config.id2label',
+                'base_id = PeftConfig.from_pretrained("PATH_OR_HUB_ID").base_model_name_or_path',
+                "base = AutoModelForSequenceClassification.from_pretrained(base_id, config=config)",
+                'model = PeftModel.from_pretrained(base, "PATH_OR_HUB_ID")',
+                'tokenizer = AutoTokenizer.from_pretrained("PATH_OR_HUB_ID")']
+    return ["from transformers import pipeline", "",
+            'classify = pipeline("text-classification", model="PATH_OR_HUB_ID")',
+            'classify("some text")  # [{"label": ..., "score": ...}]']
+
+
 def render_card(plan, report: "Report", *, kind: str, dtype: Optional[str], base_model: Optional[str],
                 datasets: list[str]) -> str:
     """README.md: YAML metadata the Hub reads (huggingface_hub.ModelCardData) and the facts."""
@@ -253,7 +296,7 @@ def render_card(plan, report: "Report", *, kind: str, dtype: Optional[str], base
     spec = plan.job
     data = ModelCardData(
         base_model=base_model, datasets=datasets or None, library_name="peft" if kind == "adapter" else "transformers",
-        pipeline_tag="text-generation", tags=["launcher", "lora" if spec.train.method == "lora" else "full-fine-tuning",
+        pipeline_tag="text-classification" if spec.train.task == "classification" else "text-generation", tags=["launcher", "lora" if spec.train.method == "lora" else "full-fine-tuning",
                                               "deepspeed" if plan.strategy == "zero" else "fsdp"],
         co2_eq_emissions=co2_metadata(report),
     )
@@ -265,7 +308,9 @@ def render_card(plan, report: "Report", *, kind: str, dtype: Optional[str], base
     lines += [f"| {k} | {md_cell(v)} |" for k, v in training_rows(plan, report)]
     lines += ["", "Energy and emissions are CodeCarbon's, counted once per node; the cost is the job's prices "
               "(report section) times the device-hours and kWh.", "", "## Use", "", "```python"]
-    if kind == "adapter":
+    if spec.train.task == "classification":
+        lines += _classifier_use(kind)
+    elif kind == "adapter":
         lines += ["from peft import AutoPeftModelForCausalLM", "",
                   'model = AutoPeftModelForCausalLM.from_pretrained("PATH_OR_HUB_ID")']
     else:

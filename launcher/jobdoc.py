@@ -43,6 +43,26 @@ STARTER: dict[str, Any] = {
     "report": {"country_iso_code": "USA", "gpu_hour_price": 2.5, "currency": "USD", "energy_price_per_kwh": 0.12,
                "pue": 1.2},
 }
+# `launcher init --task classification`: a LoRA classifier (intent, sentiment, routing) of the same
+# model on one 8-GPU node; the head is new and trained whole.
+CLASSIFICATION_STARTER: dict[str, Any] = {
+    "name": "my-classifier",
+    "output_dir": "runs",
+    "model": {"path": "./models/llama-3.2-1b", "dtype": "bf16"},
+    "data": {"path": "data/train.jsonl", "format": "classification", "text_field": "text", "label_field": "label",
+             "labels": None, "max_seq_len": 512, "truncate": True, "packing": False, "eval_fraction": 0.1},
+    "train": {"task": "classification", "method": "lora",
+              "lora": {"r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"},
+              "epochs": 3, "max_steps": None, "micro_batch_size": 16, "global_batch_size": 128, "lr": 1.0e-4,
+              "warmup_ratio": 0.06, "lr_scheduler": "linear", "save_every_steps": 500, "eval_every_steps": 200,
+              "seed": 0},
+    "parallel": {"strategy": "zero", "zero_stage": 2, "offload_optimizer": "none", "offload_params": "none"},
+    "cluster": {"nodes": 1, "gpus_per_node": 8, "accelerator": "H100-SXM",
+                "slurm": {"partition": None, "account": None, "time": "02:00:00", "setup": []}},
+    "report": {"country_iso_code": "USA", "gpu_hour_price": 2.5, "currency": "USD", "energy_price_per_kwh": 0.12,
+               "pue": 1.2},
+}
+STARTERS = {"causal_lm": STARTER, "classification": CLASSIFICATION_STARTER}
 FLOW = {"train.lora"}
 COMMENT_COLUMN = 38  # where inline comments start
 WIDTH = 120  # longest starter line before a comment goes above its key
@@ -178,10 +198,11 @@ def _starter_lines(values: dict, model: type[BaseModel], prefix: str, indent: st
     return lines
 
 
-def render_starter(path: str = "job.yaml") -> str:
-    """The commented starter job of `launcher init`: STARTER, every key commented from the spec."""
+def render_starter(path: str = "job.yaml", task: str = "causal_lm") -> str:
+    """The commented starter job of `launcher init`: STARTER (CLASSIFICATION_STARTER for
+    ``--task classification``), every key commented from the spec."""
     lines = STARTER_HEADER.format(path=path).splitlines()
-    for key, value in STARTER.items():
+    for key, value in STARTERS[task].items():
         info = JobSpec.model_fields[key]
         sub = _section(info.annotation)
         if sub is None:

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict
 
 from launcher.errors import JobError
 
-COUNT_VERSION = 1  # bump when what a ModelInfo counts changes: cached counts then miss
+COUNT_VERSION = 2  # bump when what a ModelInfo counts changes: cached counts then miss
 
 
 class ModelInfo(BaseModel):
@@ -39,15 +39,37 @@ class ModelInfo(BaseModel):
     tie_word_embeddings: bool = False
     max_position_embeddings: Optional[int] = None
     architecture: str = "unknown"
+    task: str = "causal_lm"  # classification: a head of num_labels outputs instead of the LM head
+    num_labels: Optional[int] = None
 
 
-def lora_config(lora: Any):
-    """peft's ``LoraConfig`` for a job's ``train.lora`` (a LoraSpec)."""
+# A classification job's classes before its data is read (data.labels unset): the plan counts a
+# two-class head (hidden_size x 2 parameters: the count moves by hidden_size per extra class).
+PLAN_NUM_LABELS = 2
+
+
+def job_num_labels(spec: Any) -> Optional[int]:
+    """The classes the plan counts for a job: None for causal LM."""
+    if spec.train.task != "classification":
+        return None
+    if spec.data.labels:
+        return len(spec.data.labels)
+    from launcher.demo.assets import DEMO_CLASSIFICATION_DATA, DEMO_PREFIX, TOPIC_WORDS
+
+    if spec.data.path == DEMO_PREFIX + DEMO_CLASSIFICATION_DATA:  # the demo's classes are known
+        return len(TOPIC_WORDS)
+    return PLAN_NUM_LABELS
+
+
+def lora_config(lora: Any, task: str = "causal_lm"):
+    """peft's ``LoraConfig`` for a job's ``train.lora`` (a LoraSpec). Classification: task type
+    SEQ_CLS, so that peft trains and saves the new head whole (``modules_to_save``: score,
+    classifier) and keeps adapters off it."""
     from peft import LoraConfig
 
     target = lora.target_modules if isinstance(lora.target_modules, str) else list(lora.target_modules)
     return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=target,
-                      task_type="CAUSAL_LM")
+                      task_type="SEQ_CLS" if task == "classification" else "CAUSAL_LM")
 
 
 def _numel(p: Any) -> int:
@@ -67,12 +89,18 @@ def count_params(module: Any) -> tuple[int, int]:
     return total, trainable
 
 
-def _from_config_object(cfg: Any, method: str, lora: Any, trust_remote_code: bool) -> ModelInfo:
+def _from_config_object(cfg: Any, method: str, lora: Any, trust_remote_code: bool,
+                        num_labels: Optional[int] = None) -> ModelInfo:
     import torch
 
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from launcher.quiet import libraries_quiet
+
+    task = "classification" if num_labels else "causal_lm"
+    auto = AutoModelForSequenceClassification if num_labels else AutoModelForCausalLM
+    if num_labels:
+        cfg.num_labels = num_labels
 
     text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
     try:
@@ -81,9 +109,10 @@ def _from_config_object(cfg: Any, method: str, lora: Any, trust_remote_code: boo
             # transformers' model code imports DeepSpeed where it is installed, whose logger prints
             # to stdout (its accelerator detection): not into `plan --json`
             with torch.device("meta"), libraries_quiet():
-                model = AutoModelForCausalLM.from_config(cfg, trust_remote_code=trust_remote_code)
+                model = auto.from_config(cfg, trust_remote_code=trust_remote_code)
     except Exception as e:  # noqa: BLE001 - an unknown or broken config, said in one line
-        raise JobError(f"model config: transformers cannot build a causal LM from it "
+        kind = "a sequence classifier" if num_labels else "a causal LM"
+        raise JobError(f"model config: transformers cannot build {kind} from it "
                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     n_params, _ = count_params(model)
     n_trainable = n_params
@@ -92,7 +121,7 @@ def _from_config_object(cfg: Any, method: str, lora: Any, trust_remote_code: boo
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            peft_model = get_peft_model(model, lora_config(lora))
+            peft_model = get_peft_model(model, lora_config(lora, task))
         _, n_trainable = count_params(peft_model)  # n_params stays the base model's
 
     def get(name: str, default: Any = None) -> Any:
@@ -101,7 +130,7 @@ def _from_config_object(cfg: Any, method: str, lora: Any, trust_remote_code: boo
 
     hidden = int(get("hidden_size"))
     heads = get("num_attention_heads")
-    arch = (getattr(cfg, "architectures", None) or [type(model).__name__])[0]
+    arch = type(model).__name__ if num_labels else (getattr(cfg, "architectures", None) or [type(model).__name__])[0]
     return ModelInfo(
         n_params=n_params, n_trainable_params=n_trainable, hidden_size=hidden,
         n_layers=int(get("num_hidden_layers")), vocab_size=int(get("vocab_size")),
@@ -110,10 +139,12 @@ def _from_config_object(cfg: Any, method: str, lora: Any, trust_remote_code: boo
         intermediate_size=get("intermediate_size"),
         tie_word_embeddings=bool(getattr(cfg, "tie_word_embeddings", False)),
         max_position_embeddings=get("max_position_embeddings"), architecture=arch,
+        task=task, num_labels=num_labels,
     )
 
 
-def read_model_info(config: dict, method: str = "full", lora: Any = None, source: str = "model config") -> ModelInfo:
+def read_model_info(config: dict, method: str = "full", lora: Any = None, source: str = "model config",
+                    num_labels: Optional[int] = None) -> ModelInfo:
     """ModelInfo from a config.json's content (a dict with ``model_type``)."""
     from transformers import AutoConfig
 
@@ -133,11 +164,11 @@ def read_model_info(config: dict, method: str = "full", lora: Any = None, source
     for key in ("hidden_size", "num_hidden_layers", "vocab_size"):
         if getattr(obj.get_text_config() if hasattr(obj, "get_text_config") else obj, key, None) is None:
             raise JobError(f"{source}: missing field {key!r}; is this a causal LM's config.json?")
-    return _from_config_object(obj, method, lora, trust_remote_code=False)
+    return _from_config_object(obj, method, lora, trust_remote_code=False, num_labels=num_labels)
 
 
 def read_model_info_from_folder(folder: str, method: str = "full", lora: Any = None,
-                                trust_remote_code: bool = False) -> ModelInfo:
+                                trust_remote_code: bool = False, num_labels: Optional[int] = None) -> ModelInfo:
     """ModelInfo from a model folder (its config.json; remote code allowed when the job allows it)."""
     from transformers import AutoConfig
 
@@ -146,7 +177,7 @@ def read_model_info_from_folder(folder: str, method: str = "full", lora: Any = N
     except Exception as e:  # noqa: BLE001
         raise JobError(f"{folder}/config.json: cannot be read as a model config "
                        f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
-    return _from_config_object(obj, method, lora, trust_remote_code)
+    return _from_config_object(obj, method, lora, trust_remote_code, num_labels)
 
 
 def _cache_path(spec: Any, config: dict) -> Optional[Path]:
@@ -164,6 +195,7 @@ def _cache_path(spec: Any, config: dict) -> Optional[Path]:
 
     key = json.dumps({"config": config, "method": spec.train.method,
                       "lora": spec.train.lora.model_dump(mode="json"), "versions": versions,
+                      "num_labels": job_num_labels(spec),
                       "schema": sorted(ModelInfo.model_fields), "count_version": COUNT_VERSION}, sort_keys=True)
     return user_cache_dir() / "modelinfo" / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
 
@@ -182,10 +214,11 @@ def job_model_info(spec: Any, config_source: Optional[Any]) -> Optional[ModelInf
         except ValueError:
             pass  # a damaged or foreign file: count again
     if isinstance(config_source, dict):
-        info = read_model_info(config_source, spec.train.method, spec.train.lora)
+        info = read_model_info(config_source, spec.train.method, spec.train.lora,
+                               num_labels=job_num_labels(spec))
     else:
         info = read_model_info_from_folder(str(config_source), spec.train.method, spec.train.lora,
-                                           spec.model.trust_remote_code)
+                                           spec.model.trust_remote_code, job_num_labels(spec))
     if cache is not None:
         from launcher.fs import write_atomic
 

@@ -12,21 +12,20 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from launcher.engine_rules import ZERO_SIZE_MULTIPLE, offload_problems, size_problem
 from launcher.errors import JobError, format_validation_error
+from launcher.spec_report import ReportSpec, Strict as _Strict
 
 # the embedded default job (a tiny model and task built locally): what `launcher run` runs bare
 DEFAULT_JOB_PATH = Path(__file__).resolve().parent / "demo" / "default_job.yaml"
+# ... and with train.task=classification: a tiny classifier on a synthetic topic task
+DEFAULT_CLASSIFICATION_JOB_PATH = Path(__file__).resolve().parent / "demo" / "default_classification_job.yaml"
 
 Dtype = Literal["bf16", "fp16", "fp32"]
 Offload = Literal["none", "cpu", "nvme"]
-Tracker = Literal["tensorboard", "mlflow", "wandb"]
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
 class ModelSpec(_Strict):
@@ -44,21 +43,29 @@ class ModelSpec(_Strict):
 class DataSpec(_Strict):
     path: str = Field("demo:arithmetic", description="jsonl/json/parquet/csv file, a saved dataset folder, a hub data "
                       "set hf://datasets/org/name[@revision] (fetched into the Hugging Face cache once), or "
-                      "demo:arithmetic.")
+                      "demo:arithmetic (demo:topics: the classification demo).")
     split: str = Field("train", min_length=1, description="Split to train on, of a hub data set or a saved DatasetDict "
                        "(the eval rows are held out of it: eval_fraction).")
     config: Optional[str] = Field(None, min_length=1, description="Configuration (subset) of a hub data set, as its "
                                   "card names it (default: its only or default one).")
-    format: Literal["text", "instruction", "chat"] = Field("instruction", description="text (loss on every token), "
-        "instruction (prompt/response, loss on the response only) or chat (messages through the tokenizer's chat "
-        "template, loss on assistant turns).")
+    format: Literal["text", "instruction", "chat", "classification"] = Field(
+        "instruction", description="text (loss on every token), instruction (prompt/response, loss on the response "
+        "only), chat (messages through the tokenizer's chat template, loss on assistant turns) or classification "
+        "(text and label, for train.task classification).")
     max_seq_len: int = Field(2048, ge=8, description="Tokens per row (packed) or cap (padded).")
+    truncate: bool = Field(True, description="Cut rows longer than max_seq_len to it (the report counts them); "
+                           "false: refuse them, naming the first.")
     packing: bool = Field(True, description="Pack documents into full rows: no padding.")
     eval_fraction: float = Field(0.02, ge=0.0, lt=1.0, description="Share held out for eval.")
-    text_field: str = Field("text", description="Field holding the text (format text).")
+    text_field: str = Field("text", description="Field holding the text (format text or classification).")
     prompt_field: str = Field("prompt", description="Field holding the prompt (format instruction).")
     response_field: str = Field("response", description="Field holding the response (format instruction).")
     messages_field: str = Field("messages", description="Field holding the {role, content} messages (format chat).")
+    label_field: str = Field("label", description="Field holding the class (format classification): a name or an "
+                             "integer id.")
+    labels: Optional[list[str]] = Field(
+        None, min_length=2, description="The class names in id order (format classification): labels given as names "
+        "must be among them, integers index them. Default: the sorted set of labels seen.")
     num_samples: Optional[int] = Field(None, ge=1, description="Use only the first N rows.")
 
 
@@ -71,6 +78,10 @@ class LoraSpec(_Strict):
 
 
 class TrainSpec(_Strict):
+    task: Literal["causal_lm", "classification"] = Field(
+        "causal_lm", description="causal_lm (next-token prediction, AutoModelForCausalLM) or classification (a "
+        "label per text, AutoModelForSequenceClassification on the same model folder: a new head, last-token "
+        "pooling on decoders, [CLS] on encoders; data.format classification).")
     method: Literal["lora", "full"] = Field("lora", description="lora (adapters, base frozen) or full (every weight).")
     lora: LoraSpec = Field(LoraSpec(), description="The adapters (method lora).")
     epochs: int = Field(1, ge=1, description="Passes over the training rows (max_steps can stop earlier).")
@@ -235,49 +246,6 @@ class ClusterSpec(_Strict):
     slurm: SlurmSpec = Field(SlurmSpec(), description="Slurm settings, used by launcher slurm.")
 
 
-class ReportSpec(_Strict):
-    country_iso_code: str = Field(
-        "USA", min_length=3, max_length=3, description="Where the job runs, ISO 3166 alpha-3 (USA, FRA, DEU...): "
-        "the grid's carbon intensity, from CodeCarbon's data.")
-    region: Optional[str] = Field(
-        None, description="Region within the country, for CodeCarbon's measured figures (the forecast uses the "
-        "country's).")
-    gpu_hour_price: Optional[float] = Field(
-        None, ge=0, description="Price of one GPU-hour (device-hour on CPU); compute cost = device-hours x price.")
-    node_hour_price: Optional[float] = Field(
-        None, ge=0, description="Price of one node-hour, for nodes billed whole (used when gpu_hour_price is unset).")
-    currency: str = Field("USD", description="Currency the prices are in, as printed.")
-    energy_price_per_kwh: Optional[float] = Field(None, ge=0, description="Price of one kWh, added to compute cost.")
-    pue: float = Field(
-        1.0, ge=1.0, description="Data center's power usage effectiveness: energy figures are multiplied by it once.")
-    offset_price_per_tonne: Optional[float] = Field(
-        None, ge=0, description="Price of offsetting one tonne of CO2e (in report.currency): the plan's "
-        "forecast.offset_cost, the report's offset_cost and a line in the model card.")
-    intensity_forecast: Optional[str] = Field(
-        None, description="CSV of hourly grid carbon intensity, columns timestamp,g_co2e_per_kwh (UTC; exported "
-        "from Electricity Maps, WattTime or the UK Carbon Intensity API): launcher plan --start-window picks "
-        "the start of least CO2, launcher slurm --carbon-aware writes it as #SBATCH --begin, and the report "
-        "adds the CO2 of the hours the job ran.")
-    trackers: list[Tracker] = Field(
-        default_factory=list, description="Experiment trackers global rank 0 logs to: tensorboard (event files in "
-        "the run directory), mlflow (MLFLOW_TRACKING_URI, else a SQLite store in the run directory), wandb (offline "
-        "without WANDB_API_KEY). Per-step train metrics, eval, and the report's figures as the run's summary; one "
-        "tracker run across resumes and restarts (its id is kept in the run directory).")
-
-    @field_validator("trackers", mode="before")
-    @classmethod
-    def _one_or_many(cls, v):
-        return [v] if isinstance(v, str) else v
-
-    @field_validator("trackers")
-    @classmethod
-    def _once_each(cls, v: list[str]) -> list[str]:
-        twice = sorted({t for t in v if v.count(t) > 1})
-        if twice:
-            raise ValueError(f"{', '.join(twice)} listed more than once")
-        return v
-
-
 class JobSpec(_Strict):
     name: str = Field(
         "job", min_length=1, description="Run directories are <output_dir>/<name>-<time>; the Slurm job name.")
@@ -291,6 +259,38 @@ class JobSpec(_Strict):
     cluster: ClusterSpec = Field(ClusterSpec(), description="Nodes, processes per node, device, Slurm.")
     report: ReportSpec = Field(ReportSpec(), description="Carbon intensity, prices and PUE for the report; "
                                "experiment trackers.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _classification_defaults(cls, data: Any) -> Any:
+        """A classification job's data is unpacked (one text, one label, one row) and in the
+        classification format unless the job says otherwise (then _task_rules says what is wrong)."""
+        if not isinstance(data, dict):
+            return data
+        train = data.get("train")
+        if isinstance(train, dict) and train.get("task") == "classification":
+            d = data.get("data")
+            d = dict(d) if isinstance(d, dict) else ({} if d is None else d)
+            if isinstance(d, dict):
+                d.setdefault("packing", False)
+                d.setdefault("format", "classification")
+                data = {**data, "data": d}
+        return data
+
+    @model_validator(mode="after")
+    def _task_rules(self) -> "JobSpec":
+        cls_task, cls_data = self.train.task == "classification", self.data.format == "classification"
+        if cls_task and not cls_data:
+            raise ValueError(f"train.task classification needs data.format: classification (text and label), got "
+                             f"{self.data.format!r}")
+        if cls_data and not cls_task:
+            raise ValueError("data.format classification needs train.task: classification")
+        if cls_task and self.data.packing:
+            raise ValueError("data.packing: a classification row is one text with one label; set data.packing=false")
+        if cls_task and self.train.eval_accuracy_samples:
+            raise ValueError("train.eval_accuracy_samples scores generated responses (instruction data); a "
+                             "classification eval reports accuracy and f1_macro on the whole eval split: set it to 0")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -374,7 +374,11 @@ def build_job(data: dict, source: str = "job") -> JobSpec:
 def load_job(path: Optional[str | os.PathLike], overrides: tuple[str, ...] | list[str] = ()) -> JobSpec:
     """The job at ``path`` (the embedded default when None) with overrides applied."""
     if path is None:
-        data, source = read_yaml(DEFAULT_JOB_PATH), "embedded default job"
+        tasks = [v for k, v in (parse_override(o) for o in overrides) if k == ["train", "task"]]
+        if tasks and tasks[-1] == "classification":
+            data, source = read_yaml(DEFAULT_CLASSIFICATION_JOB_PATH), "embedded classification default job"
+        else:
+            data, source = read_yaml(DEFAULT_JOB_PATH), "embedded default job"
     else:
         data, source = read_yaml(path), str(path)
     data = apply_overrides(data, list(overrides))

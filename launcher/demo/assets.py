@@ -30,6 +30,8 @@ DEMO_ROWS = 8000  # rows of the synthetic task: enough that the tiny model gener
 DEMO_PREFIX = "demo:"
 DEMO_MODEL = "tiny-llama"
 DEMO_DATA = "arithmetic"
+DEMO_CLASSIFICATION_DATA = "topics"  # the classification default's data (built beside the assets on first use)
+TOPICS_ROWS = 2000
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 SPECIAL_TOKENS = [PAD, BOS, EOS, UNK]  # ids 0, 1, 2, 3
@@ -195,6 +197,35 @@ def build_arithmetic_data(path: Path, n: int = 2000, seed: int = 0) -> Path:
     return write_atomic(Path(path), "\n".join(lines) + "\n")
 
 
+# The classification task: a short sentence of filler words around one or two words of a topic.
+# A character-level model must find the topic word in the sentence: learnable in tens of steps.
+TOPIC_WORDS = {
+    "food": ["pizza", "soup", "bread", "salad", "cheese", "pasta", "apple", "rice"],
+    "sports": ["goal", "team", "match", "coach", "ball", "score", "race", "league"],
+    "weather": ["rain", "storm", "cloud", "sunny", "wind", "snow", "frost", "fog"],
+}
+_FILLER = ["the", "a", "we", "saw", "today", "very", "and", "then", "it", "was", "big", "some", "new", "old",
+           "my", "our", "this", "that", "again", "so"]
+
+
+def _topic_row(rng: random.Random) -> dict[str, str]:
+    label = rng.choice(sorted(TOPIC_WORDS))
+    words = [rng.choice(_FILLER) for _ in range(rng.randint(3, 7))]
+    for _ in range(rng.randint(1, 2)):
+        words.insert(rng.randint(0, len(words)), rng.choice(TOPIC_WORDS[label]))
+    return {"text": " ".join(words), "label": label}
+
+
+def build_topics_data(path: Path, n: int = TOPICS_ROWS, seed: int = 0) -> Path:
+    """Write ``n`` rows ``{"text": "we saw the storm today", "label": "weather"}`` (three balanced
+    topics, 4 to 9 words) to ``path``. Deterministic from ``seed``."""
+    from launcher.fs import write_atomic
+
+    rng = random.Random(seed)
+    lines = [json.dumps(_topic_row(rng)) for _ in range(n)]
+    return write_atomic(Path(path), "\n".join(lines) + "\n")
+
+
 # --------------------------------------------------------------------------- cache
 
 
@@ -267,7 +298,8 @@ def _demo_name(path: str) -> Optional[str]:
 
 
 def _unknown_demo(path: str) -> JobError:
-    return JobError(f"{path}: unknown demo asset (valid: {DEMO_PREFIX}{DEMO_MODEL}, {DEMO_PREFIX}{DEMO_DATA})")
+    return JobError(f"{path}: unknown demo asset (valid: {DEMO_PREFIX}{DEMO_MODEL}, {DEMO_PREFIX}{DEMO_DATA}, "
+                    f"{DEMO_PREFIX}{DEMO_CLASSIFICATION_DATA})")
 
 
 def resolve_model_path(path: str) -> str:
@@ -281,10 +313,16 @@ def resolve_model_path(path: str) -> str:
 
 
 def resolve_data_path(path: str) -> str:
-    """``demo:arithmetic`` -> the cached jsonl file (built on first use); other paths unchanged."""
+    """``demo:arithmetic`` (``demo:topics``) -> the cached jsonl file (built on first use); other paths
+    unchanged."""
     name = _demo_name(path)
     if name is None:
         return path
+    if name == DEMO_CLASSIFICATION_DATA:
+        target = ensure_demo_assets().data_file.parent / f"{DEMO_CLASSIFICATION_DATA}.jsonl"
+        if not target.is_file():  # written whole under a temporary name, then renamed: racing writers agree
+            build_topics_data(target)
+        return str(target)
     if name != DEMO_DATA:
         raise _unknown_demo(path)
     return str(ensure_demo_assets().data_file)

@@ -148,13 +148,20 @@ def estimate_activations(info: ModelInfo, x: ActivationInputs, chunk_tokens: Opt
         how = f"({L} layers + 1 for the gradients of the layer in backward) x {per_layer} x {tokens} tokens"
     activations = kept + (final_norm + rope) * tokens + mask
     chunk = min(x.seq_len, chunk_tokens or LOSS_CHUNK_TOKENS)
-    logits = 2 * b * V * tokens + 2 * 4 * V * chunk
+    if info.task == "classification":  # the head scores every token, then one row's pooled logits are kept
+        C = info.num_labels or 2
+        logits = 2 * b * C * tokens
+        logits_text = (f"logits = 2 (the head's scores and their gradient) x {b} x {C} labels x {tokens} tokens "
+                       f"(no LM head) = {logits:,} bytes")
+    else:
+        logits = 2 * b * V * tokens + 2 * 4 * V * chunk
+        logits_text = (f"logits = 2 (the logits and their gradient) x {b} x vocab {V} x {tokens} tokens "
+                       f"+ 2 x 4 x {V} x {chunk} (one fp32 loss piece: upcast, softmax) = {logits:,} bytes")
     formulas = (
         f"activations per layer per token: {layer_text} bytes",
         f"activations = {how} + final norm and rotary {final_norm + rope} x {tokens}"
         + (f" + mask {x.micro_batch_size}x{x.seq_len}x{x.seq_len}" if mask else "") + f" = {activations:,} bytes",
-        f"logits = 2 (the logits and their gradient) x {b} x vocab {V} x {tokens} tokens "
-        f"+ 2 x 4 x {V} x {chunk} (one fp32 loss piece: upcast, softmax) = {logits:,} bytes",
+        logits_text,
     )
     return ActivationEstimate(activations=activations, logits=logits, per_layer_per_token=per_layer,
                               formulas=formulas)

@@ -7,9 +7,9 @@ them the nearest is the one of least ``distance``, a sum of
 
 * ``|ln(a / b)|`` for the parameters, the sequence length, the micro batch, the world size and
   the threads per rank (a run twice the size is as far as one half the size);
-* 1 for another strategy, method, dtype, offload or host-memory mode (lean gives the host's
-  memory back after every step: slower on CPU); 0.5 for another ZeRO stage, activation
-  checkpointing or packing;
+* 1 for another task (causal LM or classification), strategy, method, dtype, offload or
+  host-memory mode (lean gives the host's memory back after every step: slower on CPU); 0.5 for
+  another ZeRO stage, activation checkpointing or packing;
 
 the newest first among equals. The forecast then scales the point's measured step time by the
 FLOPs each rank computes per step (``tokens_per_step x (flops_per_token + recompute) / world``),
@@ -23,7 +23,7 @@ from typing import Iterable, Optional
 from launcher.plan.types import Calibration, CalibrationPoint, Plan
 
 LOG_FEATURES = ("n_params", "seq_len", "micro_batch_size", "world_size", "threads_per_rank")
-DIFFERENT = {"strategy": 1.0, "method": 1.0, "dtype": 1.0, "offload": 1.0, "host_memory": 1.0, "zero_stage": 0.5,
+DIFFERENT = {"task": 1.0, "strategy": 1.0, "method": 1.0, "dtype": 1.0, "offload": 1.0, "host_memory": 1.0, "zero_stage": 0.5,
              "activation_checkpointing": 0.5, "packing": 0.5}
 
 
@@ -42,7 +42,7 @@ def features(plan: Plan) -> dict:
             "world_size": plan.world_size, "threads_per_rank": plan.threads_per_rank, "strategy": plan.strategy,
             "method": plan.job.train.method, "dtype": plan.dtype, "offload": offload_label(plan),
             "zero_stage": plan.zero_stage, "activation_checkpointing": plan.job.train.activation_checkpointing,
-            "packing": plan.job.data.packing, "host_memory": plan.host_memory}
+            "packing": plan.job.data.packing, "host_memory": plan.host_memory, "task": plan.job.train.task}
 
 
 def distance(point: CalibrationPoint, plan: Plan, device_kind: Optional[str]) -> Optional[float]:

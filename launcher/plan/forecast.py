@@ -207,7 +207,8 @@ def _flops(plan: Plan, P: int, A: int, missing: list[str]) -> tuple[Optional[flo
         missing.append("flops per token: the model's config.json is not known here")
         return None, None
     cfg = {"num_hidden_layers": m.n_layers, "hidden_size": m.hidden_size, "vocab_size": m.vocab_size,
-           "tie_word_embeddings": m.tie_word_embeddings}
+           # a classifier has no LM head: its embedding table is never a matmul, tied or not
+           "tie_word_embeddings": m.tie_word_embeddings and m.task != "classification"}
     fpt = flops_per_token_from_config(cfg, plan.seq_len, P + A, A if A else None, plan.job.train.method)
     recompute = None
     if plan.job.train.activation_checkpointing:

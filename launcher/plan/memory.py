@@ -101,7 +101,10 @@ def shapes(info: ModelInfo) -> dict[str, int]:
     """Parameters outside the decoder layers (embeddings, LM head, final norm), per layer, and
     the largest single module (what ZeRO-3 gathers at once)."""
     h, V, L = info.hidden_size, info.vocab_size, info.n_layers
-    root = V * h * (1 if info.tie_word_embeddings else 2) + h
+    if info.task == "classification":  # the embedding, the final norm and a head of num_labels outputs
+        root = V * h + h + (info.num_labels or 2) * h
+    else:
+        root = V * h * (1 if info.tie_word_embeddings else 2) + h
     per_layer = max(0, (info.n_params - root) // max(L, 1))
     inter = info.intermediate_size or 4 * h
     return {"root": root, "layer": per_layer, "largest": max(V * h, inter * h, h * h)}

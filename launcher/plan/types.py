@@ -85,6 +85,7 @@ class CalibrationPoint(_Frozen):
     n_trainable_params: int
     method: str
     strategy: str
+    task: str = "causal_lm"  # points written before classification existed are causal LM
     zero_stage: Optional[int] = None
     dtype: str
     seq_len: int

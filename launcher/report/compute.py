@@ -120,6 +120,8 @@ def job_section(plan: Plan, starts: Sequence[StartRecord]) -> Job:
         n_trainable_params=ran.n_trainable_params if ran else None,
         # the trainer's count from the data it loaded; plan.json's when no attempt started
         planned_steps=ran.planned_steps if ran else plan.total_steps,
+        task=job.train.task,
+        labels=ran.labels if ran else job.data.labels,
     )
 
 
@@ -231,10 +233,11 @@ def loss_section(records: Sequence[Any], steps: list[TrainRecord]) -> Loss:
     for r in records:
         if isinstance(r, EvalRecord):
             evals_by_step[r.step] = EvalPoint(step=r.step, eval_loss=finite(r.eval_loss), accuracy=finite(r.accuracy),
-                                              eval_tokens=r.eval_tokens)
+                                              f1_macro=finite(r.f1_macro), eval_tokens=r.eval_tokens)
     evals = [evals_by_step[k] for k in sorted(evals_by_step)]
     ev_losses = [e for e in evals if e.eval_loss is not None]
     accs = [e for e in evals if e.accuracy is not None]
+    f1s = [e for e in evals if e.f1_macro is not None]
     min_tr = min(losses, key=lambda x: x[1]) if losses else None
     min_ev = min(ev_losses, key=lambda e: e.eval_loss) if ev_losses else None
     return Loss(
@@ -248,6 +251,9 @@ def loss_section(records: Sequence[Any], steps: list[TrainRecord]) -> Loss:
         min_eval_loss=min_ev.eval_loss if min_ev else None,
         min_eval_loss_step=min_ev.step if min_ev else None,
         last_accuracy=accs[-1].accuracy if accs else None,
+        first_accuracy=accs[0].accuracy if accs else None,
+        first_f1_macro=f1s[0].f1_macro if f1s else None,
+        last_f1_macro=f1s[-1].f1_macro if f1s else None,
     )
 
 

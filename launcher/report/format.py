@@ -236,7 +236,15 @@ def loss_rows(report: Report) -> Rows:
         ("Eval loss last / min", f"{fmt_num(lo.last_eval_loss, 4)} / {fmt_num(lo.min_eval_loss, 4)}"),
     ]
     if lo.last_accuracy is not None:
-        rows.append(("Accuracy (last eval)", fmt_pct(lo.last_accuracy)))
+        before = f"{fmt_pct(lo.first_accuracy)} -> " if lo.first_accuracy is not None and len(
+            [e for e in lo.eval if e.accuracy is not None]) > 1 else ""
+        rows.append(("Accuracy (first -> last eval)" if before else "Accuracy (last eval)",
+                     before + fmt_pct(lo.last_accuracy)))
+    if lo.last_f1_macro is not None:
+        before = f"{fmt_num(lo.first_f1_macro, 3)} -> " if lo.first_f1_macro is not None and len(
+            [e for e in lo.eval if e.f1_macro is not None]) > 1 else ""
+        rows.append(("Macro F1 (first -> last eval)" if before else "Macro F1 (last eval)",
+                     before + fmt_num(lo.last_f1_macro, 3)))
     if report.status_detail.attempts > 1 or ck.count:
         rows.append(("Checkpoints", f"{ck.count}" + (f" (last at step {ck.last_step})" if ck.last_step is not None else "")))
     return rows
@@ -384,4 +392,6 @@ def what_changed(report: Report) -> Optional[str]:
     line = f"what changed: eval loss {first.eval_loss:.4f} (step {first.step}) -> {last.eval_loss:.4f} (step {last.step})"
     if first.accuracy is not None and last.accuracy is not None:
         line += f", task accuracy {first.accuracy:.1%} -> {last.accuracy:.1%}"
+    if first.f1_macro is not None and last.f1_macro is not None:
+        line += f", macro F1 {first.f1_macro:.3f} -> {last.f1_macro:.3f}"
     return line

@@ -63,6 +63,7 @@ def point_of(run_dir: str | os.PathLike, report=None) -> CalibrationPoint:
         device_kind=device_kind(plan.device, job.accelerator or plan.job.cluster.accelerator) or "unknown",
         n_params=job.n_params or (plan.model.n_params if plan.model else 0),
         n_trainable_params=job.n_trainable_params or 0, method=job.method, strategy=job.strategy,
+        task=plan.job.train.task,
         zero_stage=job.zero_stage, dtype=job.dtype, seq_len=job.seq_len, packing=job.packing,
         micro_batch_size=job.micro_batch_size, grad_accum_steps=job.grad_accum_steps, world_size=job.world_size,
         nodes=job.nodes, threads_per_rank=plan.threads_per_rank,

@@ -128,7 +128,7 @@ CSV_FIELDS: list[tuple[str, tuple[str, ...]]] = [
     ("currency", ("cost", "currency")),
     ("first_train_loss", ("loss", "first_train_loss")), ("last_train_loss", ("loss", "last_train_loss")),
     ("min_train_loss", ("loss", "min_train_loss")), ("last_eval_loss", ("loss", "last_eval_loss")),
-    ("last_accuracy", ("loss", "last_accuracy")),
+    ("last_accuracy", ("loss", "last_accuracy")), ("last_f1_macro", ("loss", "last_f1_macro")),
     ("forecast_time_s", ("forecast", "rows", "time_s", "forecast")),
     ("forecast_time_ratio", ("forecast", "rows", "time_s", "ratio")),
     ("forecast_kwh", ("forecast", "rows", "kwh", "forecast")), ("forecast_kwh_ratio", ("forecast", "rows", "kwh", "ratio")),

@@ -188,3 +188,4 @@ class DataStats(_File):
     dropped: int  # examples with nothing to train on after the cut
     packed: bool
     max_seq_len: int
+    labels: Optional[list[str]] = None  # the class names in id order (format classification)

@@ -50,6 +50,7 @@ class StartRecord(_Record):
                          "nodes' agents: it grows at every automatic restart, and is 0 under a new torchrun")
     steps_lost: int = Field(0, description="steps the previous attempt had done past the checkpoint resumed from")
     packed: bool = False
+    labels: Optional[list[str]] = None  # classification: the class names in id order
     hostname: Optional[str] = None
 
 
@@ -78,6 +79,7 @@ class EvalRecord(_Record):
     eval_loss: float
     eval_tokens: int
     accuracy: Optional[float] = None
+    f1_macro: Optional[float] = None  # classification
 
 
 class CheckpointRecord(_Record):

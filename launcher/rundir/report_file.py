@@ -47,6 +47,8 @@ class Job(_Section):
     n_params: Optional[int] = None
     n_trainable_params: Optional[int] = None
     planned_steps: Optional[int] = None
+    task: str = "causal_lm"
+    labels: Optional[list[str]] = None  # classification: the class names in id order
 
 
 class StatusDetail(_Section):
@@ -218,6 +220,7 @@ class EvalPoint(_Section):
     step: int
     eval_loss: Optional[float] = None
     accuracy: Optional[float] = None
+    f1_macro: Optional[float] = None  # classification
     eval_tokens: int = 0
 
 
@@ -232,6 +235,9 @@ class Loss(_Section):
     min_eval_loss: Optional[float] = None
     min_eval_loss_step: Optional[int] = None
     last_accuracy: Optional[float] = None
+    first_accuracy: Optional[float] = None
+    first_f1_macro: Optional[float] = None  # classification: before training (step 0)
+    last_f1_macro: Optional[float] = None
 
 
 class Checkpoints(_Section):

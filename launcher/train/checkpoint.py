@@ -201,6 +201,10 @@ def save_final(run: Path, strategy, method: str, tokenizer) -> Path:
         tokenizer.save_pretrained(str(tmp))
         if method == "lora":
             check_adapter(tmp)
+            base = module.get_base_model()
+            if getattr(base.config, "id2label", None) and type(base).__name__.endswith("ForSequenceClassification"):
+                # the classes beside the adapter: its head is only usable with their number and names
+                base.config.save_pretrained(str(tmp))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
     dist.barrier()

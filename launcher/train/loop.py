@@ -18,7 +18,7 @@ from launcher.train.console import progress_every, say
 from launcher.train.collectives import CollectiveClock
 from launcher.train.control import install_stop_handler, stop_requested
 from launcher.train.evaluate import accuracy_of_model, eval_loss
-from launcher.train.loss import label_count, model_inputs, token_loss_sum
+from launcher.train.loss import label_count, loss_sum, model_inputs
 from launcher.train.memory import MemoryMonitor, gather_memory, release_free_memory
 from launcher.train.metrics import StepSums, reduce_step, restarts_all_nodes, start_record
 from launcher.train.trackers import start_trackers
@@ -54,10 +54,17 @@ class Run:
     def spec(self):
         return self.plan.job
 
+    @property
+    def num_labels(self) -> int:
+        return len(self.prepared.stats.labels or []) if self.spec.train.task == "classification" else 0
+
     def eval_record(self, step: int, accuracy=None) -> rundir.EvalRecord:
-        """The eval loss over the eval split (collective, every rank)."""
-        return rundir.EvalRecord(step=step, eval_loss=eval_loss(self.strategy, self.prepared.eval, self.pad_id, self.plan),
-                                 eval_tokens=label_count(self.prepared.eval), accuracy=accuracy)
+        """The eval loss over the eval split (collective, every rank); a classifier's accuracy
+        and macro F1 from the same pass."""
+        scores = eval_loss(self.strategy, self.prepared.eval, self.pad_id, self.plan, self.num_labels)
+        return rundir.EvalRecord(step=step, eval_loss=scores.loss, eval_tokens=label_count(self.prepared.eval),
+                                 accuracy=scores.accuracy if scores.accuracy is not None else accuracy,
+                                 f1_macro=scores.f1_macro)
 
 
 def train_main(run_dir: str, plan, prepared, tokenizer, t_start: float) -> int:
@@ -125,7 +132,7 @@ def _build(r: Run) -> tuple[int, int]:
     lr_lambda = LrLambda(r.total_steps, warmup_steps(r.total_steps, spec.train.warmup_ratio),
                          spec.train.lr_scheduler, spec.train.min_lr_ratio)
     ckpts.seed_everything(spec.train.seed)
-    r.model = build_model(plan, r.paths.model)
+    r.model = build_model(plan, r.paths.model, r.prepared.stats.labels, r.pad_id)
     check_packing(r.model, plan.micro_batch_size, r.prepared.stats.packed)
     counts = count_params(r.model)
     r.strategy = build_strategy(plan, r.model, lr_lambda, r.paths.model)
@@ -157,7 +164,10 @@ def _start_records(r: Run, n_params: int, n_trainable: int, start_step: int, ste
 
     spec, plan = r.spec, r.plan
     base = r.model.get_base_model() if hasattr(r.model, "get_base_model") else r.model
-    flops_tok = flops_per_token_from_config(base.config.to_dict(), plan.seq_len, n_params, n_trainable,
+    config = base.config.to_dict()
+    if spec.train.task == "classification":  # no LM head: the embedding table is never a matmul
+        config["tie_word_embeddings"] = False
+    flops_tok = flops_per_token_from_config(config, plan.seq_len, n_params, n_trainable,
                                             spec.train.method)
     restart = restarts_all_nodes(r.strategy.device)  # collective
     r.metrics.write(start_record(plan, world=r.world, n_params=n_params, n_trainable=n_trainable,
@@ -165,8 +175,10 @@ def _start_records(r: Run, n_params: int, n_trainable: int, start_step: int, ste
                                  train_rows=len(r.prepared.train), resumed_from=start_step, t_start=t_start,
                                  steps_lost=steps_lost, restart=restart))
     _memory_record(r.metrics, r.monitor, r.strategy, "setup", start_step)
-    if start_step == 0 and len(r.prepared.eval) and (spec.train.eval_every_steps or spec.train.eval_accuracy_samples):
-        # the baseline: eval loss (collective, every rank) and task accuracy (rank 0) before training
+    if start_step == 0 and len(r.prepared.eval) and (spec.train.eval_every_steps or spec.train.eval_accuracy_samples
+                                                     or r.num_labels):
+        # the baseline: eval loss (collective, every rank) and task accuracy (rank 0; a classifier's
+        # in the same pass) before training
         r.metrics.write(r.eval_record(0, acc_before))
 
 
@@ -183,7 +195,7 @@ def _step(r: Run, step: int, clock: CollectiveClock):
         rows = [r.prepared.train[i] for i in r.sched.rows_for(step, micro, r.rank)]
         batch = collate(rows, r.pad_id)
         out = r.strategy.forward(**model_inputs(batch, r.strategy.device))
-        lsum = token_loss_sum(out.logits, batch["labels"])
+        lsum = loss_sum(out.logits, batch["labels"], r.spec.train.task)
         r.strategy.backward(lsum * (r.strategy.loss_scale / max(1, global_labels)),
                             last_micro=micro == r.plan.grad_accum_steps - 1)
         sums.add(lsum, batch, rows)

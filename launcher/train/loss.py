@@ -1,5 +1,6 @@
-"""The loss the loop normalises: summed next-token cross-entropy, and the label counts it is
-divided by (the label tokens of the whole global batch, so every layout takes the same step)."""
+"""The loss the loop normalises: summed next-token cross-entropy (or, for classification, one
+cross-entropy per row), and the label counts it is divided by (the label tokens of the whole
+global batch, so every layout takes the same step; a classification row has one label)."""
 from __future__ import annotations
 
 from typing import Any
@@ -66,6 +67,27 @@ def token_loss_sum(logits, labels, chunk_tokens: int = CHUNK_TOKENS):
     if _CE is None:
         _CE = _chunked_cross_entropy()
     return _CE.apply(logits, labels.to(logits.device), chunk_tokens)
+
+
+def class_targets(labels):
+    """The class of each row of a classification batch: the one label that is not -100 (on the
+    row's last token)."""
+    return labels.max(dim=1).values
+
+
+def class_loss_sum(logits, labels):
+    """Summed cross-entropy of the pooled class logits ``[batch, num_labels]`` (fp32)."""
+    import torch.nn.functional as F
+
+    return F.cross_entropy(logits.float(), class_targets(labels).to(logits.device), reduction="sum")
+
+
+def loss_sum(logits, labels, task: str = "causal_lm"):
+    """The summed loss the loop normalises by the label count: next-token cross-entropy over
+    the label tokens (causal_lm), or one cross-entropy per row (classification: one label each)."""
+    if task == "classification":
+        return class_loss_sum(logits, labels)
+    return token_loss_sum(logits, labels)
 
 
 def label_count(rows) -> int:

@@ -48,7 +48,7 @@ def start_record(plan, *, world: int, n_params: int, n_trainable: int, flops_per
         planned_steps=planned_steps, train_rows=train_rows, train_samples=stats.train_documents,
         train_tokens=stats.train_tokens, resumed_from_step=resumed_from or None,
         setup_s=time.time() - t_start, packed=stats.packed, hostname=socket.gethostname(),
-        restart=restart, steps_lost=steps_lost,
+        restart=restart, steps_lost=steps_lost, labels=getattr(stats, "labels", None),
     )
 
 

@@ -2,10 +2,33 @@
 checkpointing. The strategy (FSDP2 or ZeRO) then wraps it."""
 from __future__ import annotations
 
+from typing import Optional
+
 from launcher.errors import JobError
 
 
-def build_model(plan, model_path: str):
+def model_class(task: str):
+    """The transformers auto class of a ``train.task``."""
+    if task == "classification":
+        from transformers import AutoModelForSequenceClassification
+
+        return AutoModelForSequenceClassification
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM
+
+
+def classification_config(labels: list[str], pad_id: Optional[int]) -> dict:
+    """What a classification model's config gets: the classes, and the pad id its last-token
+    pooling looks for (decoder models)."""
+    kw = dict(num_labels=len(labels), id2label=dict(enumerate(labels)),
+              label2id={n: i for i, n in enumerate(labels)}, problem_type="single_label_classification")
+    if pad_id is not None:
+        kw["pad_token_id"] = int(pad_id)
+    return kw
+
+
+def build_model(plan, model_path: str, labels: Optional[list[str]] = None, pad_id: Optional[int] = None):
     """The model this rank trains, never whole in fp32 on a rank:
 
     * FSDP2: built on the meta device (``weights.params_on_meta``); the strategy shards it, then
@@ -18,20 +41,34 @@ def build_model(plan, model_path: str):
     Full fine-tuning under FSDP2 keeps fp32 shards (the mixed-precision policy casts for
     compute). LoRA: frozen base weights in the compute dtype, adapters initialised in fp32 by
     ``weights.init_lora`` (the same on every layout); FSDP2 keeps them fp32, DeepSpeed holds them in
-    the compute dtype with fp32 masters in its optimizer. Activation checkpointing as the job asks."""
+    the compute dtype with fp32 masters in its optimizer. Activation checkpointing as the job asks.
+
+    ``train.task: classification``: ``AutoModelForSequenceClassification`` on the same folder,
+    with ``labels`` (the class names in id order) and ``pad_id`` in its config; its new head
+    gets :func:`weights.head_init` (a function of its name and the seed) on every layout, and
+    LoRA trains and saves it (peft's ``modules_to_save``, task type SEQ_CLS)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
     from launcher.train import weights
 
     spec = plan.job
     compute = weights.torch_dtype(spec.model.dtype)
     kw = dict(trust_remote_code=spec.model.trust_remote_code, attn_implementation=spec.model.attn_implementation)
+    classify = spec.train.task == "classification"
+    if classify:
+        if not labels:
+            raise RuntimeError("build_model: a classification job needs its labels (PreparedData.stats.labels)")
+        kw.update(classification_config(labels, pad_id))
+    auto = model_class(spec.train.task)
     lora = spec.train.method == "lora"
     if plan.strategy == "fsdp":
-        config = AutoConfig.from_pretrained(model_path, trust_remote_code=spec.model.trust_remote_code)
+        config = AutoConfig.from_pretrained(model_path, trust_remote_code=spec.model.trust_remote_code,
+                                            **{k: v for k, v in kw.items() if k not in ("trust_remote_code",
+                                                                                       "attn_implementation")})
         with weights.params_on_meta():
-            model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, **kw)
+            model = auto.from_config(config, dtype=torch.float32, trust_remote_code=spec.model.trust_remote_code,
+                                     attn_implementation=spec.model.attn_implementation)
     else:
         if plan.zero_stage == 3:
             from transformers.integrations import HfDeepSpeedConfig
@@ -42,9 +79,15 @@ def build_model(plan, model_path: str):
 
             # transformers holds it by weak reference: it must live while from_pretrained runs
             ds_config = HfDeepSpeedConfig(dict(plan.ds_config))
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=compute, **kw)
+        model, loading = auto.from_pretrained(model_path, dtype=compute, output_loading_info=True, **kw)
         if plan.zero_stage == 3:
             model._launcher_hf_ds_config = ds_config  # and while the engine wraps the model
+        if classify:
+            weights.init_new_params(model, sorted(loading["missing_keys"]), spec.train.seed,
+                                    zero3=plan.zero_stage == 3)
+        elif loading["missing_keys"]:
+            raise JobError(f"model.path: {model_path}: the checkpoint has no tensor for "
+                           f"{', '.join(sorted(loading['missing_keys'])[:3])}; is it the model config.json describes?")
     model.config.use_cache = False
     if spec.train.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -53,7 +96,7 @@ def build_model(plan, model_path: str):
 
         from launcher.modelinfo import lora_config
 
-        model = get_peft_model(model, lora_config(spec.train.lora), autocast_adapter_dtype=True)
+        model = get_peft_model(model, lora_config(spec.train.lora, spec.train.task), autocast_adapter_dtype=True)
         if spec.train.activation_checkpointing:
             model.enable_input_require_grads()
         if plan.strategy == "fsdp":

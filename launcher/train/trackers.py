@@ -60,6 +60,8 @@ def eval_metrics(r: rundir.EvalRecord) -> dict[str, float]:
     out = {"eval/loss": r.eval_loss}
     if r.accuracy is not None:
         out["eval/accuracy"] = r.accuracy
+    if r.f1_macro is not None:
+        out["eval/f1_macro"] = r.f1_macro
     return out
 
 

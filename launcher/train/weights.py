@@ -54,11 +54,53 @@ def params_on_meta():
 
 
 def checkpoint_key(param_name: str) -> str:
-    """The checkpoint's name of a parameter of the (peft-wrapped) model."""
+    """The checkpoint's name of a parameter of the (peft-wrapped) model: a head peft trains whole
+    (``modules_to_save``) and its frozen original are the same tensor of the checkpoint."""
     name = param_name
     if name.startswith("base_model.model."):
         name = name[len("base_model.model."):]
-    return name.replace(".base_layer.", ".")
+    return name.replace(".base_layer.", ".").replace(".modules_to_save.default.", ".").replace(
+        ".original_module.", ".")
+
+
+HEAD_STD = 0.02  # transformers' default initializer_range
+
+
+def head_init(key: str, shape, seed: int, std: float = HEAD_STD):
+    """The initial value of a parameter the checkpoint does not have (a classification head:
+    ``score.weight``, ``classifier.weight``/``.bias``), as transformers' ``_init_weights`` makes
+    it (weights normal(0, initializer_range), biases zero), drawn from a generator seeded by the
+    job's seed and the parameter's checkpoint name: the same head on every layout."""
+    import torch
+
+    full = torch.zeros(tuple(shape), dtype=torch.float32)
+    if not key.endswith("bias"):
+        g = torch.Generator().manual_seed((seed * 1_000_003 + zlib.crc32(("head:" + key).encode())) % (2**63))
+        full.normal_(0.0, std, generator=g)
+    return full
+
+
+def init_new_params(model, keys: list[str], seed: int, *, zero3: bool = False) -> None:
+    """Give the parameters ``from_pretrained`` found no tensor for (``keys``: the new head) their
+    :func:`head_init`. Under ZeRO-3 they are partitioned: gathered, written by rank 0, scattered."""
+    import torch
+
+    std = float(getattr(model.config, "initializer_range", None) or HEAD_STD)
+    params = dict(model.named_parameters())
+    for key in keys:
+        p = params.get(key)
+        if p is None:  # a buffer, or a name the model does not hold: nothing to train
+            continue
+        if zero3:
+            import deepspeed
+            import torch.distributed as dist
+
+            with deepspeed.zero.GatheredParameters([p], modifier_rank=0), torch.no_grad():
+                if dist.get_rank() == 0:
+                    p.copy_(head_init(key, p.shape, seed, std).to(p.dtype))
+        else:
+            with torch.no_grad():
+                p.copy_(head_init(key, p.shape, seed, std).to(p.dtype))
 
 
 def is_lora(param_name: str) -> bool:
@@ -144,9 +186,11 @@ def _local_slices(param) -> tuple[Any, tuple]:
     return param, tuple(slice(0, s) for s in param.shape)
 
 
-def materialize(model, folder: str, seed: int, device) -> None:
+def materialize(model, folder: str, seed: int, device, new_head_std: Optional[float] = None) -> None:
     """Storage for a model sharded on the meta device, filled with this rank's slices of the
-    checkpoint (base weights) and of :func:`lora_init` (adapters). Collective-free."""
+    checkpoint (base weights) and of :func:`lora_init` (adapters). With ``new_head_std`` (a
+    classification model), what the checkpoint lacks is a new head: :func:`head_init`.
+    Collective-free."""
     import torch
 
     buffers = {n: b.detach().clone() for n, b in model.named_buffers() if b.device.type != "meta"}
@@ -166,6 +210,8 @@ def materialize(model, folder: str, seed: int, device) -> None:
                 local.copy_(lora_init(name, p.shape, seed)[index].to(local.dtype))
             elif checkpoint_key(name) in reader:
                 local.copy_(reader.read(checkpoint_key(name), index).to(local.dtype))
+            elif new_head_std is not None:
+                local.copy_(head_init(checkpoint_key(name), p.shape, seed, new_head_std)[index].to(local.dtype))
             else:
                 missing.append(checkpoint_key(name))
     if missing:

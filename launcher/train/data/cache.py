@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Optional
 from launcher.errors import JobError
 from launcher.rundir.artifacts import DataStats, read_model
 from launcher.rundir.names import DATA_STATS as STATS_JSON
-from launcher.train.data.load import check_data_path, load_rows
+from launcher.train.data.load import check_data_path, label_names, load_rows, row_place
 from launcher.train.data.pack import _unpacked, pack, split_train_eval
 from launcher.train.data.rows import open_rows, write_rows
 from launcher.train.data.tokenize import _tokenize, label_tokens, read_tokenizer
@@ -167,11 +167,14 @@ def _build(spec: "JobSpec", tokenizer, data_path: str) -> PreparedData:
     if isinstance(tokenizer, (str, os.PathLike)):
         tokenizer = read_tokenizer(spec, str(tokenizer))
     rows = load_rows(data, data_path)
+    names = label_names(rows, data) if data.format == "classification" else None
     # Split the raw rows (not the tokenized examples): load_rows + split_train_eval then gives the
     # same eval rows as here, whatever tokenizing drops.
-    train_raw, eval_raw = split_train_eval(rows, data.eval_fraction, spec.train.seed)
-    train_ex, c_train = _tokenize(train_raw, tokenizer, data)
-    eval_ex, c_eval = _tokenize(eval_raw, tokenizer, data) if eval_raw else ([], {"truncated": 0, "dropped": 0})
+    train_idx, eval_idx = split_train_eval(list(range(len(rows))), data.eval_fraction, spec.train.seed)
+    train_raw, eval_raw = [rows[i] for i in train_idx], [rows[i] for i in eval_idx]
+    train_ex, c_train = _tokenize(train_raw, tokenizer, data, names, lambda i: row_place(data_path, train_idx[i]))
+    eval_ex, c_eval = _tokenize(eval_raw, tokenizer, data, names, lambda i: row_place(data_path, eval_idx[i])) \
+        if eval_raw else ([], {"truncated": 0, "dropped": 0})
     counts = {k: c_train[k] + c_eval[k] for k in c_train}
     if not train_ex:
         raise JobError(f"data.path: {data_path}: no training example has a token to train on after "
@@ -194,6 +197,7 @@ def _build(spec: "JobSpec", tokenizer, data_path: str) -> PreparedData:
         dropped=counts["dropped"],
         packed=bool(data.packing),
         max_seq_len=data.max_seq_len,
+        labels=names,
     )
     return PreparedData(train=train, eval=ev, stats=stats)
 

@@ -23,6 +23,8 @@ def _required_fields(data: "DataSpec") -> list[tuple[str, str]]:
         return [(data.text_field, "text_field")]
     if data.format == "instruction":
         return [(data.prompt_field, "prompt_field"), (data.response_field, "response_field")]
+    if data.format == "classification":
+        return [(data.text_field, "text_field"), (data.label_field, "label_field")]
     return [(data.messages_field, "messages_field")]
 
 
@@ -112,7 +114,14 @@ def _check_row(row: dict, data: "DataSpec") -> Optional[str]:
             have = ", ".join(sorted(k for k, v in row.items() if v is not None)) or "none"
             return (f"missing field {name!r} needed by data.format {data.format!r} "
                     f"(fields present: {have}); rename it in the data or set data.{option}")
-        if data.format in ("text", "instruction"):
+        if data.format == "classification":
+            if option == "text_field" and (not isinstance(value, str) or not value.strip()):
+                return f"field {name!r} must be a non-empty string, got {value!r:.40}"
+            if option == "label_field":
+                problem = _label_problem(value, data)
+                if problem:
+                    return f"field {name!r}: {problem}"
+        elif data.format in ("text", "instruction"):
             if not isinstance(value, str):
                 return f"field {name!r} must be a string, got {type(value).__name__}"
         else:
@@ -126,6 +135,47 @@ def _check_row(row: dict, data: "DataSpec") -> Optional[str]:
             if not any(m["role"] == "assistant" for m in value):
                 return f"field {name!r}: no assistant message, so nothing to train on"
     return None
+
+
+def _label_problem(value, data: "DataSpec") -> Optional[str]:
+    """Why ``value`` is not a class label of ``data`` (None when it is one)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return f"a label is a class name or an integer id, got {value!r:.40}"
+    if isinstance(value, int):
+        if value < 0 or (data.labels is not None and value >= len(data.labels)):
+            bound = f"0-{len(data.labels) - 1} (data.labels has {len(data.labels)})" if data.labels else "0 or more"
+            return f"label id {value} is out of range: ids are {bound}"
+    elif data.labels is not None and value not in data.labels:
+        return f"label {value!r} is not in data.labels ({', '.join(data.labels)}); add it there or fix the row"
+    return None
+
+
+def label_names(rows: list[dict], data: "DataSpec") -> list[str]:
+    """The class names in id order: ``data.labels``, else the sorted set of names seen (integer ids
+    0..max, named by their number). Rows already checked by ``load_rows``."""
+    if data.labels is not None:
+        return list(data.labels)
+    seen = {r[data.label_field] for r in rows}
+    if all(isinstance(v, int) for v in seen):
+        return [str(i) for i in range(max(seen) + 1)]
+    if any(isinstance(v, int) for v in seen):
+        raise JobError(f"data.label_field: {data.label_field!r} mixes class names and integer ids; use one or "
+                       "the other, or list the names in data.labels (integers then index them)")
+    return sorted(seen)
+
+
+def label_id(value, names: list[str]) -> int:
+    return value if isinstance(value, int) else names.index(value)
+
+
+def _check_classes(rows: list[dict], data: "DataSpec", path: Path) -> None:
+    """At least two classes among the rows."""
+    names = label_names(rows, data)
+    used = {label_id(r[data.label_field], names) for r in rows}
+    if len(used) < 2:
+        only = names[next(iter(used))]
+        raise JobError(f"data.path: {path}: every row has label {only!r}: a classifier needs at least two classes "
+                       f"in field {data.label_field!r}")
 
 
 def load_rows(data: "DataSpec", data_path: str) -> list[dict]:
@@ -213,4 +263,12 @@ def load_rows(data: "DataSpec", data_path: str) -> list[dict]:
                 raise JobError(f"{path}:{bad[0]}: not valid JSON ({bad[1]}); "
                                "each line must be one JSON object")
             raise JobError(f"{_where(path, kind, i)}: {problem}")
+    if data.format == "classification":
+        _check_classes(rows, data, path)
     return rows
+
+
+def row_place(data_path: str, index: int) -> str:
+    """``file:line`` (jsonl) or ``file: row N`` of the ``index``-th row of a data file."""
+    path = Path(data_path)
+    return _where(path, "jsonl" if path.suffix.lower() == ".jsonl" and path.is_file() else "rows", index)

@@ -6,7 +6,7 @@ transformers is imported inside ``read_tokenizer``: importing this module is che
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 from launcher.errors import JobError
 
@@ -55,9 +55,11 @@ def _encode_many(tokenizer, texts: list[str], chunk: int = 1000) -> list[list[in
     return out
 
 
-def _tokenize(rows: list[dict], tokenizer, data: "DataSpec") -> tuple[list[dict], dict]:
+def _tokenize(rows: list[dict], tokenizer, data: "DataSpec", names: Optional[list[str]] = None,
+              where=None) -> tuple[list[dict], dict]:
     """Examples and counts: ``truncated`` (longer than max_seq_len, cut) and ``dropped``
-    (nothing left to learn after truncation: no label past position 0)."""
+    (nothing left to learn after truncation: no label past position 0). ``names``: the class
+    names (format classification). ``where(i)`` names the ``i``-th row for an error (data.truncate off)."""
     bos = tokenizer.bos_token_id
     eos = tokenizer.eos_token_id
     examples: list[dict] = []
@@ -77,6 +79,16 @@ def _tokenize(rows: list[dict], tokenizer, data: "DataSpec") -> tuple[list[dict]
             head = ([bos] if bos is not None else []) + p
             tail = r + [eos]
             examples.append({"input_ids": head + tail, "labels": [IGNORE_INDEX] * len(head) + tail})
+    elif data.format == "classification":
+        from launcher.train.data.load import label_id
+
+        # the tokenizer's own framing ([bos] text on Llama, [CLS] text [SEP] on BERT); the class id
+        # sits on the last token (the pooled one), -100 elsewhere: one label per row
+        enc = tokenizer([r[data.text_field] for r in rows], add_special_tokens=True)["input_ids"]
+        for r, ids in zip(rows, enc):
+            ids = list(ids)
+            examples.append({"input_ids": ids, "labels": [IGNORE_INDEX] * (len(ids) - 1)
+                             + [label_id(r[data.label_field], names or [])]})
     elif data.format == "chat":
         if not getattr(tokenizer, "chat_template", None):
             raise JobError("data.format: 'chat' needs a tokenizer with a chat template, and this one "
@@ -99,10 +111,19 @@ def _tokenize(rows: list[dict], tokenizer, data: "DataSpec") -> tuple[list[dict]
 
     truncated = dropped = 0
     kept: list[dict] = []
-    for ex in examples:
+    for i, ex in enumerate(examples):
         if len(ex["input_ids"]) > data.max_seq_len:
+            if not data.truncate:
+                place = where(i) if where else f"row {i + 1}"
+                raise JobError(f"{place}: {len(ex['input_ids'])} tokens, more than data.max_seq_len="
+                               f"{data.max_seq_len}, and data.truncate is off; raise data.max_seq_len, shorten the "
+                               "row, or set data.truncate=true to cut such rows")
             truncated += 1
-            ex = {"input_ids": ex["input_ids"][:data.max_seq_len], "labels": ex["labels"][:data.max_seq_len]}
+            if data.format == "classification":  # the class stays on the last token kept
+                ex = {"input_ids": ex["input_ids"][:data.max_seq_len],
+                      "labels": [IGNORE_INDEX] * (data.max_seq_len - 1) + ex["labels"][-1:]}
+            else:
+                ex = {"input_ids": ex["input_ids"][:data.max_seq_len], "labels": ex["labels"][:data.max_seq_len]}
         if label_tokens(ex) == 0:
             dropped += 1
             continue

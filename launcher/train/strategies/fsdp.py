@@ -4,12 +4,22 @@ from __future__ import annotations
 from typing import Any, Optional
 
 
+def _config_of(model):
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.config
+
+
 def _untied_embeddings(model) -> list:
     """The input embedding and the LM head as units of their own (vocab x hidden each: gathered
-    with the root they would double its all-gather), unless they share one weight."""
+    with the root they would double its all-gather), unless they share one weight. A
+    classification model has no LM head: its embedding alone."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     inp, out = base.get_input_embeddings(), base.get_output_embeddings()
-    if inp is None or out is None or getattr(inp, "weight", None) is getattr(out, "weight", None):
+    if inp is None:
+        return []
+    if out is None:
+        return [inp]
+    if getattr(inp, "weight", None) is getattr(out, "weight", None):
         return []
     return [inp, out]
 
@@ -44,8 +54,13 @@ class FSDP2Strategy:
                 if hasattr(unit, "set_custom_all_gather"):  # torch >= 2.8
                     unit.set_custom_all_gather(fsdp_in_place_all_gather())
         if any(p.is_meta for p in model.parameters()):  # built on the meta device: storage for our shards only
+            head_std = None
+            if plan.job.train.task == "classification":  # the new head: not in the checkpoint
+                from launcher.train.weights import HEAD_STD
+
+                head_std = float(getattr(_config_of(model), "initializer_range", None) or HEAD_STD)
             materialize(model, model_path, plan.job.train.seed,
-                        torch.device("cpu") if settings.cpu_offload else self.device)
+                        torch.device("cpu") if settings.cpu_offload else self.device, head_std)
         self.model = model
         t = plan.job.train
         params = [p for p in model.parameters() if p.requires_grad]
