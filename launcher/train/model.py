@@ -127,10 +127,18 @@ def check_packing(model, micro_batch_size: int, packed: bool) -> None:
 
 
 def decoder_layers(model) -> list:
-    """The transformer blocks to shard one by one: the classes HF lists in _no_split_modules."""
+    """The transformer blocks to shard one by one: the classes HF lists in _no_split_modules, else
+    (models that list none, such as BERT's) the blocks of the longest ModuleList of same-class
+    modules (``encoder.layer``)."""
+    import torch.nn as nn
+
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     names = set(getattr(base, "_no_split_modules", None) or [])
     layers = [m for m in model.modules() if type(m).__name__ in names]
+    if not layers:
+        stacks = [list(m) for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) > 1
+                  and len({type(x) for x in m}) == 1]
+        layers = max(stacks, key=len) if stacks else []
     if not layers:
         raise RuntimeError(f"{type(base).__name__}: no decoder layers found (_no_split_modules={sorted(names)})")
     return layers

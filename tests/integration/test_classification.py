@@ -175,3 +175,36 @@ def test_embedded_classification_default_learns(tmp_path):
     start = records(d, "start")[0]
     assert plan["model"]["architecture"] == "LlamaForSequenceClassification"
     assert plan["model"]["n_params"] == start["n_params"]
+
+
+def _tiny_bert(folder: Path) -> None:
+    """An encoder model folder as BERT's checkpoints come (BertForMaskedLM weights, a WordPiece
+    tokenizer that frames each text with [CLS] ... [SEP]), built here: no download."""
+    import torch
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
+
+    from launcher.demo.assets import TOPIC_WORDS, _FILLER
+
+    words = sorted({w for ws in TOPIC_WORDS.values() for w in ws} | set(_FILLER))
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words
+    BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}).save_pretrained(str(folder))
+    torch.manual_seed(0)
+    BertForMaskedLM(BertConfig(vocab_size=len(vocab), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                               intermediate_size=128, max_position_embeddings=64, hidden_dropout_prob=0.0,
+                               attention_probs_dropout_prob=0.0)).save_pretrained(str(folder))
+
+
+def test_an_encoder_classifier_under_fsdp2_matches_a_single_process(tmp_path):
+    """BERT-family: [CLS] pooling, a head with a bias, BertEmbeddings listed as a block of its own
+    (FSDP2 shards the word embedding inside it first), a checkpoint of another head (MLM)."""
+    _tiny_bert(tmp_path / "bert")
+    common = [*COMMON, f"model.path={tmp_path / 'bert'}", "train.method=full"]
+    got = {}
+    for layout in ("single", "fsdp"):
+        d = tmp_path / layout
+        launcher(tmp_path, "run", "--run-dir", str(d), *common, *LAYOUTS[layout])
+        got[layout] = d
+    a, b = ([r["loss"] for r in records(got[k], "train")] for k in ("fsdp", "single"))
+    assert len(a) == 6 and a == pytest.approx(b, rel=RTOL)
+    assert _evals(got["fsdp"])[-1][2] == _evals(got["single"])[-1][2]
+    assert json.loads((got["fsdp"] / "plan.json").read_text())["model"]["architecture"] == "BertForSequenceClassification"

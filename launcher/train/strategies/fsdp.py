@@ -45,7 +45,10 @@ class FSDP2Strategy:
         if settings.cpu_offload:
             kw["offload_policy"] = CPUOffloadPolicy()
         self.device = torch.device("cuda", torch.cuda.current_device()) if plan.device == "cuda" else torch.device("cpu")
-        units = decoder_layers(model) + _untied_embeddings(model)
+        units = list({id(u): u for u in decoder_layers(model) + _untied_embeddings(model)}.values())
+        # a unit inside another (BERT's word embedding inside BertEmbeddings, a _no_split_module) is
+        # sharded first: fully_shard cannot take a parameter another unit already made a DTensor
+        units.sort(key=lambda u: sum(1 for _ in u.modules()))
         for unit in units:
             fully_shard(unit, **kw)
         fully_shard(model, **kw)
