@@ -220,7 +220,8 @@ def co2_metadata(report: "Report") -> Optional[dict]:
 
 def training_rows(plan, report: "Report") -> list[tuple[str, str]]:
     """The card's training facts, from the report (what ran) and the plan (what was asked)."""
-    from launcher.report.format import fmt_dur, fmt_kwh, fmt_money, fmt_num, fmt_pct, strategy_label
+    from launcher.report.format import (fmt_dur, fmt_kwh, fmt_money, fmt_num, fmt_pct, forgetting_text, replay_text,
+                                        strategy_label)
 
     job, t, loss, e, c, spec = report.job, report.throughput, report.loss, report.energy, report.cost, plan.job
     if spec.train.method == "lora":
@@ -249,6 +250,9 @@ def training_rows(plan, report: "Report") -> list[tuple[str, str]]:
           if spec.train.task == "classification" and loss.last_accuracy is not None else []),
         *([("eval macro F1", f"{fmt_num(loss.first_f1_macro, 3)} before, {fmt_num(loss.last_f1_macro, 3)} after")]
           if loss.last_f1_macro is not None else []),
+        *([("forgetting", forgetting_text(report.forgetting) + f" ({fmt_num(report.forgetting.tokens)} tokens of "
+                          f"{report.forgetting.data})")] if forgetting_text(report.forgetting) else []),
+        *([("replay", replay_text(job))] if job.replay_rows_per_step else []),
         ("throughput", f"{fmt_num(t.tokens_per_s)} tokens/s ({fmt_num(t.tokens_per_s_per_device)} per device)"),
         ("training time", fmt_dur(t.wall_time_s)),
     ]
@@ -291,7 +295,7 @@ def render_card(plan, report: "Report", *, kind: str, dtype: Optional[str], base
     """README.md: YAML metadata the Hub reads (huggingface_hub.ModelCardData) and the facts."""
     from huggingface_hub import ModelCardData
 
-    from launcher.report.format import md_cell
+    from launcher.report.units import md_cell
 
     spec = plan.job
     data = ModelCardData(

@@ -34,7 +34,7 @@ PICKLED_WEIGHTS = ["*.bin", "*.pt", "*.pth"]
 class HubRef:
     """One hub id of a job: the field naming it, the repository and the revision asked for."""
 
-    field: str  # model.path, model.tokenizer or data.path
+    field: str  # model.path, model.tokenizer, data.path, data.replay.path or eval.general_data
     repo_id: str
     repo_type: str  # "model" or "dataset"
     revision: Optional[str] = None
@@ -49,15 +49,15 @@ class HubRef:
         return f"hf download{kind} {self.repo_id}{rev}"
 
 
-def dataset_ref(path: str) -> Optional[HubRef]:
-    """``hf://datasets/org/name[@revision]`` as a HubRef; None for anything else."""
+def dataset_ref(path: str, field: str = "data.path") -> Optional[HubRef]:
+    """``hf://datasets/org/name[@revision]`` (the job's ``field``) as a HubRef; None for anything else."""
     if not path.startswith(HF_DATASETS_PREFIX):
         return None
     m = _DATASET_ID.match(path)
     if not m:
-        raise JobError(f"data.path: {path!r} is not a hub data set id; write hf://datasets/org/name "
+        raise JobError(f"{field}: {path!r} is not a hub data set id; write hf://datasets/org/name "
                        "(optionally @revision)")
-    return HubRef("data.path", m.group(1), "dataset", m.group(2))
+    return HubRef(field, m.group(1), "dataset", m.group(2))
 
 
 def _cache_dir() -> str:

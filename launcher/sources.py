@@ -21,6 +21,8 @@ class JobPaths:
     model: str
     tokenizer: str
     data: str
+    replay: Optional[str] = None  # data.replay.path
+    general: Optional[str] = None  # eval.general_data
 
 
 def _absolute(p: Optional[str]) -> Optional[str]:
@@ -36,10 +38,12 @@ def absolute_paths(spec):
     node of a shared filesystem). Hub ids and demo: names are left as they are."""
     model = spec.model.model_copy(update={"path": _absolute(spec.model.path),
                                           "tokenizer": _absolute(spec.model.tokenizer)})
-    data = spec.data.model_copy(update={"path": _absolute(spec.data.path)})
+    replay = spec.data.replay.model_copy(update={"path": _absolute(spec.data.replay.path)}) if spec.data.replay else None
+    data = spec.data.model_copy(update={"path": _absolute(spec.data.path), "replay": replay})
+    ev = spec.eval.model_copy(update={"general_data": _absolute(spec.eval.general_data)})
     parallel = spec.parallel.model_copy(update={"nvme_path": _absolute(spec.parallel.nvme_path)})
     report = spec.report.model_copy(update={"intensity_forecast": _absolute(spec.report.intensity_forecast)})
-    return spec.model_copy(update={"model": model, "data": data, "parallel": parallel, "report": report,
+    return spec.model_copy(update={"model": model, "data": data, "parallel": parallel, "report": report, "eval": ev,
                                    "output_dir": str(Path(spec.output_dir).expanduser().resolve())})
 
 
@@ -54,20 +58,29 @@ def job_paths(spec) -> JobPaths:
     model = hub.get("model.path") or resolve_model_path(spec.model.path)
     tok = spec.model.tokenizer
     tok = model if tok in (None, spec.model.path) else hub.get("model.tokenizer") or resolve_model_path(tok)
-    return JobPaths(model=model, tokenizer=tok, data=hub.get("data.path") or resolve_data_path(spec.data.path))
+    replay, general = spec.data.replay.path if spec.data.replay else None, spec.eval.general_data
+    return JobPaths(model=model, tokenizer=tok, data=hub.get("data.path") or resolve_data_path(spec.data.path),
+                    replay=hub.get("data.replay.path") or (resolve_data_path(replay) if replay else None),
+                    general=hub.get("eval.general_data") or (resolve_data_path(general) if general else None))
 
 
 def hub_refs(spec) -> list:
     """The job's hub ids (launcher.hub.HubRef): model.path and model.tokenizer when they name one
-    (org/name, with model.revision for the model) and data.path hf://datasets/org/name[@revision]."""
+    (org/name, with model.revision for the model) and the data sets named hf://datasets/org/name[@revision]
+    (data.path, data.replay.path, eval.general_data)."""
     from launcher.hub import HubRef, dataset_ref
 
     refs = [HubRef("model.path", spec.model.path, "model", spec.model.revision)] if is_hub_id(spec.model.path) else []
     tok = spec.model.tokenizer
     if tok and tok != spec.model.path and is_hub_id(tok):
         refs.append(HubRef("model.tokenizer", tok, "model"))
-    data = dataset_ref(spec.data.path)
-    return refs + [data] if data else refs
+    for field, path in (("data.path", spec.data.path),
+                        ("data.replay.path", spec.data.replay.path if spec.data.replay else None),
+                        ("eval.general_data", spec.eval.general_data)):
+        ref = dataset_ref(path, field) if path else None
+        if ref is not None:
+            refs.append(ref)
+    return refs
 
 
 def is_hub_id(path: str) -> bool:

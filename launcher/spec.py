@@ -16,7 +16,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from launcher.engine_rules import ZERO_SIZE_MULTIPLE, offload_problems, size_problem
 from launcher.errors import JobError, format_validation_error
-from launcher.spec_report import ReportSpec, Strict as _Strict
+from launcher.spec_parts import ReportSpec, SlurmSpec, Strict as _Strict
 
 # the embedded default job (a tiny model and task built locally): what `launcher run` runs bare
 DEFAULT_JOB_PATH = Path(__file__).resolve().parent / "demo" / "default_job.yaml"
@@ -38,6 +38,14 @@ class ModelSpec(_Strict):
     trust_remote_code: bool = Field(False, description="Run Python code shipped with the model (trust_remote_code).")
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
         "sdpa", description="Attention kernel: sdpa (PyTorch), eager, or flash_attention_2 (needs flash-attn).")
+
+
+class ReplaySpec(_Strict):
+    path: str = Field(description="General text mixed back into training (a file, a saved data set or "
+                      "hf://datasets/org/name[@revision]), one text per row.")
+    fraction: float = Field(gt=0.0, lt=1.0, description="Share of every global batch's rows taken from it "
+                            "(round(global_batch_size x fraction), at least 1): deterministic, resumable.")
+    text_field: str = Field("text", description="Field holding the text.")
 
 
 class DataSpec(_Strict):
@@ -67,6 +75,9 @@ class DataSpec(_Strict):
         None, min_length=2, description="The class names in id order (format classification): labels given as names "
         "must be among them, integers index them. Default: the sorted set of labels seen.")
     num_samples: Optional[int] = Field(None, ge=1, description="Use only the first N rows.")
+    replay: Optional[ReplaySpec] = Field(
+        None, description="Counter forgetting: mix general text ({path, fraction}) into every global batch "
+        "(causal_lm; the report states the share).")
 
 
 class LoraSpec(_Strict):
@@ -169,60 +180,6 @@ class ParallelSpec(_Strict):
         return self
 
 
-_SBATCH_TIME = re.compile(r"\d+(:\d+){0,2}|\d+-\d+(:\d+){0,2}|UNLIMITED|INFINITE", re.IGNORECASE)
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-class SlurmSpec(_Strict):
-    job_name: Optional[str] = Field(None, description="Default: the job's name.")
-    partition: Optional[str] = Field(None, description="sbatch --partition.")
-    account: Optional[str] = Field(None, description="sbatch --account.")
-    qos: Optional[str] = Field(None, description="sbatch --qos.")
-    time: str = Field("01:00:00", description="Wall time limit, as sbatch --time takes it.")
-    cpus_per_task: Optional[int] = Field(
-        None, ge=1, description="CPUs per node for the one task per node (sbatch and srun --cpus-per-task); "
-        "on CPU it sets the threads per rank.")
-    mem: Optional[str] = Field(None, description="Memory per node, e.g. 200G (sbatch --mem).")
-    constraint: Optional[str] = Field(None, description="sbatch --constraint (node features).")
-    exclusive: bool = Field(False, description="sbatch --exclusive: no other job shares the nodes.")
-    requeue: bool = Field(
-        True, description="After the checkpoint on USR2, requeue the job to resume (off: stop; resubmit to resume).")
-    signal_grace_s: int = Field(120, ge=10, description="USR2 this many seconds before the time limit.")
-    gres: Optional[str] = Field(None, description="Default gpu:<gpus_per_node> on GPU clusters.")
-    extra_sbatch: list[str] = Field(default_factory=list, description="More #SBATCH lines, e.g. --mail-type=END.")
-    setup: list[str] = Field(default_factory=list, description="Shell lines run before launch (module load ...).")
-    env: dict[str, str] = Field(default_factory=dict, description="Exported before launch.")
-
-    @field_validator("time", mode="before")
-    @classmethod
-    def _time_as_text(cls, v):
-        if isinstance(v, int):  # YAML 1.1 reads 12:00:00 as a base-60 integer
-            raise ValueError(f"got the number {v}: quote the time limit, e.g. time: \"12:00:00\"")
-        return v
-
-    @field_validator("time")
-    @classmethod
-    def _time_format(cls, v: str) -> str:
-        if not _SBATCH_TIME.fullmatch(v.strip()):
-            raise ValueError(f"{v!r} is not a time limit sbatch --time takes: write minutes, MM:SS, HH:MM:SS, "
-                             "D-HH, D-HH:MM, D-HH:MM:SS or UNLIMITED, e.g. \"12:00:00\"")
-        return v
-
-    @field_validator("env")
-    @classmethod
-    def _env_names(cls, v: dict) -> dict:
-        for k in v:
-            if not _ENV_NAME.fullmatch(k):
-                raise ValueError(f"{k!r} is not a valid environment variable name: use letters, digits and _, "
-                                 "not starting with a digit")
-        return v
-
-    @field_validator("mem", mode="before")
-    @classmethod
-    def _mem_as_text(cls, v):
-        return str(v) if isinstance(v, int) else v
-
-
 class ClusterSpec(_Strict):
     nodes: int = Field(1, ge=1, description="Nodes; one torchrun per node starts the ranks.")
     gpus_per_node: int = Field(8, ge=1, description="Processes per node on GPUs.")
@@ -246,6 +203,16 @@ class ClusterSpec(_Strict):
     slurm: SlurmSpec = Field(SlurmSpec(), description="Slurm settings, used by launcher slurm.")
 
 
+class EvalSpec(_Strict):
+    general_data: Optional[str] = Field(
+        None, description="General text (a file, a saved data set or hf://datasets/org/name[@revision], text "
+        "format) whose perplexity is measured before and after training: what the fine-tune cost the model "
+        "elsewhere (causal_lm; LoRA's before is the same model with its adapters off).")
+    general_max_tokens: int = Field(16384, ge=1, description="Tokens of general_data evaluated (its first rows): "
+                                    "a bound on the two passes' cost.")
+    general_text_field: str = Field("text", description="Field holding the text of general_data.")
+
+
 class JobSpec(_Strict):
     name: str = Field(
         "job", min_length=1, description="Run directories are <output_dir>/<name>-<time>; the Slurm job name.")
@@ -254,6 +221,7 @@ class JobSpec(_Strict):
     data: DataSpec = Field(DataSpec(), description="The training data and how rows become tokens.")
     train: TrainSpec = Field(
         TrainSpec(), description="Method, batch, optimizer, schedule, checkpoints and evaluation.")
+    eval: EvalSpec = Field(EvalSpec(), description="Forgetting: the perplexity of general text before and after.")
     parallel: ParallelSpec = Field(
         ParallelSpec(), description="How the ranks share the model: DeepSpeed ZeRO or PyTorch FSDP2, offload.")
     cluster: ClusterSpec = Field(ClusterSpec(), description="Nodes, processes per node, device, Slurm.")
@@ -287,6 +255,12 @@ class JobSpec(_Strict):
             raise ValueError("data.format classification needs train.task: classification")
         if cls_task and self.data.packing:
             raise ValueError("data.packing: a classification row is one text with one label; set data.packing=false")
+        if cls_task and self.eval.general_data:
+            raise ValueError("eval.general_data measures a language model's perplexity; a classifier has no LM "
+                             "head: leave it unset for train.task classification")
+        if cls_task and self.data.replay:
+            raise ValueError("data.replay mixes general text into language-model training; leave it unset for "
+                             "train.task classification")
         if cls_task and self.train.eval_accuracy_samples:
             raise ValueError("train.eval_accuracy_samples scores generated responses (instruction data); a "
                              "classification eval reports accuracy and f1_macro on the whole eval split: set it to 0")

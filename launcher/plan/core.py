@@ -190,13 +190,20 @@ def resolve_host_memory(asked: str, planned_host_bytes: Optional[int], ram_bytes
 def with_train_rows(plan: Plan, train_rows: int) -> Plan:
     """The plan completed with the steps that ``train_rows`` (rows after tokenizing and packing)
     give: steps per epoch and total steps, with their derivations."""
+    from launcher.plan.schedule import replay_rows_per_step
+
     t = plan.job.train
     g = plan.global_batch_size
-    spe = _steps_per_epoch(train_rows, g, plan.world_size, plan.micro_batch_size, plan.grad_accum_steps)
+    replay = plan.job.data.replay
+    r = replay_rows_per_step(g, replay.fraction if replay else None)
+    spe = _steps_per_epoch(train_rows, g - r, plan.world_size, plan.micro_batch_size, plan.grad_accum_steps)
     total = _total_steps(spe, t.epochs, t.max_steps)
-    dropped = train_rows - spe * g
+    dropped = train_rows - spe * (g - r)
+    per_step = f"(global_batch_size {g} - replay {r})" if r else f"global_batch_size {g}"
     derivations = [
-        f"steps_per_epoch = train_rows {train_rows} // global_batch_size {g} = {spe}"
+        *([f"replay rows per step = round(global_batch_size {g} x data.replay.fraction {replay.fraction:g}) = {r} "
+           f"(of data.replay.path; the task's rows fill the other {g - r})"] if r else []),
+        f"steps_per_epoch = train_rows {train_rows} // {per_step} = {spe}"
         + (f" ({dropped} rows of the last partial batch unused per epoch)" if dropped else ""),
         "total_steps = " + (f"min(max_steps {t.max_steps}, " if t.max_steps else "")
         + f"steps_per_epoch {spe} x epochs {t.epochs}" + (")" if t.max_steps else "") + f" = {total}",

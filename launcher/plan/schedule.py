@@ -24,6 +24,17 @@ def steps_per_epoch(train_rows: int, global_batch_size: int, world_size: int, mi
     return steps
 
 
+def replay_rows_per_step(global_batch_size: int, fraction: Optional[float]) -> int:
+    """Rows of each global batch taken from data.replay: ``round(global x fraction)``, at least 1 and
+    at most all but one (0 without replay)."""
+    if not fraction:
+        return 0
+    if global_batch_size < 2:
+        raise JobError(f"data.replay: a global batch of {global_batch_size} row cannot mix task and general text; "
+                       "raise train.global_batch_size to 2 or more, or remove data.replay")
+    return min(global_batch_size - 1, max(1, round(global_batch_size * fraction)))
+
+
 def total_steps(steps_per_epoch: int, epochs: int, max_steps: Optional[int]) -> int:
     """``steps_per_epoch x epochs``, capped at ``max_steps`` when given."""
     total = steps_per_epoch * epochs

@@ -167,6 +167,7 @@ class Forecast(_Frozen):
     mfu_forecast: Optional[float] = None  # model FLOPs over the peak, after recompute and waits
     compute_s_per_step: Optional[float] = None
     offload_s_per_step: Optional[float] = None
+    general_eval_s: Optional[float] = None  # eval.general_data: the two passes (before and after)
     step_time_s: Optional[float] = None
     tokens_per_s_per_device: Optional[float] = None
     hours: Optional[float] = None

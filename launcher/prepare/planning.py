@@ -97,11 +97,11 @@ def count_rows(spec, cache_dir: Path) -> int:
     ``<LAUNCHER_CACHE>/data`` without loading the tokenizer."""
     from launcher.fs import user_cache_dir
     from launcher.sources import job_paths, require_model_folder
-    from launcher.train.data import prepare_data
+    from launcher.train.data import prepare_job_data
 
     require_model_folder(spec)  # the ranks load it: one line here, not a traceback per rank
     paths = job_paths(spec)
-    return len(prepare_data(spec, paths.tokenizer, paths.data, cache_dir, store=user_cache_dir() / "data").train)
+    return len(prepare_job_data(spec, paths, paths.tokenizer, cache_dir, store=user_cache_dir() / "data").train)
 
 
 def plan_run(spec, device: str, run_dir: Path, *, with_data: bool = True, **forecast_kw):

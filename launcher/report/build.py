@@ -124,6 +124,7 @@ def build_report(run_dir: str | os.PathLike) -> Report:
         offset_cost=cost.offset.cost if cost.offset else None,
         forecast=forecast,
         loss=C.loss_section(records, steps),
+        forgetting=C.forgetting_section(plan, records),
         checkpoints=C.checkpoints_section(records),
         restarts=F.restarts_section(records, thr),
         stragglers=F.stragglers_section(steps, records.of(MemoryRecord)),

@@ -27,8 +27,8 @@ from typing import Any, Iterable, Optional, Sequence
 
 from launcher.plan.types import Plan
 from launcher.facts.hardware import match_accelerator
-from launcher.rundir import CheckpointRecord, EndRecord, EvalRecord, StartRecord, TrainRecord
-from launcher.rundir.report_file import Checkpoints, EvalPoint, Job, Loss, StatusDetail, Throughput
+from launcher.rundir import CheckpointRecord, EndRecord, EvalRecord, GeneralEvalRecord, StartRecord, TrainRecord
+from launcher.rundir.report_file import Checkpoints, EvalPoint, Forgetting, Job, Loss, StatusDetail, Throughput
 
 
 def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
@@ -122,7 +122,23 @@ def job_section(plan: Plan, starts: Sequence[StartRecord]) -> Job:
         planned_steps=ran.planned_steps if ran else plan.total_steps,
         task=job.train.task,
         labels=ran.labels if ran else job.data.labels,
+        replay_path=job.data.replay.path if job.data.replay else None,
+        replay_rows_per_step=ran.replay_rows_per_step if ran else 0,
     )
+
+
+def forgetting_section(plan: Plan, records: Sequence[Any]) -> Optional[Forgetting]:
+    """The first "before" and the last "after" of eval.general_data; None when the job measures none."""
+    general = plan.job.eval.general_data
+    evals = [r for r in records if isinstance(r, GeneralEvalRecord)]
+    if not general:
+        return None
+    before = next((r for r in evals if r.phase == "before"), None)
+    after = next((r for r in reversed(evals) if r.phase == "after"), None)
+    b, a = (finite(r.perplexity) if r else None for r in (before, after))
+    return Forgetting(data=general, tokens=(after or before).tokens if (after or before) else 0, before_ppl=b,
+                      after_ppl=a, change=(a / b - 1.0) if (a is not None and b) else None,
+                      before_adapters_off=bool(before and before.adapters_off))
 
 
 def status_section(completed: bool, records: Sequence[Any], steps: list[TrainRecord],

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
+from launcher.report.units import fmt_bytes, fmt_dur, fmt_kwh, fmt_money, fmt_num, fmt_pct
 from launcher.rundir.energy_file import COMPONENTS
 from launcher.rundir.report_file import ForecastCheck, Job, Report, Stragglers
 
@@ -17,62 +18,10 @@ FOOTER = ("Made by launcher report from the run directory. Energy includes PUE; 
           "measured on it).")
 
 
-def _isnum(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
 def calibration_words(source: Optional[str], distance: Optional[float]) -> str:
     """How a forecast's calibration was chosen: "the nearest run of the calibration history, distance 0.69"."""
     how = "named with --calibrate" if source == "--calibrate" else "the nearest run of the calibration history"
     return how + (f", distance {distance:.2f}" if distance is not None else ", another kind of device")
-
-
-def fmt_num(x: Any, digits: int = 3) -> str:
-    """Numbers for people: thousands separators, ``digits`` significant digits for small values."""
-    if x is None:
-        return "n/a"
-    if not _isnum(x):
-        return str(x)
-    if isinstance(x, int):
-        return f"{x:,}"
-    ax = abs(x)
-    if ax == 0:
-        return "0"
-    if ax >= 1000:
-        return f"{x:,.0f}"
-    if ax >= 1:
-        return f"{x:,.{max(digits - len(str(int(ax))), 0)}f}"
-    return f"{x:.{digits}g}"
-
-
-def fmt_pct(x: Optional[float], digits: int = 1) -> str:
-    return "n/a" if x is None else f"{x * 100:.{digits}f}%"
-
-
-def fmt_dur(s: Optional[float]) -> str:
-    if s is None:
-        return "n/a"
-    if s < 60:
-        return f"{s:.2f} s" if s < 10 else f"{s:.1f} s"
-    m, sec = divmod(int(round(s)), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m{sec:02d}s" if h else f"{m}m{sec:02d}s"
-
-
-def fmt_money(x: Optional[float], currency: str) -> str:
-    if x is None:
-        return "n/a"
-    if x == 0 or abs(x) >= 1:
-        return f"{x:,.2f} {currency}"
-    return f"{x:.3g} {currency}"
-
-
-def fmt_kwh(x: Optional[float]) -> str:
-    if x is None:
-        return "n/a"
-    if x < 0.01:
-        return f"{x * 1000:.4g} Wh"
-    return f"{x:.4g} kWh"
 
 
 def strategy_label(job: Job) -> str:
@@ -133,7 +82,23 @@ def job_rows(report: Report) -> Rows:
                   f"x world {fmt_num(j.world_size)} = {fmt_num(j.global_batch_size)} rows/step"),
         ("Sequence length", f"{fmt_num(j.seq_len)} ({'packed' if j.packing else 'padded'})"),
         ("Parameters", f"{fmt_num(j.n_params)} ({fmt_num(j.n_trainable_params)} trainable)"),
+        *([("Classes", ", ".join(j.labels))] if j.task == "classification" and j.labels else []),
+        *([("Replay", replay_text(j))] if j.replay_rows_per_step else []),
     ]
+
+
+def replay_text(j) -> str:
+    g = j.global_batch_size or 0
+    share = j.replay_rows_per_step / g if g else 0.0
+    return (f"{j.replay_rows_per_step} of {fmt_num(g)} rows per step ({share:.1%}) of general text from "
+            f"{j.replay_path}")
+
+
+def forgetting_text(fg) -> Optional[str]:
+    """"general-domain perplexity A -> B (+x%)", or None without both figures."""
+    if fg is None or fg.before_ppl is None or fg.after_ppl is None:
+        return None
+    return f"general-domain perplexity {fg.before_ppl:.4g} -> {fg.after_ppl:.4g} ({fg.change:+.1%})"
 
 
 def throughput_rows(report: Report) -> Rows:
@@ -245,6 +210,12 @@ def loss_rows(report: Report) -> Rows:
             [e for e in lo.eval if e.f1_macro is not None]) > 1 else ""
         rows.append(("Macro F1 (first -> last eval)" if before else "Macro F1 (last eval)",
                      before + fmt_num(lo.last_f1_macro, 3)))
+    fg = report.forgetting
+    if fg is not None:
+        text = forgetting_text(fg)
+        how = (" (before: the trained model with its adapters off)" if fg.before_adapters_off else "")
+        rows.append(("Forgetting", f"{text} over {fmt_num(fg.tokens)} tokens of {fg.data}{how}" if text
+                     else "not measured (the run did not complete)"))
     if report.status_detail.attempts > 1 or ck.count:
         rows.append(("Checkpoints", f"{ck.count}" + (f" (last at step {ck.last_step})" if ck.last_step is not None else "")))
     return rows
@@ -299,12 +270,6 @@ def straggler_rows(st: Stragglers) -> Rows:
                      f"compute {fmt_dur(r.compute_median_s)}, waiting {fmt_dur(r.wait_median_s)} per step; "
                      f"{fmt_dur(r.compute_s)} / {fmt_dur(r.wait_s)} in all{mark}"))
     return rows
-
-
-def fmt_bytes(x: Optional[float]) -> str:
-    if x is None:
-        return "n/a"
-    return f"{x / 2**30:,.3g} GiB" if abs(x) >= 2**30 else f"{x / 2**20:,.4g} MiB"
 
 
 FORECAST_LABELS = {"time_s": "Time (training steps)", "kwh": "Energy", "kg_co2e": "Emissions", "cost": "Cost",
@@ -377,11 +342,6 @@ def compare_rows(reports: Sequence[Report]) -> tuple[list[str], list[list[str]]]
 # --------------------------------------------------------------------------- lines
 
 
-def md_cell(s: str) -> str:
-    """A Markdown table cell: pipes escaped, one line."""
-    return str(s).replace("|", "\\|").replace("\n", " ")
-
-
 def what_changed(report: Report) -> Optional[str]:
     """The line "what changed: eval loss A (step s) -> B (step t)", plus the task accuracy before and
     after when both evaluations have one; None with fewer than two evaluations."""
@@ -394,4 +354,7 @@ def what_changed(report: Report) -> Optional[str]:
         line += f", task accuracy {first.accuracy:.1%} -> {last.accuracy:.1%}"
     if first.f1_macro is not None and last.f1_macro is not None:
         line += f", macro F1 {first.f1_macro:.3f} -> {last.f1_macro:.3f}"
+    forgetting = forgetting_text(report.forgetting)
+    if forgetting:
+        line += f", {forgetting}"
     return line

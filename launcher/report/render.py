@@ -13,7 +13,8 @@ import csv
 import io
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-from launcher.report.format import FOOTER, compare_rows, headline, md_cell, run_label, summary_sections
+from launcher.report.format import FOOTER, compare_rows, headline, run_label, summary_sections
+from launcher.report.units import md_cell
 from launcher.rundir.report_file import Report
 
 if TYPE_CHECKING:
@@ -129,6 +130,7 @@ CSV_FIELDS: list[tuple[str, tuple[str, ...]]] = [
     ("first_train_loss", ("loss", "first_train_loss")), ("last_train_loss", ("loss", "last_train_loss")),
     ("min_train_loss", ("loss", "min_train_loss")), ("last_eval_loss", ("loss", "last_eval_loss")),
     ("last_accuracy", ("loss", "last_accuracy")), ("last_f1_macro", ("loss", "last_f1_macro")),
+    ("general_ppl_before", ("forgetting", "before_ppl")), ("general_ppl_after", ("forgetting", "after_ppl")),
     ("forecast_time_s", ("forecast", "rows", "time_s", "forecast")),
     ("forecast_time_ratio", ("forecast", "rows", "time_s", "ratio")),
     ("forecast_kwh", ("forecast", "rows", "kwh", "forecast")), ("forecast_kwh_ratio", ("forecast", "rows", "kwh", "ratio")),

@@ -38,6 +38,7 @@ from launcher.rundir.metrics import (
     CheckpointRecord,
     EndRecord,
     EvalRecord,
+    GeneralEvalRecord,
     MemoryRecord,
     Metrics,
     RankMemory,
@@ -51,7 +52,7 @@ from launcher.rundir.paths import (RunDir, adapter_files, engine_dir, manifest_f
                                    trainer_state_file)
 
 __all__ = [
-    "CheckpointRecord", "RunDir", "adapter_files", "engine_dir", "manifest_file", "model_card", "rng_state", "trainer_state_file", "EndRecord", "EvalRecord", "MemoryRecord", "Metrics", "RankMemory", "MetricsWriter", "StartRecord", "TrainRecord",
+    "CheckpointRecord", "RunDir", "adapter_files", "engine_dir", "manifest_file", "model_card", "rng_state", "trainer_state_file", "EndRecord", "EvalRecord", "GeneralEvalRecord", "MemoryRecord", "Metrics", "RankMemory", "MetricsWriter", "StartRecord", "TrainRecord",
     "check_writable", "hash_files", "is_run_dir", "new_run_dir", "read_metrics", "read_plan", "require_run_dir",
     "write_atomic", "write_json", "write_plan", "write_run_dir",
 ]

@@ -51,6 +51,7 @@ class StartRecord(_Record):
     steps_lost: int = Field(0, description="steps the previous attempt had done past the checkpoint resumed from")
     packed: bool = False
     labels: Optional[list[str]] = None  # classification: the class names in id order
+    replay_rows_per_step: int = 0  # data.replay: general rows in every global batch
     hostname: Optional[str] = None
 
 
@@ -80,6 +81,19 @@ class EvalRecord(_Record):
     eval_tokens: int
     accuracy: Optional[float] = None
     f1_macro: Optional[float] = None  # classification
+
+
+class GeneralEvalRecord(_Record):
+    """Forgetting: the perplexity of eval.general_data, before training (phase before: the model at
+    step 0; LoRA: the trained model with its adapters off) and after (the model as trained)."""
+
+    kind: Literal["general_eval"] = "general_eval"
+    phase: Literal["before", "after"]
+    step: int
+    loss: float  # mean token loss over the general rows
+    perplexity: float
+    tokens: int  # label tokens evaluated
+    adapters_off: bool = False
 
 
 class CheckpointRecord(_Record):
@@ -123,7 +137,8 @@ class MemoryRecord(_Record):
     ranks: list[RankMemory]
 
 
-Record = Annotated[Union[StartRecord, TrainRecord, EvalRecord, CheckpointRecord, EndRecord, MemoryRecord],
+Record = Annotated[Union[StartRecord, TrainRecord, EvalRecord, GeneralEvalRecord, CheckpointRecord, EndRecord,
+                         MemoryRecord],
                    Field(discriminator="kind")]
 _ADAPTER: TypeAdapter = TypeAdapter(Record)
 STEP_KINDS = ("train", "eval", "checkpoint")  # records that belong to a step

@@ -49,6 +49,8 @@ class Job(_Section):
     planned_steps: Optional[int] = None
     task: str = "causal_lm"
     labels: Optional[list[str]] = None  # classification: the class names in id order
+    replay_path: Optional[str] = None  # data.replay.path
+    replay_rows_per_step: int = 0  # general rows in every global batch (of global_batch_size)
 
 
 class StatusDetail(_Section):
@@ -240,6 +242,17 @@ class Loss(_Section):
     last_f1_macro: Optional[float] = None
 
 
+class Forgetting(_Section):
+    """eval.general_data's perplexity before and after training (change: after / before - 1)."""
+
+    data: str
+    tokens: int
+    before_ppl: Optional[float] = None
+    after_ppl: Optional[float] = None
+    change: Optional[float] = None
+    before_adapters_off: bool = False  # LoRA: "before" is the trained model with its adapters off
+
+
 class Checkpoints(_Section):
     count: int = 0
     last_step: Optional[int] = None
@@ -314,6 +327,7 @@ class Report(BaseModel):
     offset_cost: Optional[float] = None  # cost.offset.cost: the price of offsetting the job's CO2
     forecast: ForecastCheck
     loss: Loss
+    forgetting: Optional[Forgetting] = None  # eval.general_data
     checkpoints: Checkpoints
     restarts: Restarts
     stragglers: Stragglers

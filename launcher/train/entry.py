@@ -127,11 +127,11 @@ def _main(run_dir: str, preflight_only: bool, t_start: float) -> int:
         # sits inside a collective with a timeout; a file lock serialises the ranks of a node
 
         from launcher.sources import job_paths
-        from launcher.train.data import prepare_data, read_tokenizer
+        from launcher.train.data import prepare_job_data, read_tokenizer
 
         paths = job_paths(plan.job)
         tok = read_tokenizer(plan.job, paths.tokenizer)
-        prepared = prepare_data(plan.job, paths.tokenizer, paths.data, rundir.RunDir(run_dir).cache)
+        prepared = prepare_job_data(plan.job, paths, paths.tokenizer, rundir.RunDir(run_dir).cache)
     try:
         init_distributed(plan, store, join_timeout_s=timeout_s)
         run_preflight(run_dir, timeout_s=timeout_s)

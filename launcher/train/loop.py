@@ -58,6 +58,20 @@ class Run:
     def num_labels(self) -> int:
         return len(self.prepared.stats.labels or []) if self.spec.train.task == "classification" else 0
 
+    def general_record(self, step: int, phase: str) -> rundir.GeneralEvalRecord:
+        """The perplexity of eval.general_data (collective, every rank). LoRA's "before" is the
+        trained model with its adapters off: the base model, with no second copy."""
+        import math
+        from contextlib import nullcontext
+
+        rows = self.prepared.general
+        off = phase == "before" and self.spec.train.method == "lora"
+        module = self.strategy.unwrapped()
+        with (module.disable_adapter() if off else nullcontext()):
+            loss = eval_loss(self.strategy, rows, self.pad_id, self.plan).loss
+        return rundir.GeneralEvalRecord(phase=phase, step=step, loss=loss, perplexity=math.exp(min(loss, 700.0)),
+                                        tokens=label_count(rows), adapters_off=off)
+
     def eval_record(self, step: int, accuracy=None) -> rundir.EvalRecord:
         """The eval loss over the eval split (collective, every rank); a classifier's accuracy
         and macro F1 from the same pass."""
@@ -112,8 +126,17 @@ def _prepare(run: Path, plan, prepared, tokenizer) -> Run:
     if plan.threads_per_rank and plan.device == "cpu":
         torch.set_num_threads(plan.threads_per_rank)
     install_stop_handler()
+    from launcher.plan.schedule import replay_rows_per_step
+
+    replay = spec.data.replay
     sched = BatchSchedule(len(prepared.train), world, plan.micro_batch_size, plan.grad_accum_steps,
-                          spec.train.epochs, spec.train.seed)
+                          spec.train.epochs, spec.train.seed, replay_rows=len(prepared.replay or []),
+                          replay_per_step=replay_rows_per_step(plan.global_batch_size,
+                                                               replay.fraction if replay else None))
+    if prepared.replay:  # the schedule's indices past the task's rows are the general rows
+        from launcher.train.data.extra import ConcatRows
+
+        prepared.train = ConcatRows(prepared.train, prepared.replay)
     hf_logging.disable_progress_bar()
     import_engine(plan)
     return Run(run=run, plan=plan, prepared=prepared, tokenizer=tokenizer, rank=rank, world=world,
@@ -180,6 +203,8 @@ def _start_records(r: Run, n_params: int, n_trainable: int, start_step: int, ste
         # the baseline: eval loss (collective, every rank) and task accuracy (rank 0; a classifier's
         # in the same pass) before training
         r.metrics.write(r.eval_record(0, acc_before))
+    if start_step == 0 and r.prepared.general and spec.train.method == "full":
+        r.metrics.write(r.general_record(0, "before"))  # LoRA's is measured at the end, adapters off
 
 
 def _step(r: Run, step: int, clock: CollectiveClock):
@@ -269,6 +294,10 @@ def _end_records(r: Run, status: str, done: int) -> None:
         acc = accuracy_of_model(final, final, r.spec, r.paths.data) \
             if r.spec.train.eval_accuracy_samples and r.rank == 0 else None
         r.metrics.write(r.eval_record(r.total_steps, acc))
+    if status == "completed" and r.prepared.general:
+        if r.spec.train.method == "lora":
+            r.metrics.write(r.general_record(r.total_steps, "before"))
+        r.metrics.write(r.general_record(r.total_steps, "after"))
     r.metrics.write(rundir.EndRecord(steps=done, status=status, final_path=str(final) if final else None))
 
 

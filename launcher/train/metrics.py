@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from launcher import rundir
+from launcher.plan.schedule import replay_rows_per_step
 
 
 def accelerator_name(device: str) -> str:
@@ -49,6 +50,8 @@ def start_record(plan, *, world: int, n_params: int, n_trainable: int, flops_per
         train_tokens=stats.train_tokens, resumed_from_step=resumed_from or None,
         setup_s=time.time() - t_start, packed=stats.packed, hostname=socket.gethostname(),
         restart=restart, steps_lost=steps_lost, labels=getattr(stats, "labels", None),
+        replay_rows_per_step=replay_rows_per_step(plan.global_batch_size,
+                                                  plan.job.data.replay.fraction if plan.job.data.replay else None),
     )
 
 

@@ -75,6 +75,8 @@ def summary_figures(report: "Report") -> dict[str, float]:
         figs.update(energy_kwh=e.energy_kwh.total, emissions_kgco2e=e.emissions_kg)
     if report.cost.available:
         figs["cost"] = report.cost.total
+    if report.forgetting is not None:
+        figs.update(general_ppl_before=report.forgetting.before_ppl, general_ppl_after=report.forgetting.after_ppl)
     return {f"report/{k}": float(v) for k, v in figs.items()
             if isinstance(v, (int, float)) and not isinstance(v, bool)}
 

@@ -290,6 +290,18 @@ CASES: list = [  # (id, setup, argv, expected), or a pytest.param of the same
      ("train.task classification needs data.format: classification",)),
     ("cls-packing", None, ["plan", "train.task=classification", "data.packing=true"],
      ("data.packing:", "set data.packing=false")),
+    # --- forgetting: eval.general_data and data.replay
+    ("general-data-missing", None, [*WITH_DATA, "eval.general_data=nope.jsonl"],
+     ("eval.general_data: nope.jsonl: no such file or folder",)),
+    ("general-data-without-text", jsonl("g.jsonl", [{"body": "some text"}]), [*WITH_DATA, "eval.general_data=g.jsonl"],
+     ("eval.general_data:", "g.jsonl:1: missing field 'text'", "set eval.general_text_field")),
+    ("replay-file-missing", None, [*WITH_DATA, "data.replay.path=nope.jsonl", "data.replay.fraction=0.2"],
+     ("data.replay.path: nope.jsonl: no such file or folder",)),
+    ("replay-fraction-out-of-range", None, ["plan", "data.replay.path=g.jsonl", "data.replay.fraction=1.5"],
+     ("data.replay.fraction: must be < 1.0, got 1.5",)),
+    ("replay-without-fraction", None, ["plan", "data.replay.path=g.jsonl"], ("data.replay.fraction: Field required",)),
+    ("general-data-with-a-classifier", None, ["plan", "train.task=classification", "eval.general_data=g.jsonl"],
+     ("eval.general_data", "a classifier has no LM head")),
     # --- CLI flags
     ("ds-config-flags-with-a-job", JOB, ["ds-config", "job.yaml", "--stage", "3"],
      ("--stage: not used with a job file", "parallel.zero_stage=3")),

@@ -49,7 +49,7 @@ def test_bad_job_exits_2_with_one_line_per_problem_and_no_traceback(tmp_path):
     assert lines == [
         "error: job.yaml: train.micro_batch_size: must be >= 1, got 0",
         "error: job.yaml: paralel: unknown key; did you mean 'parallel'? "
-        "(valid: name, output_dir, model, data, train, parallel, cluster, report)",
+        "(valid: name, output_dir, model, data, train, eval, parallel, cluster, report)",
     ]
 
 

@@ -268,6 +268,30 @@ def test_batch_schedule_same_global_batch_across_world_sizes():
     assert a.global_rows(0) != a.global_rows(6)  # new permutation each epoch
 
 
+def test_batch_schedule_replays_general_rows_in_every_batch():
+    """data.replay: 2 of every 8 rows come from the 5 general rows (indices 30..34), the task's 30
+    rows fill the rest (an epoch is 30 // 6 = 5 steps), whatever the layout; a pass over the general
+    rows may end mid-batch; the same step always takes the same rows (a resume takes them too)."""
+    kw = dict(epochs=2, seed=3, replay_rows=5, replay_per_step=2)
+    a = BatchSchedule(30, world_size=1, micro_batch_size=4, grad_accum_steps=2, **kw)
+    b = BatchSchedule(30, world_size=2, micro_batch_size=2, grad_accum_steps=2, **kw)
+    assert a.task_per_step == 6 and a.steps_per_epoch == 5 and a.total_steps() == 10
+    general = []
+    for step in range(a.total_steps()):
+        rows = a.global_rows(step)
+        assert len(rows) == len(set(rows)) == 8
+        g = [i for i in rows if i >= 30]
+        assert len(g) == 2 and all(30 <= i < 35 for i in g)
+        general += g
+        assert set(rows) == {i for m in range(2) for r in range(2) for i in b.rows_for(step, m, r)}
+        again = BatchSchedule(30, world_size=1, micro_batch_size=4, grad_accum_steps=2, **kw)
+        assert again.global_rows(step) == rows
+    for k in range(0, 20, 5):  # every pass over the general rows visits each once
+        assert sorted(general[k:k + 5]) == [30, 31, 32, 33, 34]
+    task = [i for st in range(5) for i in a.global_rows(st) if i < 30]
+    assert sorted(task) == list(range(30))
+
+
 def test_batch_schedule_too_small():
     with pytest.raises(JobError, match="needs 16"):
         BatchSchedule(10, world_size=2, micro_batch_size=4, grad_accum_steps=2, epochs=1, seed=0)

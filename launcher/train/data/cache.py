@@ -46,6 +46,8 @@ class PreparedData:
     stats: DataStats
     cache_path: Optional[str] = None
     cache_hit: bool = False
+    replay: Optional[Sequence[dict]] = None  # data.replay's rows (launcher.train.data.extra)
+    general: Optional[Sequence[dict]] = None  # eval.general_data's rows evaluated for forgetting
 
 
 def _hash_data_source(path: Path) -> str:
