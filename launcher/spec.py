@@ -16,7 +16,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from launcher.engine_rules import ZERO_SIZE_MULTIPLE, offload_problems, size_problem
 from launcher.errors import JobError, format_validation_error
-from launcher.spec_parts import ReportSpec, SlurmSpec, Strict as _Strict
+from launcher.spec_parts import K8sSpec, ReportSpec, SlurmSpec, Strict as _Strict
 
 # the embedded default job (a tiny model and task built locally): what `launcher run` runs bare
 DEFAULT_JOB_PATH = Path(__file__).resolve().parent / "demo" / "default_job.yaml"
@@ -201,6 +201,7 @@ class ClusterSpec(_Strict):
         None, gt=0, description="Network bandwidth per node between nodes, Gbit/s (e.g. 3200 for 8x400G "
         "InfiniBand): the plan's lower bound on communication time per step.")
     slurm: SlurmSpec = Field(SlurmSpec(), description="Slurm settings, used by launcher slurm.")
+    k8s: K8sSpec = Field(K8sSpec(), description="Kubernetes settings, used by launcher k8s (a TrainJob or a JobSet).")
 
 
 class EvalSpec(_Strict):

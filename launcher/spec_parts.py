@@ -110,3 +110,43 @@ class SlurmSpec(Strict):
     @classmethod
     def _mem_as_text(cls, v):
         return str(v) if isinstance(v, int) else v
+
+
+class K8sToleration(Strict):
+    key: Optional[str] = Field(None, description="Taint key (e.g. nvidia.com/gpu).")
+    operator: Literal["Equal", "Exists"] = Field("Equal", description="Equal (key and value) or Exists (key).")
+    value: Optional[str] = Field(None, description="Taint value (operator Equal).")
+    effect: Optional[Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]] = Field(None, description="Taint effect.")
+    toleration_seconds: Optional[int] = Field(None, ge=0, description="NoExecute: seconds the pod stays bound.")
+
+
+class K8sSpec(Strict):
+    namespace: str = Field("default", description="Namespace of the TrainJob or JobSet.")
+    image: Optional[str] = Field(None, description="Container image with launcher installed (the same versions as "
+                                 "here: the pods' preflight compares them across nodes). Required by launcher k8s.")
+    runtime: str = Field("torch-distributed", description="TrainJob flavour: the ClusterTrainingRuntime it runs on "
+                         "(Kubeflow Trainer's torch-distributed), whose JobSet failure policy decides restarts; "
+                         "launcher: a TrainingRuntime written beside the TrainJob with launcher's (a stop checkpoint "
+                         "restarts without spending a restart), as the jobset flavour has.")
+    queue: Optional[str] = Field(None, description="Kueue LocalQueue (the label kueue.x-k8s.io/queue-name).")
+    pvc: Optional[str] = Field(None, description="PersistentVolumeClaim every pod mounts (ReadWriteMany): the run "
+                               "directory, the Hugging Face cache and launcher's cache live on it.")
+    mount_path: str = Field("/workspace", description="Where the claim is mounted, and the pods' working directory "
+                            "(relative model and data paths are relative to it).")
+    service_account: Optional[str] = Field(None, description="serviceAccountName of the pods.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="nodeSelector of the pods, e.g. "
+                                          "{nvidia.com/gpu.product: NVIDIA-H100-80GB-HBM3}.")
+    tolerations: list[K8sToleration] = Field(default_factory=list, description="Tolerations of the pods.")
+    priority_class: Optional[str] = Field(None, description="priorityClassName of the pods.")
+    env: dict[str, str] = Field(default_factory=dict, description="More environment variables of the container.")
+    grace_period_s: Optional[int] = Field(
+        None, ge=1, description="terminationGracePeriodSeconds (default: the planner's forecast of the stop "
+        "checkpoint, one step and the save, plus a margin).")
+    cpu: Optional[str] = Field(None, description="CPU request and limit per pod (default: none; on CPU-only jobs "
+                               "the threads per rank follow it).")
+    memory: Optional[str] = Field(None, description="Memory request and limit per pod, e.g. 200Gi.")
+
+    @field_validator("cpu", "memory", mode="before")
+    @classmethod
+    def _quantity_as_text(cls, v):
+        return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v

@@ -70,12 +70,23 @@ def status(run_dirs, as_json):
 @click.option("-f", "--follow", is_flag=True, help="Keep printing as the logs grow, until the job ends.")
 @click.option("--interval", type=float, default=1.0, hidden=True, help="Seconds between polls with -f.")
 def logs(run_dir, follow, interval):
-    """Print RUN_DIR's newest logs (the Slurm job's .out and .err); -f follows them until the job
-    ends (or Ctrl-C)."""
+    """Print RUN_DIR's newest logs (the Slurm job's .out and .err; a Kubernetes run's pods, through
+    kubectl logs); -f follows them until the job ends (or Ctrl-C)."""
     from launcher import rundir
+    from launcher.execute.k8s import k8s_object
     from launcher.execute.status import is_finished, log_files, stored_job_id
 
     run = rundir.require_run_dir(run_dir)
+    obj = k8s_object(run)
+    if obj is not None:  # the pods' logs, through kubectl (the run directory is on the claim)
+        import subprocess
+
+        from launcher.execute.k8s import k8s_logs_argv
+
+        try:
+            raise SystemExit(subprocess.run(k8s_logs_argv(obj, follow)).returncode)
+        except KeyboardInterrupt:
+            return
     job_id = stored_job_id(run)
     files = log_files(run, job_id)
     if not files and not follow:
@@ -120,13 +131,22 @@ def logs(run_dir, follow, interval):
 @click.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 def cancel(run_dir):
-    """Cancel RUN_DIR's Slurm job (scancel). The run directory and its checkpoints stay."""
+    """Cancel RUN_DIR's Slurm job (scancel), or its Kubernetes TrainJob/JobSet (kubectl delete). The
+    run directory and its checkpoints stay."""
     from launcher import rundir
     from launcher.errors import JobError
     from launcher.execute.slurm import cancel as scancel
     from launcher.execute.status import stored_job_id
 
     run = rundir.require_run_dir(run_dir)
+    from launcher.execute.k8s import k8s_cancel, k8s_object
+
+    obj = k8s_object(run)
+    if obj is not None:
+        k8s_cancel(obj)
+        click.echo(f"deleted {obj['kind']}/{obj['name']} and its ConfigMap in namespace {obj['namespace']} ({run}); "
+                   "the run directory on the claim stays")
+        return
     job_id = stored_job_id(run)
     if not job_id:
         raise JobError(f"{run_dir}: no Slurm job recorded (no {rundir.SLURM_JOB_ID}); "

@@ -35,7 +35,15 @@ def run_status(run: Path, *, query_slurm: bool = True) -> dict:
         "completed": rundir.RunDir(run).completed.exists(),
         "preempted": rundir.RunDir(run).preempted.exists(),
     }
-    if out["job_id"] and query_slurm:
+    from launcher.execute.k8s import k8s_object
+
+    obj = k8s_object(run)
+    if obj is not None and query_slurm:  # a Kubernetes run: its TrainJob or JobSet
+        from launcher.execute.k8s import k8s_state
+
+        out["job_id"] = f"{obj['kind']}/{obj['name']}"
+        out.update(k8s_state(obj))
+    elif out["job_id"] and query_slurm:
         from launcher.execute.slurm import job_state
 
         st = job_state(out["job_id"])

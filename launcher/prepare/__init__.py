@@ -17,7 +17,7 @@ from launcher.prepare.planning import (  # noqa: F401
     with_best_start,
 )
 from launcher.prepare.launch import (  # noqa: F401
-    prestart_hint, local_launch_files, engine_files, host_names, hosts_launch_files, slurm_files,
+    prestart_hint, local_launch_files, engine_files, host_names, hosts_launch_files, k8s_files, slurm_files,
 )
 from launcher.prepare.resume import (  # noqa: F401
     check_resume, clear_run_outputs, clear_stop_markers, preflight_failure, latest_run_dir,
@@ -28,6 +28,6 @@ __all__ = [
     "check_nvme_buildable", "check_nvme_here", "check_trackers_here", "node_ram_bytes", "check_attention",
     "with_procs", "plan_without_data", "fetch_hub", "count_rows", "plan_run", "plan_before_data",
     "plan_with_data", "with_best_start", "prestart_hint", "local_launch_files", "engine_files", "host_names", "hosts_launch_files",
-    "slurm_files", "check_resume", "clear_run_outputs", "clear_stop_markers", "preflight_failure",
+    "k8s_files", "slurm_files", "check_resume", "clear_run_outputs", "clear_stop_markers", "preflight_failure",
     "latest_run_dir",
 ]

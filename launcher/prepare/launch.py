@@ -87,3 +87,29 @@ def slurm_files(spec, run_dir: str, *, python: str, extra_train_args: Sequence[s
         plan = with_best_start(plan, start_window_s)
     script = render_sbatch(plan, run_dir, python=python, extra_train_args=list(extra_train_args))
     return plan, {**engine_files(plan), rundir.SBATCH: script}
+
+
+def k8s_files(spec, run_name: str, *, flavor: str = "trainjob"):
+    """(plan, files) of a Kubernetes run: k8s.yaml (a ConfigMap holding job.yaml, plan.json and the
+    engine config, which the pods copy into the run directory on the claim, and the TrainJob or
+    JobSet) and the engine config. The pods' paths are their own: nothing is made absolute here;
+    the device is the cluster's (cuda unless cluster.device says cpu), threads per rank come from
+    cluster.k8s.cpu."""
+    import json
+
+    import yaml
+
+    from launcher.render.k8s import render_k8s
+
+    device = "cpu" if spec.cluster.device == "cpu" else "cuda"
+    cpus = None
+    if device == "cpu" and spec.cluster.k8s.cpu:
+        try:
+            cpus = max(1, int(float(spec.cluster.k8s.cpu)))
+        except ValueError:
+            cpus = None  # millicores ("500m"): one thread per rank
+    spec, plan = plan_without_data(spec, device, cpu_count=cpus, here=False, absolute=False)
+    files = engine_files(plan)
+    run_files = {rundir.JOB_YAML: yaml.safe_dump(plan.job.to_dict(), sort_keys=False),
+                 rundir.PLAN_JSON: json.dumps(plan.to_dict(), indent=2, sort_keys=True) + "\n", **files}
+    return plan, {**files, rundir.K8S_YAML: render_k8s(plan, run_name, run_files, flavor)}

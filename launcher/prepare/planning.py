@@ -19,20 +19,23 @@ def with_procs(spec, device: str, nproc: Optional[int]):
 
 
 def plan_without_data(spec, device: str, *, cpu_count: Optional[int] = None, here: bool = True,
-                      calibrate: Optional[str] = None, history: bool = True, probe: bool = True, **plan_kw):
+                      calibrate: Optional[str] = None, history: bool = True, probe: bool = True,
+                      absolute: bool = True, **plan_kw):
     """(job with absolute paths, its plan): everything but the steps, which need the data. The
     forecast's carbon intensity is CodeCarbon's for the job's country; a CPU job that runs here
     is forecast from this machine's probe (launcher.prepare.probe); the forecast scales from the
     run ``calibrate`` names, else from the nearest run of the calibration history (unless not
     ``history``). ``plan_kw`` go to plan_job. ``here``: the job runs on this machine (its RAM is
     the node's, its CPU the one probed); ``probe``: the forecast will have steps to time (a plan
-    that will not, `launcher plan` without train.max_steps or --with-data, skips the probe)."""
+    that will not, `launcher plan` without train.max_steps or --with-data, skips the probe).
+    ``absolute``: paths that exist here are made absolute (not for pods, which see their own files)."""
     from launcher.plan import plan_job
     from launcher.sources import absolute_paths, model_info
 
     from launcher.report.carbon import carbon_intensity
 
-    spec = absolute_paths(spec)
+    if absolute:
+        spec = absolute_paths(spec)
     intensity, source = carbon_intensity(spec.report.country_iso_code)
     cpu = None
     if here and probe and device == "cpu":

@@ -77,6 +77,24 @@ def _read_accounting(run_dir: Path, notes: list[str]) -> Optional[SlurmAccountin
         return None
 
 
+def _read_pods(run_dir: Path, notes: list[str]) -> list[dict]:
+    """The pods of a Kubernetes run (k8s_pods.jsonl); a torn line is left out, said in the notes."""
+    import json
+
+    f = RunDir(run_dir).k8s_pods
+    if not f.is_file():
+        return []
+    pods = []
+    for line in f.read_text().splitlines():
+        try:
+            p = json.loads(line)
+            if isinstance(p, dict) and {"start", "end", "exit"} <= set(p):
+                pods.append(p)
+        except ValueError:
+            notes.append(f"{f.name}: a line is not JSON: left out of the allocation")
+    return pods
+
+
 def build_report(run_dir: str | os.PathLike) -> Report:
     """The report of one run."""
     rd = Path(run_dir)
@@ -103,10 +121,14 @@ def build_report(run_dir: str | os.PathLike) -> Report:
     energy = A.energy_section(nodes, job, thr, notes)
     if plan.job.report.intensity_forecast and energy.available:
         energy = energy.model_copy(update={"hourly": _hourly(plan.job.report.intensity_forecast, nodes, energy)})
-    allocation = F.allocation_section(_read_accounting(rd, notes), job, thr)
+    pods = _read_pods(rd, notes)
+    allocation = F.pods_allocation(pods, job, thr) if pods else F.allocation_section(_read_accounting(rd, notes), job,
+                                                                                     thr)
     billed = thr.model_copy(update={"device_hours": allocation.device_hours}) if allocation.available else thr
     if allocation.available:
-        notes.append("cost: compute priced on Slurm's allocated time (sacct, every attempt), not the trainer's")
+        notes.append("cost: compute priced on the allocated time (" + (
+            "the pods' start to end, every attempt" if allocation.source == "pods" else "sacct, every attempt")
+            + "), not the trainer's")
     cost = A.cost_section(plan.job.report, billed, energy, notes)
     forecast = forecast_section(_completed_forecast(plan, starts, notes), plan.memory, job.device, thr, energy,
                                 cost, records.of(MemoryRecord))

@@ -70,6 +70,20 @@ def stragglers_section(steps: Sequence[TrainRecord], memory: Sequence[MemoryReco
     )
 
 
+def pods_allocation(pods: list[dict], job: Job, thr: Throughput) -> Allocation:
+    """A Kubernetes run's allocated device-hours: every pod from its start to its end (k8s_pods.jsonl,
+    written by launcher k8s-node), times the devices it requested."""
+    device_s = sum(max(0.0, p["end"] - p["start"]) * (p.get("devices") or 1) for p in pods)
+    starts = sorted(p["start"] for p in pods if p.get("node_rank") == 0)
+    hours = device_s / 3600.0
+    trainer = thr.device_hours
+    return Allocation(available=True, source="pods", attempts=len(starts) or 1,
+                      states=[f"exit {p['exit']}" for p in pods if p.get("node_rank") == 0],
+                      elapsed_s=sum(p["end"] - p["start"] for p in pods if p.get("node_rank") == 0),
+                      device_hours=hours, devices_from="the pods' devices (nvidia.com/gpu, or the ranks on CPU)",
+                      trainer_device_hours=trainer, trainer_share=(trainer / hours) if trainer and hours else None)
+
+
 def allocation_section(accounting: Optional[SlurmAccounting], job: Job, thr: Throughput) -> Allocation:
     """Slurm's allocated device-hours over every attempt, or why there are none."""
     if accounting is None or not accounting.attempts:

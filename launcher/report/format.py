@@ -253,7 +253,7 @@ def fault_rows(report: Report) -> Rows:
         rows += straggler_rows(st)
     if al.available:
         share = f" ({fmt_pct(al.trainer_share)} of it)" if al.trainer_share is not None else ""
-        rows.append(("Allocated (sacct)", f"{fmt_num(al.device_hours)} device-hours over {al.attempts} "
+        rows.append((f"Allocated ({al.source})", f"{fmt_num(al.device_hours)} device-hours over {al.attempts} "
                                           f"attempt(s) ({', '.join(al.states)}); devices: {al.devices_from}"))
         rows.append(("Measured by the trainer", f"{fmt_num(al.trainer_device_hours)} device-hours{share}"))
     return rows

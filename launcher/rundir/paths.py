@@ -51,6 +51,7 @@ class RunDir:
     preempted = property(lambda self: self.path / N.PREEMPTED)
     completed = property(lambda self: self.path / N.COMPLETED)
     slurm_accounting = property(lambda self: self.path / N.SLURM_ACCOUNTING)
+    k8s_pods = property(lambda self: self.path / N.K8S_PODS)
 
     # below it
     torchrun_log = property(lambda self: self.logs / N.TORCHRUN_LOG)

@@ -123,6 +123,16 @@ def setenv(**values: str) -> Callable[[Ctx], None]:
 
 
 JOB = write("job.yaml", "name: bad-inputs\n")
+K8S_IMAGE = "cluster.k8s.image=registry.example.com/launcher:0.3"
+
+
+def slow_claim(ctx: Ctx) -> None:
+    """A claim written at 100 bytes/s: the stop checkpoint takes minutes."""
+    ctx.mp.setattr("launcher.render.k8s.CHECKPOINT_WRITE_GB_S", 1e-7)
+
+
+def no_kubectl(ctx: Ctx) -> None:
+    ctx.mp.setenv("PATH", str(ctx.tmp / "empty-bin"))
 MLFLOW = "report.trackers=[mlflow]"
 FILE_STORE = setenv(MLFLOW_TRACKING_URI="file:./mlruns")
 FILE_STORE_FIX = ("report.trackers: mlflow: MLFLOW_TRACKING_URI=file:./mlruns is MLflow's file store",
@@ -302,6 +312,16 @@ CASES: list = [  # (id, setup, argv, expected), or a pytest.param of the same
     ("replay-without-fraction", None, ["plan", "data.replay.path=g.jsonl"], ("data.replay.fraction: Field required",)),
     ("general-data-with-a-classifier", None, ["plan", "train.task=classification", "eval.general_data=g.jsonl"],
      ("eval.general_data", "a classifier has no LM head")),
+    # --- Kubernetes
+    ("k8s-without-image", None, ["k8s", "--dry-run"], ("cluster.k8s.image: required by launcher k8s",)),
+    ("k8s-stop-does-not-fit-torchruns-kill", slow_claim, ["k8s", "--dry-run", K8S_IMAGE],
+     ("does not fit under torchrun's 30 s worker kill", "lower train.save_every_steps",
+      "cluster.k8s.grace_period_s")),
+    ("k8s-grace-shorter-than-the-stop", slow_claim, ["k8s", "--dry-run", K8S_IMAGE, "cluster.k8s.grace_period_s=20"],
+     ("cluster.k8s.grace_period_s: 20 s is shorter than the stop checkpoint's forecast",)),
+    ("k8s-submit-without-kubectl", no_kubectl, ["k8s", "--submit", K8S_IMAGE], ("--submit: kubectl is not on PATH",)),
+    ("k8s-unknown-flavor", None, ["k8s", "--dry-run", K8S_IMAGE, "--flavor", "pytorchjob"],
+     ("--flavor", "'pytorchjob' is not one of 'trainjob', 'jobset'")),
     # --- CLI flags
     ("ds-config-flags-with-a-job", JOB, ["ds-config", "job.yaml", "--stage", "3"],
      ("--stage: not used with a job file", "parallel.zero_stage=3")),
@@ -464,3 +484,24 @@ def test_mlflow_starts_where_the_check_lets_it(tmp_path, monkeypatch):
     db = f"sqlite:///{tmp_path / 'm.db'}"
     assert mlflow_uri_problem(db, {}) is None
     MlflowClient(tracking_uri=db).create_experiment("sqlite")
+
+
+@pytest.mark.parametrize("name", ["Llama 3.1 — 8B fine-tune!", "$(rm -rf /)", "a" * 200, "-x-", "..", "日本語",
+                                  "job\nname", "UPPER_case.name"])
+def test_hostile_job_names_become_valid_kubernetes_names(name):
+    """launcher k8s: a job name is YAML data, never shell; it becomes a DNS-1123 name (a hash suffix when
+    it had to change) and a valid label value, and the manifest stays one the CRD schema accepts."""
+    import re
+
+    from launcher.render.k8s import NAME_MAX, dns_name, label_value
+
+    n = dns_name(name)
+    assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", n) and len(n) <= NAME_MAX, n
+    assert dns_name(name) == n and dns_name(name + "x") != n  # stable, and distinct names stay apart
+    v = label_value(name)
+    assert len(v) <= 63 and re.fullmatch(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?", v), v
+    from tests.unit.test_k8s import render, validate
+
+    cm, job = render(f"name={json.dumps(name)}", flavor="jobset")  # the whole manifest stays valid
+    assert job["metadata"]["name"] == n and cm["metadata"]["name"] == f"{n}-run"
+    validate(job, "jobset")
