@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from launcher import rundir
-from tests.integration.test_multinode import HOSTS, netns_pair  # noqa: F401 - the fixture
+from tests.integration.test_multinode import netns_pair  # noqa: F401 - the fixture
 
 pytestmark = pytest.mark.slow
 
