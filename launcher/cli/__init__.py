@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "k8s-node": ("launcher.cli.k8s_node", "k8s_node", "Per-pod entry point of a Kubernetes run (its container's command)."),
     "status": ("launcher.cli.jobs", "status", "Show state, nodes, last step and loss of runs."),
     "logs": ("launcher.cli.jobs", "logs", "Print (or follow) a run's logs."),
-    "cancel": ("launcher.cli.jobs", "cancel", "Cancel a run's Slurm job."),
+    "cancel": ("launcher.cli.jobs", "cancel", "Cancel a run's Slurm job or Kubernetes TrainJob/JobSet."),
     "report": ("launcher.cli.report", "report", "Report throughput, MFU, energy, CO2 and cost of runs."),
     "export": ("launcher.cli.export", "export", "Write a run's model (adapter or merged) with a model card."),
     "fetch": ("launcher.cli.fetch", "fetch", "Fetch a job's hub model and data set into the local cache."),
