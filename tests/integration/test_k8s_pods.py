@@ -3,9 +3,10 @@
 `launcher k8s --flavor jobset` renders the manifest. Each "pod" is one network namespace (joined to
 the other by a veth pair, as in test_multinode), running exactly the container's command, working
 directory and environment from the rendered pod spec, plus what the cluster adds: the Indexed Job's
-``JOB_COMPLETION_INDEX``, the headless service's hostnames (``/etc/netns/<ns>/hosts``, which
-``ip netns exec`` binds over /etc/hosts), the ConfigMap's files at the mount (a folder here), and
-the claim (a folder both pods share). Two pods, one CPU rank each.
+``JOB_COMPLETION_INDEX``, the pod's hostname (a UTS namespace of its own, as a pod has), the
+headless service's hostnames (``/etc/netns/<ns>/hosts``, which ``ip netns exec`` binds over
+/etc/hosts), the ConfigMap's files at the mount (a folder here), and the claim (a folder both pods
+share). Two pods, one CPU rank each.
 
 Checked: the job completes with the losses of a single-node run of the same job; SIGTERM to one
 pod (what the kubelet sends on preemption or a drain) gives a checkpoint within the pod's grace
@@ -88,7 +89,10 @@ class Cluster:
                    "GLOO_SOCKET_IFNAME": veth,
                    "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
             log = open(self.root / f"pod-{i}.log", "ab")
-            procs.append(subprocess.Popen(["ip", "netns", "exec", ns, *self.command], cwd=self.workdir, env=env,
+            # the pod's own hostname, then exec the container's command: its PID is the one signalled
+            pod = ["unshare", "--uts", "--", "sh", "-c", 'hostname "$0" && exec "$@"', self.hostnames[i],
+                   *self.command]
+            procs.append(subprocess.Popen(["ip", "netns", "exec", ns, *pod], cwd=self.workdir, env=env,
                                           stdout=log, stderr=subprocess.STDOUT))
             log.close()
         return procs
