@@ -98,7 +98,9 @@ def forgetting_text(fg) -> Optional[str]:
     """"general-domain perplexity A -> B (+x%)", or None without both figures."""
     if fg is None or fg.before_ppl is None or fg.after_ppl is None:
         return None
-    return f"general-domain perplexity {fg.before_ppl:.4g} -> {fg.after_ppl:.4g} ({fg.change:+.1%})"
+    ratio = fg.after_ppl / fg.before_ppl if fg.before_ppl else None
+    change = f"x{ratio:,.0f}" if ratio is not None and ratio >= 10 else f"{fg.change:+.1%}"  # 10 times: a factor
+    return f"general-domain perplexity {fg.before_ppl:.4g} -> {fg.after_ppl:.4g} ({change})"
 
 
 def throughput_rows(report: Report) -> Rows:
