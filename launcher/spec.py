@@ -27,7 +27,6 @@ Dtype = Literal["bf16", "fp16", "fp32"]
 Offload = Literal["none", "cpu", "nvme"]
 
 
-
 class ModelSpec(_Strict):
     path: str = Field("demo:tiny-llama", description="Local model folder, a hub id (org/name: fetched into the Hugging "
                       "Face cache once, before any rank starts), or demo:tiny-llama.")

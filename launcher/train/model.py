@@ -82,12 +82,12 @@ def build_model(plan, model_path: str, labels: Optional[list[str]] = None, pad_i
         model, loading = auto.from_pretrained(model_path, dtype=compute, output_loading_info=True, **kw)
         if plan.zero_stage == 3:
             model._launcher_hf_ds_config = ds_config  # and while the engine wraps the model
-        if classify:
-            weights.init_new_params(model, sorted(loading["missing_keys"]), spec.train.seed,
-                                    zero3=plan.zero_stage == 3)
-        elif loading["missing_keys"]:
-            raise JobError(f"model.path: {model_path}: the checkpoint has no tensor for "
-                           f"{', '.join(sorted(loading['missing_keys'])[:3])}; is it the model config.json describes?")
+        missing = sorted(loading["missing_keys"])
+        new = [k for k in missing if classify and weights.is_new_head(model.base_model_prefix, k)]
+        if len(new) < len(missing):
+            raise weights.missing_problem(model_path, [k for k in missing if k not in new])
+        if new:
+            weights.init_new_params(model, new, spec.train.seed, zero3=plan.zero_stage == 3)
     model.config.use_cache = False
     if spec.train.activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

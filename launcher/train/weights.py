@@ -80,6 +80,18 @@ def head_init(key: str, shape, seed: int, std: float = HEAD_STD):
     return full
 
 
+def is_new_head(base_model_prefix: str, key: str) -> bool:
+    """Whether a checkpoint name the checkpoint may lack belongs to a classifier's new parts: outside
+    the base model (``score``, ``classifier``) or its pooler (BERT's MLM checkpoints have none).
+    Anything else missing is a checkpoint that is not the model's."""
+    return key.split(".", 1)[0] != base_model_prefix or ".pooler." in f".{key}"
+
+
+def missing_problem(folder: str, keys: list[str]) -> JobError:
+    return JobError(f"model.path: {folder}: the checkpoint has no tensor for {', '.join(keys[:3])}"
+                    f"{' ...' if len(keys) > 3 else ''}; is it the model config.json describes?")
+
+
 def init_new_params(model, keys: list[str], seed: int, *, zero3: bool = False) -> None:
     """Give the parameters ``from_pretrained`` found no tensor for (``keys``: the new head) their
     :func:`head_init`. Under ZeRO-3 they are partitioned: gathered, written by rank 0, scattered."""
@@ -186,7 +198,8 @@ def _local_slices(param) -> tuple[Any, tuple]:
     return param, tuple(slice(0, s) for s in param.shape)
 
 
-def materialize(model, folder: str, seed: int, device, new_head_std: Optional[float] = None) -> None:
+def materialize(model, folder: str, seed: int, device, new_head_std: Optional[float] = None,
+                base_model_prefix: str = "") -> None:
     """Storage for a model sharded on the meta device, filled with this rank's slices of the
     checkpoint (base weights) and of :func:`lora_init` (adapters). With ``new_head_std`` (a
     classification model), what the checkpoint lacks is a new head: :func:`head_init`.
@@ -210,13 +223,12 @@ def materialize(model, folder: str, seed: int, device, new_head_std: Optional[fl
                 local.copy_(lora_init(name, p.shape, seed)[index].to(local.dtype))
             elif checkpoint_key(name) in reader:
                 local.copy_(reader.read(checkpoint_key(name), index).to(local.dtype))
-            elif new_head_std is not None:
+            elif new_head_std is not None and is_new_head(base_model_prefix, checkpoint_key(name)):
                 local.copy_(head_init(checkpoint_key(name), p.shape, seed, new_head_std)[index].to(local.dtype))
             else:
                 missing.append(checkpoint_key(name))
     if missing:
-        raise JobError(f"model.path: {folder}: the checkpoint has no tensor for {', '.join(missing[:3])}"
-                       f"{' ...' if len(missing) > 3 else ''}; is it the model config.json describes?")
+        raise missing_problem(folder, missing)
 
 
 def gather_trainable(model) -> Optional[dict]:

@@ -95,3 +95,15 @@ def test_the_plan_counts_the_head_and_no_lm_head():
     assert cls.model.architecture == "LlamaForSequenceClassification" and cls.model.num_labels == 3
     assert cls.model.n_params == lm.model.n_params - v * h + 3 * h
     assert cls.memory.per_device_bytes.logits < lm.memory.per_device_bytes.logits / 20
+
+
+def test_only_a_classifiers_new_parts_may_be_missing_from_the_checkpoint():
+    """The head (outside the base model) and BERT's pooler (MLM checkpoints have none) get their
+    seeded values; a missing layer weight is a checkpoint that is not the model's."""
+    from launcher.train.weights import is_new_head, missing_problem
+
+    assert is_new_head("model", "score.weight") and is_new_head("bert", "classifier.bias")
+    assert is_new_head("bert", "bert.pooler.dense.weight")
+    assert not is_new_head("model", "model.layers.0.mlp.up_proj.weight")
+    assert not is_new_head("bert", "bert.encoder.layer.0.output.dense.weight")
+    assert "is it the model config.json describes?" in str(missing_problem("m", ["model.norm.weight"]))

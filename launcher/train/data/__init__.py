@@ -38,5 +38,6 @@ from launcher.train.data.tokenize import IGNORE_INDEX, label_tokens, pad_id_for,
 __all__ = [
     "BatchSchedule", "CACHE_VERSION", "IGNORE_INDEX", "PACKED_ATTN_IMPLEMENTATIONS", "PreparedData", "Rows",
     "SUPPORTED", "cache_key", "collate", "label_tokens", "load_rows", "pack", "packed_attention_supported",
-    "packing_problem", "pad_id_for", "prepare_data", "prepare_job_data", "read_tokenizer", "split_train_eval", "tokenize_rows",
+    "packing_problem", "pad_id_for", "prepare_data", "prepare_job_data", "read_tokenizer", "split_train_eval",
+    "tokenize_rows",
 ]

@@ -57,13 +57,15 @@ class FSDP2Strategy:
                 if hasattr(unit, "set_custom_all_gather"):  # torch >= 2.8
                     unit.set_custom_all_gather(fsdp_in_place_all_gather())
         if any(p.is_meta for p in model.parameters()):  # built on the meta device: storage for our shards only
-            head_std = None
+            head_std, prefix = None, ""
             if plan.job.train.task == "classification":  # the new head: not in the checkpoint
                 from launcher.train.weights import HEAD_STD
 
                 head_std = float(getattr(_config_of(model), "initializer_range", None) or HEAD_STD)
+                base = model.get_base_model() if hasattr(model, "get_base_model") else model
+                prefix = getattr(base, "base_model_prefix", "")
             materialize(model, model_path, plan.job.train.seed,
-                        torch.device("cpu") if settings.cpu_offload else self.device, head_std)
+                        torch.device("cpu") if settings.cpu_offload else self.device, head_std, prefix)
         self.model = model
         t = plan.job.train
         params = [p for p in model.parameters() if p.requires_grad]
