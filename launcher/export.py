@@ -106,7 +106,7 @@ def _write_adapter(final: Path, tmp: Path, base: str, dtype: Optional[str]) -> N
     tmp_config.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def load_base(plan, final: Path, dtype: str, base_path: Optional[str] = None):
+def load_base(plan, final: Path, dtype: str):
     """The base model a run's adapter in ``final`` applies to, from where the run loaded it: a
     causal LM, or (classification) a sequence classifier with the classes the run saved beside
     the adapter (its head comes from the adapter)."""
@@ -115,7 +115,7 @@ def load_base(plan, final: Path, dtype: str, base_path: Optional[str] = None):
     from launcher.sources import job_paths
     from launcher.train.model import model_class
 
-    path = base_path or job_paths(plan.job).model
+    path = job_paths(plan.job).model
     trust = plan.job.model.trust_remote_code
     kw = {}
     if plan.job.train.task == "classification":
@@ -300,8 +300,9 @@ def render_card(plan, report: "Report", *, kind: str, dtype: Optional[str], base
     spec = plan.job
     data = ModelCardData(
         base_model=base_model, datasets=datasets or None, library_name="peft" if kind == "adapter" else "transformers",
-        pipeline_tag="text-classification" if spec.train.task == "classification" else "text-generation", tags=["launcher", "lora" if spec.train.method == "lora" else "full-fine-tuning",
-                                              "deepspeed" if plan.strategy == "zero" else "fsdp"],
+        pipeline_tag="text-classification" if spec.train.task == "classification" else "text-generation",
+        tags=["launcher", "lora" if spec.train.method == "lora" else "full-fine-tuning",
+              "deepspeed" if plan.strategy == "zero" else "fsdp"],
         co2_eq_emissions=co2_metadata(report),
     )
     what = {"adapter": "a LoRA adapter", "merged": "a LoRA adapter merged into its base model",

@@ -17,7 +17,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("launcher.cli.train", "train", "Per-rank training entry point (started by torchrun)."),
     "slurm": ("launcher.cli.slurm", "slurm", "Render job.sbatch for a job and optionally submit it."),
     "k8s": ("launcher.cli.k8s", "k8s", "Render a Kubernetes TrainJob or JobSet for a job and optionally apply it."),
-    "k8s-node": ("launcher.cli.k8s_node", "k8s_node", "Per-pod entry point of a Kubernetes run (its container's command)."),
+    "k8s-node": ("launcher.cli.k8s_node", "k8s_node", "Per-pod entry point of a Kubernetes run (the container command)."),
     "status": ("launcher.cli.jobs", "status", "Show state, nodes, last step and loss of runs."),
     "logs": ("launcher.cli.jobs", "logs", "Print (or follow) a run's logs."),
     "cancel": ("launcher.cli.jobs", "cancel", "Cancel a run's Slurm job or Kubernetes TrainJob/JobSet."),

@@ -23,8 +23,8 @@ from typing import Iterable, Optional
 from launcher.plan.types import Calibration, CalibrationPoint, Plan
 
 LOG_FEATURES = ("n_params", "seq_len", "micro_batch_size", "world_size", "threads_per_rank")
-DIFFERENT = {"task": 1.0, "strategy": 1.0, "method": 1.0, "dtype": 1.0, "offload": 1.0, "host_memory": 1.0, "zero_stage": 0.5,
-             "activation_checkpointing": 0.5, "packing": 0.5}
+DIFFERENT = {"task": 1.0, "strategy": 1.0, "method": 1.0, "dtype": 1.0, "offload": 1.0, "host_memory": 1.0,
+             "zero_stage": 0.5, "activation_checkpointing": 0.5, "packing": 0.5}
 
 
 def offload_label(plan: Plan) -> str:
