@@ -49,7 +49,7 @@ def k8s(job_file, overrides, run_dir, flavor, dry_run, submit):
         click.echo(files[rundir.K8S_YAML], nl=False)
         return
     rundir.write_run_dir(target, plan, files)
-    manifest = target / rundir.K8S_YAML
+    manifest = rundir.RunDir(target).k8s_yaml
     if not submit:
         click.echo(f"wrote {target}")
         click.echo(f"apply with: kubectl apply -f {shlex.quote(str(manifest))}")

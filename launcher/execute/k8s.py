@@ -44,7 +44,7 @@ def k8s_object(run: Path) -> Optional[dict]:
 
     from launcher import rundir
 
-    f = Path(run) / rundir.K8S_YAML
+    f = rundir.RunDir(run).k8s_yaml
     if not f.is_file():
         return None
     for doc in yaml.safe_load_all(f.read_text()):

@@ -33,7 +33,7 @@ from launcher.errors import JobError
 
 def materialize(run_dir: Path, files: Path) -> None:
     """RUN_DIR from the ConfigMap's files, unless a pod (this one, earlier) made it already."""
-    if (run_dir / rundir.PLAN_JSON).is_file():
+    if rundir.RunDir(run_dir).plan_json.is_file():
         return
     if not files.is_dir():
         raise JobError(f"LAUNCHER_RUN_FILES: {files}: no such folder; the pod mounts the run's ConfigMap there")
@@ -44,11 +44,11 @@ def materialize(run_dir: Path, files: Path) -> None:
             if f.name.startswith(".") or not f.is_file():
                 continue
             shutil.copyfile(f, tmp / f.name)
-        (tmp / rundir.LOGS).mkdir()
+        rundir.RunDir(tmp).logs.mkdir()
         try:
             os.rename(tmp, run_dir)
         except OSError:
-            if not (run_dir / rundir.PLAN_JSON).is_file():  # not another pod's: a real problem
+            if not rundir.RunDir(run_dir).plan_json.is_file():  # not another pod's: a real problem
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

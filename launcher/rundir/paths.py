@@ -52,6 +52,7 @@ class RunDir:
     completed = property(lambda self: self.path / N.COMPLETED)
     slurm_accounting = property(lambda self: self.path / N.SLURM_ACCOUNTING)
     k8s_pods = property(lambda self: self.path / N.K8S_PODS)
+    k8s_yaml = property(lambda self: self.path / N.K8S_YAML)
 
     # below it
     torchrun_log = property(lambda self: self.logs / N.TORCHRUN_LOG)
