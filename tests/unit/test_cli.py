@@ -35,7 +35,7 @@ def test_help_imports_no_heavy_library(args):
 def test_top_level_help_lists_every_command_with_one_line():
     res = CliRunner().invoke(cli, ["--help"])
     assert res.exit_code == 0
-    assert len(COMMANDS) == 12
+    assert len(COMMANDS) == 14
     for name, (_, _, line) in COMMANDS.items():
         assert f"  {name} " in res.output and line.split()[0] in res.output
 
