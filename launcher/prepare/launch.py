@@ -26,7 +26,8 @@ def prestart_hint(plan) -> dict:
     except (OSError, ValueError, AttributeError):
         model_type = None  # the ranks find out, after the plan; nothing is warmed for it here
     return {"strategy": plan.strategy, "zero_stage": plan.zero_stage, "method": plan.job.train.method,
-            "model_type": model_type if isinstance(model_type, str) else None}
+            "model_type": model_type if isinstance(model_type, str) else None,
+            "trackers": list(plan.job.report.trackers)}
 
 
 def local_launch_files(plan, run_dir: Path) -> tuple[list[str], dict[str, str], dict[str, str]]:

@@ -68,6 +68,11 @@ def _warm(hint: dict) -> None:
     the rank to meet, and report, where it meets them today."""
     import importlib
 
+    from launcher.train.lean import skip_unused_trackers
+
+    trackers = hint.get("trackers")
+    if isinstance(trackers, list):
+        skip_unused_trackers(str(t) for t in trackers)
     names = ["torch.distributed", "launcher.train.loop", "launcher.train.data", "launcher.train.preflight",
              "transformers.models.auto.tokenization_auto", "transformers.models.auto.modeling_auto"]
     model_type = hint.get("model_type")
