@@ -247,3 +247,32 @@ def test_a_trainjob_can_bring_launchers_failure_policy_in_its_own_runtime():
     rj = spec["template"]["spec"]["replicatedJobs"][0]
     assert rj["name"] == "node" and rj["template"]["spec"]["podFailurePolicy"]["rules"][0]["onExitCodes"]["values"] == [75]
     check_pod(rj["template"]["spec"]["template"])
+
+
+def test_the_pod_takes_its_rendezvous_from_what_the_controller_injects():
+    """TrainJob: Trainer's PET_* variables; JobSet: the Indexed Job's JOB_COMPLETION_INDEX and the
+    head the manifest names. A pod's own address is the head's hostname with its index; node 0
+    hosts the c10d store (said, not guessed from hostnames)."""
+    from launcher.execute.k8s_node import rendezvous, torchrun_argv
+    from launcher.prepare.planning import plan_without_data
+
+    pet = {"PET_NNODES": "2", "PET_NODE_RANK": "1", "PET_MASTER_ADDR": "llama-node-0-0.llama",
+           "PET_MASTER_PORT": "29500", "PET_NPROC_PER_NODE": "8"}
+    assert rendezvous(pet, 2) == (1, 2, "llama-node-0-0.llama", 29500, "llama-node-0-1.llama")
+    js = {"JOB_COMPLETION_INDEX": "0", "LAUNCHER_NNODES": "16", "LAUNCHER_MASTER_ADDR": "j-node-0-0.j",
+          "LAUNCHER_MASTER_PORT": "29500"}
+    assert rendezvous(js, 16) == (0, 16, "j-node-0-0.j", 29500, "j-node-0-0.j")
+    with pytest.raises(JobError, match="node rank 3 is outside the job's 2 node"):
+        rendezvous({**pet, "PET_NODE_RANK": "3"}, 2)
+    _, plan = plan_without_data(load_job(None, ["cluster.device=cpu", "cluster.nodes=2", "train.micro_batch_size=4"]),
+                                "cpu", here=False, absolute=False)
+    from pathlib import Path
+
+    head = torchrun_argv(plan, Path("/w/runs/r"), 0, 2, "j-node-0-0.j", 29500, "j-node-0-0.j")
+    other = torchrun_argv(plan, Path("/w/runs/r"), 1, 2, "j-node-0-0.j", 29500, "j-node-0-1.j")
+    assert "--rdzv-conf" in head and "is_host=1" in head and "--rdzv-conf" not in other
+    for argv, addr in ((head, "j-node-0-0.j"), (other, "j-node-0-1.j")):
+        assert argv[argv.index("--rdzv-endpoint") + 1] == "j-node-0-0.j:29500"
+        assert argv[argv.index("--local-addr") + 1] == addr and argv[argv.index("--nnodes") + 1] == "2"
+    _, one = plan_without_data(load_job(None, ["cluster.device=cpu"]), "cpu", here=False, absolute=False)
+    assert "--standalone" in torchrun_argv(one, Path("/w/runs/r"), 0, 1, None, 29500, None)
