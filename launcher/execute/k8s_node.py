@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Mapping, Optional
 
@@ -89,16 +90,14 @@ def torchrun_argv(plan, run_dir: Path, rank: int, nnodes: int, master: Optional[
     return argv
 
 
-def record_pod(run: Path, rank: int, start: float, code: int, devices: int, attempt: str) -> None:
+def record_pod(run: Path, rank: int, start: float, code: int, devices: int) -> None:
     """This pod's line in RUN_DIR/k8s_pods.jsonl: what the cluster allocated it (from its start to
     its end), for the report's allocation. One append of one line: pods end at once."""
     import json
     import socket
-    import time
 
     line = json.dumps({"pod": os.environ.get("HOSTNAME") or socket.gethostname(), "node_rank": rank,
-                       "attempt": attempt, "start": start, "end": time.time(), "exit": code,
-                       "devices": devices}, sort_keys=True) + "\n"
+                       "start": start, "end": time.time(), "exit": code, "devices": devices}, sort_keys=True) + "\n"
     try:
         fd = os.open(rundir.RunDir(run).k8s_pods, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
@@ -111,23 +110,20 @@ def record_pod(run: Path, rank: int, start: float, code: int, devices: int, atte
 
 def main(run_dir: str, env: Optional[Mapping[str, str]] = None) -> int:
     """The pod's life (see the module docstring); its exit code, recorded in k8s_pods.jsonl."""
-    import time
-
     t0 = time.time()
-    code, rank, devices, attempt = 1, -1, 0, ""
+    code, rank, devices = 1, -1, 0
     try:
-        code, rank, devices, attempt = _node(run_dir, env)
+        code, rank, devices = _node(run_dir, env)
         return code
     finally:
         if rank >= 0:
-            record_pod(Path(run_dir), rank, t0, code, devices, attempt)
+            record_pod(Path(run_dir), rank, t0, code, devices)
 
 
-def _node(run_dir: str, env: Optional[Mapping[str, str]] = None) -> tuple[int, int, int, str]:
+def _node(run_dir: str, env: Optional[Mapping[str, str]] = None) -> tuple[int, int, int]:
+    """(exit code, node rank or -1 when this pod's line is already written, devices)."""
     from launcher.prepare.resume import clear_stop_markers
     from launcher.render.k8s import RUN_FILES_MOUNT, STOPPED_EXIT
-
-    import time
 
     t_start = time.time()
     env = dict(os.environ if env is None else env)
@@ -147,7 +143,6 @@ def _node(run_dir: str, env: Optional[Mapping[str, str]] = None) -> tuple[int, i
     plan = rundir.read_plan(run)
     rank, nnodes, master, port, local = rendezvous(env, plan.nodes)
     devices = plan.procs_per_node
-    attempt = env.get("JOBSET_RESTART_ATTEMPT") or env.get("LAUNCHER_ATTEMPT") or ""
     print(f"launcher: node {rank} of {nnodes}, rendezvous {master or 'standalone'}:{port}, run {run}",
           file=sys.stderr, flush=True)
     if rank == 0:
@@ -155,28 +150,23 @@ def _node(run_dir: str, env: Optional[Mapping[str, str]] = None) -> tuple[int, i
         fetch = {k: v for k, v in env.items() if k != "HF_HUB_OFFLINE"}
         out = subprocess.run([sys.executable, "-m", "launcher", "fetch", str(run)], env=fetch)
         if out.returncode != 0:
-            return out.returncode, rank, devices, attempt
+            return out.returncode, rank, devices
     if stop["asked"]:
-        return STOPPED_EXIT, rank, devices, attempt
+        return STOPPED_EXIT, rank, devices
     proc = subprocess.Popen(torchrun_argv(plan, run, rank, nnodes, master, port, local), env=env,
                             start_new_session=True)
-    while True:
-        try:
-            status = proc.wait()
-            break
-        except InterruptedError:  # pragma: no cover - PEP 475 retries; kept for clarity
-            continue
+    status = proc.wait()  # SIGTERM runs on_term meanwhile; the wait goes on (PEP 475)
     marks = rundir.RunDir(run)
     if marks.preempted.exists():
         print(f"launcher: the trainer saved a checkpoint and stopped; exit {STOPPED_EXIT} (restart without "
               "spending a restart)", file=sys.stderr, flush=True)
-        return STOPPED_EXIT, rank, devices, attempt
+        return STOPPED_EXIT, rank, devices
     if marks.completed.exists():
         if rank == 0:
-            record_pod(run, rank, t_start, 0, devices, attempt)  # before the report, which reads it
+            record_pod(run, rank, t_start, 0, devices)  # before the report, which reads it
             rank = -1  # recorded
             subprocess.run([sys.executable, "-m", "launcher", "report", str(run), "--finish"], env=env)
-        return 0, rank, devices, attempt
+        return 0, rank, devices
     if stop["asked"]:
-        return (STOPPED_EXIT if status == 0 else status), rank, devices, attempt
-    return status, rank, devices, attempt
+        return (STOPPED_EXIT if status == 0 else status), rank, devices
+    return status, rank, devices
