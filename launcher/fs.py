@@ -40,5 +40,22 @@ def user_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "launcher"
 
 
+def json_text(obj: Any) -> str:
+    """How launcher writes a JSON file: indented, keys sorted, a final newline."""
+    return json.dumps(obj, indent=2, sort_keys=True) + "\n"
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return write_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    return write_atomic(path, json_text(obj))
+
+
+def append_line(path: str | os.PathLike, line: str) -> None:
+    """Append one line with one write (O_APPEND): processes appending at once never interleave
+    within a line. Raises OSError."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line.rstrip("\n") + "\n").encode())
+    finally:
+        os.close(fd)

@@ -235,14 +235,9 @@ class JobSpec(_Strict):
         classification format unless the job says otherwise (then _task_rules says what is wrong)."""
         if not isinstance(data, dict):
             return data
-        train = data.get("train")
-        if isinstance(train, dict) and train.get("task") == "classification":
-            d = data.get("data")
-            d = dict(d) if isinstance(d, dict) else ({} if d is None else d)
-            if isinstance(d, dict):
-                d.setdefault("packing", False)
-                d.setdefault("format", "classification")
-                data = {**data, "data": d}
+        train, d = data.get("train"), data.get("data")
+        if isinstance(train, dict) and train.get("task") == "classification" and isinstance(d, (dict, type(None))):
+            data = {**data, "data": {"packing": False, "format": "classification", **(d or {})}}
         return data
 
     @model_validator(mode="after")

@@ -190,3 +190,14 @@ def fake_distribution(root: Path, name: str, version: str) -> Path:
     info.mkdir(parents=True)
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
     return root
+
+
+def launcher_ok(cwd, *args: str, timeout: float = 600):
+    """``python -m launcher ARGS`` in ``cwd``, which must succeed (its output's tail otherwise)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "launcher", *args], capture_output=True, text=True, cwd=cwd,
+                         timeout=timeout)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out

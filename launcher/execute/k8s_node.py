@@ -96,14 +96,12 @@ def record_pod(run: Path, rank: int, start: float, code: int, devices: int) -> N
     import json
     import socket
 
+    from launcher.fs import append_line
+
     line = json.dumps({"pod": os.environ.get("HOSTNAME") or socket.gethostname(), "node_rank": rank,
-                       "start": start, "end": time.time(), "exit": code, "devices": devices}, sort_keys=True) + "\n"
+                       "start": start, "end": time.time(), "exit": code, "devices": devices}, sort_keys=True)
     try:
-        fd = os.open(rundir.RunDir(run).k8s_pods, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line.encode())
-        finally:
-            os.close(fd)
+        append_line(rundir.RunDir(run).k8s_pods, line)
     except OSError:
         pass  # the allocation is then missing from the report: the run is not affected
 

@@ -96,10 +96,6 @@ def k8s_files(spec, run_name: str, *, flavor: str = "trainjob"):
     JobSet) and the engine config. The pods' paths are their own: nothing is made absolute here;
     the device is the cluster's (cuda unless cluster.device says cpu), threads per rank come from
     cluster.k8s.cpu."""
-    import json
-
-    import yaml
-
     from launcher.render.k8s import render_k8s
 
     device = "cpu" if spec.cluster.device == "cpu" else "cuda"
@@ -111,6 +107,5 @@ def k8s_files(spec, run_name: str, *, flavor: str = "trainjob"):
             cpus = None  # millicores ("500m"): one thread per rank
     spec, plan = plan_without_data(spec, device, cpu_count=cpus, here=False, absolute=False)
     files = engine_files(plan)
-    run_files = {rundir.JOB_YAML: yaml.safe_dump(plan.job.to_dict(), sort_keys=False),
-                 rundir.PLAN_JSON: json.dumps(plan.to_dict(), indent=2, sort_keys=True) + "\n", **files}
+    run_files = {**rundir.plan_files(plan), **files}
     return plan, {**files, rundir.K8S_YAML: render_k8s(plan, run_name, run_files, flavor)}

@@ -81,15 +81,10 @@ def append(run_dir: str | os.PathLike, report=None) -> Optional[CalibrationPoint
         point = point_of(run_dir, report)
     except (JobError, OSError, ValueError):
         return None
-    path = history_path()
+    from launcher.fs import append_line
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        line = (point.model_dump_json() + "\n").encode()
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line)  # one write of one line: concurrent appenders do not interleave
-        finally:
-            os.close(fd)
+        append_line(history_path(), point.model_dump_json())  # concurrent appenders do not interleave
     except OSError:
         return None
     return point

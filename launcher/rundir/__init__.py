@@ -27,6 +27,7 @@ from launcher.rundir.files import (
     hash_files,
     is_run_dir,
     new_run_dir,
+    plan_files,
     read_plan,
     require_run_dir,
     write_atomic,
@@ -54,5 +55,5 @@ from launcher.rundir.paths import (RunDir, adapter_files, engine_dir, manifest_f
 __all__ = [
     "CheckpointRecord", "RunDir", "adapter_files", "engine_dir", "manifest_file", "model_card", "rng_state", "trainer_state_file", "EndRecord", "EvalRecord", "GeneralEvalRecord", "MemoryRecord", "Metrics", "RankMemory", "MetricsWriter", "StartRecord", "TrainRecord",
     "check_writable", "hash_files", "is_run_dir", "new_run_dir", "read_metrics", "read_plan", "require_run_dir",
-    "write_atomic", "write_json", "write_plan", "write_run_dir",
+    "write_atomic", "write_json", "write_plan", "write_run_dir", "plan_files",
 ]

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from launcher.errors import JobError
-from launcher.fs import write_atomic, write_json  # noqa: F401 - re-exported: the run directory's writers
+from launcher.fs import json_text, write_atomic, write_json  # noqa: F401 - re-exported: the run directory's writers
 from launcher.rundir.names import HASHES, JOB_YAML, LOGS, PLAN_JSON
 
 
@@ -59,18 +59,25 @@ def read_plan(run_dir: str | os.PathLike):
                        "or damaged: make a new run directory") from None
 
 
+def plan_files(plan) -> dict[str, str]:
+    """job.yaml (the resolved job) and plan.json as a run directory holds them: what write_run_dir
+    writes, and what a Kubernetes run's ConfigMap carries to its pods."""
+    import yaml
+
+    return {JOB_YAML: yaml.safe_dump(plan.job.to_dict(), sort_keys=False), PLAN_JSON: json_text(plan.to_dict())}
+
+
 def write_run_dir(run_dir: Path, plan, files: dict[str, str]) -> None:
     """job.yaml (resolved), plan.json and the rendered files (ds_config.json, launch scripts,
     job.sbatch; scripts 0755), each written atomically; the hashes of all of them last."""
-    import yaml
-
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     # Slurm does not create the folder of --output/--error: without it a job dies unlogged
     (run_dir / LOGS).mkdir(exist_ok=True)
-    write_atomic(run_dir / JOB_YAML, yaml.safe_dump(plan.job.to_dict(), sort_keys=False))
-    write_plan(run_dir, plan)
-    names = [JOB_YAML, PLAN_JSON]
+    names = []
+    for name, text in plan_files(plan).items():
+        write_atomic(run_dir / name, text)
+        names.append(name)
     for name, text in files.items():
         write_atomic(run_dir / name, text, mode=0o755 if name.endswith((".sh", ".sbatch")) else None)
         names.append(name)

@@ -10,11 +10,11 @@ accuracy and macro F1, computed over the ranks' shards and summed) agree as well
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import launcher_ok
 
 pytestmark = pytest.mark.slow
 
@@ -31,13 +31,6 @@ LAYOUTS = {
 }
 
 
-def launcher(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, "-m", "launcher", *args], capture_output=True, text=True, timeout=600,
-                         cwd=cwd)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return out
-
-
 def records(run_dir: Path, kind: str) -> list[dict]:
     return [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
 
@@ -51,7 +44,7 @@ class Runs:
     def get(self, layout: str, method: str) -> Path:
         if (layout, method) not in self.done:
             d = self.root / f"{layout}-{method}"
-            launcher(self.root, "run", "--run-dir", str(d), *COMMON, *LAYOUTS[layout], f"train.method={method}")
+            launcher_ok(self.root, "run", "--run-dir", str(d), *COMMON, *LAYOUTS[layout], f"train.method={method}")
             self.done[layout, method] = d
         return self.done[layout, method]
 
@@ -143,7 +136,7 @@ def test_exported_classifier_loads_with_the_auto_class(runs, tmp_path, layout, m
 
     d = runs.get(layout, method)
     out = tmp_path / "export"
-    launcher(tmp_path, "export", str(d), "--output", str(out), *(["--merge"] if merge else []))
+    launcher_ok(tmp_path, "export", str(d), "--output", str(out), *(["--merge"] if merge else []))
     model = AutoModelForSequenceClassification.from_pretrained(str(out), dtype=torch.float32).eval()
     assert type(model).__name__ == "LlamaForSequenceClassification"
     assert model.config.id2label == {0: "food", 1: "sports", 2: "weather"}
@@ -158,7 +151,7 @@ def test_embedded_classification_default_learns(tmp_path):
     """`launcher run train.task=classification`, no job file: the tiny classifier on the synthetic
     three-topic task ends at least 1.5x chance, and the report shows accuracy and macro F1
     before and after."""
-    out = launcher(tmp_path, "run", "train.task=classification")
+    out = launcher_ok(tmp_path, "run", "train.task=classification")
     d = next((tmp_path / "runs").iterdir())
     ev = records(d, "eval")
     assert ev[0]["step"] == 0 and ev[-1]["step"] == records(d, "end")[0]["steps"] == 60
@@ -202,7 +195,7 @@ def test_an_encoder_classifier_under_fsdp2_matches_a_single_process(tmp_path):
     got = {}
     for layout in ("single", "fsdp"):
         d = tmp_path / layout
-        launcher(tmp_path, "run", "--run-dir", str(d), *common, *LAYOUTS[layout])
+        launcher_ok(tmp_path, "run", "--run-dir", str(d), *common, *LAYOUTS[layout])
         got[layout] = d
     a, b = ([r["loss"] for r in records(got[k], "train")] for k in ("fsdp", "single"))
     assert len(a) == 6 and a == pytest.approx(b, rel=RTOL)

@@ -9,24 +9,17 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import launcher_ok
 
 pytestmark = pytest.mark.slow
 
 COMMON = ["cluster.device=cpu", "data.max_seq_len=64", "train.micro_batch_size=8", "train.global_batch_size=16",
           "train.eval_accuracy_samples=0", "train.save_every_steps=1000", "train.eval_every_steps=1000"]
 ONE = ["cluster.cpu_procs_per_node=1", "parallel.zero_stage=0"]
-
-
-def launcher(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, "-m", "launcher", *args], capture_output=True, text=True, timeout=600,
-                         cwd=cwd)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return out
 
 
 def general_evals(d: Path) -> dict:
@@ -52,14 +45,14 @@ def world(tmp_path_factory):
     (root / "task.jsonl").write_text("".join(
         json.dumps({"prompt": f"{a}+{b}=", "response": str(a + b)}) + "\n"
         for a, b in ((rng.randint(0, 999), rng.randint(0, 999)) for _ in range(1500))))
-    launcher(root, "run", "--run-dir", str(root / "pretrained"), *COMMON, *ONE, "data.path=general.jsonl",
+    launcher_ok(root, "run", "--run-dir", str(root / "pretrained"), *COMMON, *ONE, "data.path=general.jsonl",
              "data.format=text", "train.max_steps=80", "train.lr=3e-3")
     return root
 
 
 def fine_tune(world: Path, name: str, *extra: str) -> Path:
     d = world / name
-    launcher(world, "run", "--run-dir", str(d), *COMMON, f"model.path={world / 'pretrained' / 'final'}",
+    launcher_ok(world, "run", "--run-dir", str(d), *COMMON, f"model.path={world / 'pretrained' / 'final'}",
              "data.path=task.jsonl", "data.format=instruction", "train.lr=3e-3", "eval.general_data=general_eval.jsonl",
              "eval.general_max_tokens=4000", *extra)
     return d

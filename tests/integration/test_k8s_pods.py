@@ -28,6 +28,7 @@ import yaml
 
 from launcher import rundir
 from tests.integration.test_multinode import netns_pair  # noqa: F401 - the fixture
+from tests.helpers import launcher_ok
 
 pytestmark = pytest.mark.slow
 
@@ -36,13 +37,6 @@ COMMON = ("cluster.device=cpu", "train.max_steps=24", "data.num_samples=400", "t
           "train.save_every_steps=100", "train.global_batch_size=8", "train.micro_batch_size=2",
           "parallel.strategy=zero", "parallel.zero_stage=2", "train.eval_every_steps=1000")
 TIMEOUT_S = 300
-
-
-def launcher(cwd: Path, *args: str, timeout: float = TIMEOUT_S) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, "-m", "launcher", *args], capture_output=True, text=True, cwd=cwd,
-                         timeout=timeout)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    return out
 
 
 def train_records(run_dir: Path) -> list[dict]:
@@ -60,7 +54,7 @@ class Cluster:
         self.claim = root / "claim"
         self.claim.mkdir(parents=True, exist_ok=True)
         local = root / f"rendered-{name}"
-        launcher(root, "k8s", "--flavor", "jobset", "--run-dir", str(local), *COMMON, "cluster.nodes=2",
+        launcher_ok(root, "k8s", "--flavor", "jobset", "--run-dir", str(local), *COMMON, "cluster.nodes=2",
                  "cluster.cpu_procs_per_node=1", "cluster.k8s.image=launcher:test", "cluster.k8s.pvc=claim",
                  f"cluster.k8s.mount_path={self.claim}", "output_dir=runs", f"name={name}")
         self.cm, self.jobset = yaml.safe_load_all((local / rundir.K8S_YAML).read_text())
@@ -128,7 +122,7 @@ def reference(tmp_path_factory):
     """The same job on one node, two ranks."""
     root = tmp_path_factory.mktemp("k8s-reference")
     d = root / "single"
-    launcher(root, "run", "--run-dir", str(d), *COMMON, "cluster.cpu_procs_per_node=2")
+    launcher_ok(root, "run", "--run-dir", str(d), *COMMON, "cluster.cpu_procs_per_node=2")
     return [r["loss"] for r in train_records(d)]
 
 
@@ -146,7 +140,7 @@ def test_pods_train_as_one_node_would(netns_pair, reference, tmp_path):  # noqa:
         # the allocation: each pod from its start to its end, as the cluster would bill it
         pods = [json.loads(x) for x in (c.run_dir / rundir.K8S_PODS).read_text().splitlines()]
         assert sorted(p["node_rank"] for p in pods) == [0, 1] and all(p["exit"] == 0 for p in pods)
-        launcher(tmp_path, "report", str(c.run_dir))
+        launcher_ok(tmp_path, "report", str(c.run_dir))
         al = json.loads((c.run_dir / "report.json").read_text())["allocation"]
         assert al["source"] == "pods" and al["attempts"] == 1
         want = sum(p["end"] - p["start"] for p in pods) / 3600

@@ -4,6 +4,7 @@ specs against the Kubernetes client's own models, golden files, names, and the g
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -209,9 +210,9 @@ case "$1" in
 esac
 """)
     (bin_dir / "kubectl").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     run = tmp_path / "run"
-    env = {**__import__("os").environ}
+    env = dict(os.environ)
     out = subprocess.run([sys.executable, "-m", "launcher", "k8s", "--flavor", "jobset", "--run-dir", str(run), IMAGE,
                           "cluster.nodes=2", "cluster.device=cpu", "train.micro_batch_size=4"],
                          capture_output=True, text=True, env=env, cwd=tmp_path)
