@@ -59,3 +59,27 @@ def slurm_cluster():
     if not was_up and not os.environ.get("LAUNCHER_KEEP_SLURM"):
         subprocess.run(["bash", str(SLURM_SCRIPTS / "teardown.sh")], capture_output=True, text=True, timeout=300)
 # ============================================================================ end Slurm test cluster
+
+
+# ============================================================================ two workers (xdist)
+# The suite runs on 2 workers (pyproject's addopts: -n 2 --dist loadgroup), which fill the CPU
+# that one run leaves idle (a single rank, a rank waiting on a timeout, Slurm's scheduler). A file
+# is one unit of work, so its module fixtures (a run several tests read) train once; files that
+# share machine-wide state share a unit: the two network namespaces and their fixed addresses.
+# Units start longest first, so that no long file is left for the end on one worker.
+SHARED_UNITS = {"test_multinode.py": "netns", "test_k8s_pods.py": "netns"}
+LONGEST_FIRST = ["test_train.py", "test_multinode.py", "test_k8s_pods.py", "test_scale.py", "test_faults.py",
+                 "test_classification.py", "test_slurm.py", "test_ds_engine.py", "test_trackers.py"]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: within a file, the order it was written in
+    for item in items:
+        if not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(SHARED_UNITS.get(item.path.name, item.path.name)))
+# ============================================================================ end two workers

@@ -376,7 +376,7 @@ def test_versions_that_differ_across_two_namespaces_are_named(netns_pair, tmp_pa
 
     site = fake_distribution(tmp_path / "node1-site", "transformers", "0.0.0")
     run_dir, rcs = run_two_nodes(tmp_path, "mismatch", STRATEGIES["zero3"], netns_pair,
-                                 node_env={1: {"PYTHONPATH": str(site)}})
+                                 node_env={1: {"PYTHONPATH": f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}})
     error = _preflight_failed(run_dir, rcs)
     assert error.startswith("preflight: versions differ across ranks: transformers"), error
     assert f"transformers {version('transformers')} on " in error and "(node 0, rank 0)" in error
