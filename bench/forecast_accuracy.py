@@ -2,7 +2,7 @@
 stages, LoRA and full, sequence lengths, micro batches, one and two ranks, two model sizes) is
 trained with `launcher run` on this machine (CPU), each into its own run directory; then each one
 is forecast by `launcher plan` from a calibration history holding every *other* run (the
-planner picks the nearest and scales it), and again from this machine's probe alone
+planner fits a rate and a per-step overhead over them, :func:`launcher.plan.calibration.fit_step`), and again from this machine's probe alone
 (``--no-calibration``). It prints and writes the forecast-to-actual ratios of the step time and
 of the kWh per configuration (goal: 0.75-1.33).
 
@@ -51,6 +51,7 @@ CONFIGS: dict[str, tuple[list[str], int]] = {
     "m4-zero2": (["MODEL4M"], 40),
     "m4-zero3": (["MODEL4M", "parallel.zero_stage=3"], 40),
     "m4-fsdp-lora": (["MODEL4M", "parallel.strategy=fsdp", *LORA], 50),
+    "m4-single": (["MODEL4M", "cluster.cpu_procs_per_node=1", "parallel.zero_stage=0", "train.global_batch_size=8"], 40),
 }
 
 
@@ -80,8 +81,11 @@ def forecast(name: str, model4m: Path, cache: Path, work: Path, extra: list[str]
         return {"error": out.stderr.strip()[-300:]}
     f = json.loads(out.stdout)["forecast"]
     cal = f.get("calibration") or {}
-    return {"step_time_s": f["step_time_s"], "kwh": f["kwh"], "steps": f["steps"],
-            "from": Path(cal["run_dir"]).name if cal else "probe", "distance": cal.get("distance")}
+    fit = cal.get("fit")
+    how = (f"fit over {fit['points']} (overhead {fit['overhead_s']:.3g} s, {fit['gflops_per_thread']:.1f} GFLOP/s); "
+           f"nearest {Path(cal['run_dir']).name}" if fit else Path(cal["run_dir"]).name if cal else "probe")
+    return {"step_time_s": f["step_time_s"], "kwh": f["kwh"], "steps": f["steps"], "from": how,
+            "distance": cal.get("distance"), "fit": fit}
 
 
 def ratio(fc, act):

@@ -61,8 +61,12 @@ def forecast_rows(plan) -> list[tuple[str, str]]:
     rows = [("forecast", (f"{f.steps:,} steps ({f.steps_source}), {f.tokens:,} tokens" if f.steps is not None
                           else "steps unknown: launcher plan --with-data (or train.max_steps)"))]
     if f.step_time_s is not None:
-        how = (f"scaled from {f.calibration.run_dir}: {calibration_words(f.calibration.source, f.calibration.distance)}"
-               if f.calibration and (f.calibration.point or f.calibration.tokens_per_s_per_device)
+        c = f.calibration
+        how = (f"overhead {c.fit.overhead_s:.3g} s + {c.fit.gflops_per_thread:,.1f} GFLOP/s per thread, fitted over "
+               f"{c.fit.points} runs of the calibration history; nearest {c.run_dir}, distance {c.distance:.2f}"
+               if c and c.fit else
+               f"scaled from {c.run_dir}: {calibration_words(c.source, c.distance)}"
+               if c and (c.point or c.tokens_per_s_per_device)
                else f"MFU assumed {f.mfu_assumed:.0%} on {f.accelerator}, forecast {_num(f.mfu_forecast, '.1%')}")
         rows.append(("time", f"{f.step_time_s:,.3g} s/step, {_num(f.tokens_per_s_per_device, ',.0f')} tokens/s per "
                              f"device, {_num(f.hours, ',.3g')} h, {_num(f.gpu_hours, ',.4g')} {label} ({how})"))

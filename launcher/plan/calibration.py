@@ -11,16 +11,21 @@ them the nearest is the one of least ``distance``, a sum of
   host-memory mode (lean gives the host's memory back after every step: slower on CPU); 0.5 for
   another ZeRO stage, activation checkpointing or packing;
 
-the newest first among equals. The forecast then scales the point's measured step time by the
-FLOPs each rank computes per step (``tokens_per_step x (flops_per_token + recompute) / world``),
-and its energy per token by the time per token and the devices drawing power.
+the newest first among equals. A run of the same configuration (distance 0) is scaled by the FLOPs
+each rank computes per step (``tokens_per_step x (flops_per_token + recompute) / world``). Any
+other is forecast by :func:`fit_step` when the history allows it: ``overhead + work / rate``, where
+the work is the FLOPs each thread computes per step, the rate is fitted over every run on this
+device in this dtype, and the overhead (what a step costs beyond its arithmetic: hooks, gathers,
+collectives, which depend on the strategy and not on the FLOPs; most of a tiny model's step) is
+the runs' residuals weighted by how like the job each run is configured. Energy per token is
+scaled from the nearest run by the time per token and the devices drawing power.
 """
 from __future__ import annotations
 
 import math
 from typing import Iterable, Optional
 
-from launcher.plan.types import Calibration, CalibrationPoint, Plan
+from launcher.plan.types import Calibration, CalibrationPoint, Plan, StepFit
 
 LOG_FEATURES = ("n_params", "seq_len", "micro_batch_size", "world_size", "threads_per_rank")
 DIFFERENT = {"task": 1.0, "strategy": 1.0, "method": 1.0, "dtype": 1.0, "offload": 1.0, "host_memory": 1.0,
@@ -64,13 +69,60 @@ def distance(point: CalibrationPoint, plan: Plan, device_kind: Optional[str]) ->
 
 
 def nearest(points: Iterable[CalibrationPoint], plan: Plan, device_kind: Optional[str]) -> Optional[Calibration]:
-    """The history's nearest point to ``plan`` as a Calibration (source history), or None."""
+    """The history's nearest point to ``plan`` as a Calibration (source history), or None; with a
+    :class:`StepFit` over the history when no point is of the same configuration."""
+    points = list(points)
     best: Optional[tuple[float, float, CalibrationPoint]] = None
     for p in points:
         d = distance(p, plan, device_kind)
         if d is not None and (best is None or (d, -p.finished_at) < (best[0], best[1])):
             best = (d, -p.finished_at, p)
-    return from_point(best[2], "history", best[0]) if best else None
+    if best is None:
+        return None
+    cal = from_point(best[2], "history", best[0])
+    fit = fit_step(points, plan, device_kind) if best[0] > 0 else None
+    return cal.model_copy(update={"fit": fit}) if fit else cal
+
+
+# what a step's overhead depends on beyond its FLOPs, and how much a difference counts against a run
+OVERHEAD_KEYS = {"task": 1.0, "strategy": 1.0, "zero_stage": 1.0, "method": 1.0, "offload": 1.0,
+                 "host_memory": 1.0, "activation_checkpointing": 0.5, "packing": 0.5, "world_size": 1.0}
+# a run one difference away counts exp(-1/1.5) = 0.51 of one configured alike (chosen on
+# bench/forecast_accuracy.py's runs: 1.0 and 2.0 leave one more configuration outside 0.75-1.33)
+OVERHEAD_TAU = 1.5
+
+
+def work_per_thread(tokens_per_step: int, flops_per_token: float, world: int, threads: Optional[int]) -> float:
+    """The FLOPs each thread computes per step."""
+    return tokens_per_step * flops_per_token / world / (threads or 1)
+
+
+def fit_step(points: Iterable[CalibrationPoint], plan: Plan, device_kind: Optional[str]) -> Optional[StepFit]:
+    """``overhead + work / rate`` for ``plan`` from the history's runs on the same device kind in the
+    same dtype: the rate by least squares over all of them (at least 3, of at least 2 sizes of work),
+    the overhead as their residuals weighted ``exp(-differences / OVERHEAD_TAU)`` by how many of
+    OVERHEAD_KEYS differ from the job's. None when the history cannot give a positive rate."""
+    mine = features(plan)
+    same = [p for p in points if distance(p, plan, device_kind) is not None and p.dtype == plan.dtype
+            and p.flops_per_token and p.step_time_s > 0]
+    xs = [work_per_thread(p.tokens_per_step, p.flops_per_token, p.world_size, p.threads_per_rank) for p in same]
+    if len(same) < 3 or max(xs) < 1.5 * min(xs):
+        return None
+    mx, mt = sum(xs) / len(xs), sum(p.step_time_s for p in same) / len(same)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    s_per_flop = sum((x - mx) * (p.step_time_s - mt) for x, p in zip(xs, same)) / sxx
+    if s_per_flop <= 0:
+        return None
+    weights = [math.exp(-sum(w for k, w in OVERHEAD_KEYS.items() if getattr(p, k) != mine[k]) / OVERHEAD_TAU)
+               for p in same]
+    residual = sum(w * (p.step_time_s - s_per_flop * x) for w, p, x in zip(weights, same, xs)) / sum(weights)
+    return StepFit(points=len(same), gflops_per_thread=round(1e-9 / s_per_flop, 4),
+                   overhead_s=round(max(residual, 0.0), 6))
+
+
+def fitted_step_time(fit: StepFit, tokens_per_step: int, flops_per_token: float, world: int,
+                     threads: Optional[int]) -> float:
+    return fit.overhead_s + work_per_thread(tokens_per_step, flops_per_token, world, threads) / (fit.gflops_per_thread * 1e9)
 
 
 def from_point(point: CalibrationPoint, source: str, distance_: Optional[float]) -> Calibration:
@@ -88,14 +140,21 @@ def scaled_step_time(point: CalibrationPoint, tokens_per_step: int, flops_per_to
     return point.step_time_s * mine / theirs
 
 
-def scaled_energy_per_token(point: CalibrationPoint, step_time_s: float, tokens_per_step: int, world: int) -> float:
+def scaled_energy_per_token(point: CalibrationPoint, step_time_s: float, tokens_per_step: int, world: int,
+                            threads: Optional[int] = None) -> float:
     """``point``'s energy per token for a job whose step takes ``step_time_s`` for ``tokens_per_step``
-    tokens on ``world`` devices: each device draws the power it drew there, for the time per token."""
+    tokens on ``world`` devices: each device draws the power it drew there, for the time per token.
+    On CPU what draws the power is the cores in use, ranks x threads per rank (one rank of two
+    threads loads the CPU as two ranks of one do)."""
     assert point.energy_per_token_j is not None
     per_token_then = point.step_time_s / point.tokens_per_step
     per_token_now = step_time_s / tokens_per_step
-    return point.energy_per_token_j * (per_token_now / per_token_then) * (world / point.world_size)
+    if point.device == "cpu":
+        drawing = (world * (threads or 1)) / (point.world_size * (point.threads_per_rank or 1))
+    else:
+        drawing = world / point.world_size
+    return point.energy_per_token_j * (per_token_now / per_token_then) * drawing
 
 
-__all__ = ["distance", "features", "from_point", "nearest", "offload_label", "scaled_energy_per_token",
-           "scaled_step_time"]
+__all__ = ["distance", "features", "fit_step", "fitted_step_time", "from_point", "nearest", "offload_label",
+           "scaled_energy_per_token", "scaled_step_time", "work_per_thread"]

@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import Optional
 
 from launcher.plan.memory import DTYPE_BYTES, Layout, layout_of
-from launcher.plan.calibration import scaled_energy_per_token, scaled_step_time
+from launcher.plan.calibration import fitted_step_time, scaled_energy_per_token, scaled_step_time
 from launcher.plan.types import Calibration, Communication, CpuProbe, Forecast, Plan
 from launcher.facts.flops import flops_per_token_from_config, matmul_params
 from launcher.facts.hardware import (CPU_MFU, GPU_POWER_SHARE, HOST, HOST_LINK_EFFICIENCY, codecarbon_cpu_watts,
@@ -138,7 +138,14 @@ def build_forecast(plan: Plan, *, carbon_intensity: Optional[float] = None, carb
     compute_s = offload_s = step_s = None
     mfu_fc = None
     point = calibration.point if calibration else None
-    if point is not None and point.flops_per_token and fpt:
+    fit = calibration.fit if calibration else None
+    if fit is not None and fpt:
+        compute_s = fitted_step_time(fit, tps, fpt + (recompute or 0), plan.world_size, plan.threads_per_rank)
+        step_s = max(compute_s, comm_s or 0.0)
+        assumptions.append(f"time: {fit.overhead_s:.3g} s of overhead per step + the FLOPs per thread at "
+                           f"{fit.gflops_per_thread:,.1f} GFLOP/s, fitted over {fit.points} runs of the calibration "
+                           f"history on this device (nearest: {calibration.run_dir})")
+    elif point is not None and point.flops_per_token and fpt:
         compute_s = scaled_step_time(point, tps, fpt + (recompute or 0), plan.world_size)
         step_s = max(compute_s, comm_s or 0.0)
         assumptions.append(f"time: {point.step_time_s:.4g} s per step measured in {point.run_dir} "
@@ -251,9 +258,10 @@ def _energy(plan: Plan, accel, cpu: Optional[CpuProbe], hours: Optional[float], 
     point = calibration.point if calibration else None
     pue_ratio = rep.pue / ((calibration.pue if calibration else None) or 1.0)
     if point is not None and point.energy_per_token_j and tokens is not None and step_s:
-        ept = scaled_energy_per_token(point, step_s, plan.tokens_per_step, plan.world_size)
+        threads = plan.threads_per_rank if plan.device == "cpu" else None
+        ept = scaled_energy_per_token(point, step_s, plan.tokens_per_step, plan.world_size, threads)
         assumptions.append(f"energy: {point.energy_per_token_j:.4g} J per token measured in {point.run_dir}, "
-                           f"scaled by the time per token and the devices: {ept:.4g} J "
+                           f"scaled by the time per token and the devices (on CPU: the cores) drawing power: {ept:.4g} J "
                            f"(PUE {calibration.pue:g} there, {rep.pue:g} here)")
         return None, None, tokens * ept / 3.6e6 * pue_ratio
     if calibration and calibration.energy_per_token_j and tokens is not None:

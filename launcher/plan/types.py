@@ -107,6 +107,17 @@ class CalibrationPoint(_Frozen):
     pue: float = 1.0
 
 
+class StepFit(_Frozen):
+    """A step's time as ``overhead_s + work x s_per_flop`` (work: the FLOPs each thread computes per
+    step), fitted over the calibration history's runs on this device in this dtype: the rate from
+    all of them, the overhead from those whose configuration is like the job's
+    (:func:`launcher.plan.calibration.fit_step`)."""
+
+    points: int
+    gflops_per_thread: float
+    overhead_s: float
+
+
 class Calibration(_Frozen):
     """What an earlier run measured, to replace the forecast's assumptions: the nearest run of the
     calibration history (``source`` history), or one named with ``--calibrate`` (``source``
@@ -124,6 +135,7 @@ class Calibration(_Frozen):
     zero_stage: Optional[int] = None
     accelerator: Optional[str] = None
     point: Optional[CalibrationPoint] = None  # the run's configuration: the forecast scales from it
+    fit: Optional[StepFit] = None  # history only, when no run of the same configuration is in it
 
 
 class BestStart(_Frozen):

@@ -4,6 +4,7 @@ the report's CO2 of the hours run) and the price of offsetting."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -131,6 +132,53 @@ def test_the_forecast_scales_a_point_by_flops_per_rank_and_its_energy_by_time_an
     # the same time per token and devices: the same energy per token
     assert f.kwh == pytest.approx(f.tokens * 0.01 / 3.6e6 * plan.job.report.pue / 1.2)
     assert any("scaled by the FLOPs per rank per step" in a for a in f.assumptions)
+    # on CPU the cores draw the power: one rank of two threads as two ranks of one thread each
+    one = demo_plan("cluster.cpu_procs_per_node=1", "parallel.zero_stage=0")
+    assert (one.world_size, one.threads_per_rank, p.world_size, p.threads_per_rank) == (1, 2, 2, 1)
+    g = with_forecast(one, calibration=from_point(p, "history", 1.0)).forecast
+    per_token = g.kwh * 3.6e6 / g.tokens / (one.job.report.pue / 1.2)
+    assert per_token == pytest.approx(0.01 * (g.step_time_s / one.tokens_per_step) / (0.25 / p.tokens_per_step))
+
+
+def test_a_configuration_not_in_the_history_is_forecast_as_overhead_plus_work_over_a_fitted_rate():
+    """Runs at two sizes of work under two strategies, each step 20 ms (ZeRO-2) or 60 ms (ZeRO-3) of
+    overhead plus its FLOPs at 50 GFLOP/s per thread. A ZeRO-3 job of a size none of them had gets
+    ZeRO-3's overhead and the fitted rate, not the nearest run's time scaled by FLOPs alone."""
+    from launcher.plan import with_forecast
+    from launcher.plan.calibration import OVERHEAD_TAU, fit_step, work_per_thread
+
+    plan = demo_plan("parallel.zero_stage=3")
+    fpt, tps = plan.forecast.flops_per_token, plan.tokens_per_step
+    x = work_per_thread(tps, fpt, 2, 1)
+    rate = 50e9
+
+    def run(name, stage, tokens):
+        work = work_per_thread(tokens, fpt, 2, 1)
+        return point(run_dir=f"/runs/{name}", zero_stage=stage, tokens_per_step=tokens, flops_per_token=fpt,
+                     micro_batch_size=plan.micro_batch_size * tokens // tps,
+                     step_time_s=(0.02 if stage == 2 else 0.06) + work / rate)
+
+    history = [run("z2-small", 2, tps // 4), run("z2-big", 2, tps * 4), run("z3-small", 3, tps // 4),
+               run("z3-big", 3, tps * 4)]
+    fit = fit_step(history, plan, "AMD EPYC")
+    assert fit.points == 4 and fit.gflops_per_thread == pytest.approx(50.0, rel=1e-3)
+    # ZeRO-3's runs weigh 1 and ZeRO-2's exp(-1/OVERHEAD_TAU): the overhead leans to ZeRO-3's 60 ms
+    w = math.exp(-1 / OVERHEAD_TAU)
+    assert 0.02 < fit.overhead_s < 0.06 and fit.overhead_s > (0.02 + 0.06) / 2
+    assert fit.overhead_s == pytest.approx((2 * 0.06 + 2 * w * 0.02) / (2 + 2 * w), rel=1e-4)
+    cal = nearest(history, plan, "AMD EPYC")
+    assert cal.fit == fit and cal.distance > 0
+    f = with_forecast(plan, calibration=cal).forecast
+    assert f.step_time_s == pytest.approx(fit.overhead_s + x / rate, rel=1e-3)
+    assert any("fitted over 4 runs" in a for a in f.assumptions)
+    # scaled by FLOPs from the nearest run alone, the forecast would be 4x its step time or a quarter
+    assert abs(f.step_time_s - 0.06 - x / rate) < abs(f.step_time_s - 4 * (0.06 + x / 4 / rate))
+    # a run of the job's own configuration is scaled from directly, with no fit
+    same = run("z3-same", 3, tps)
+    assert nearest([*history, same], plan, "AMD EPYC").fit is None
+    # too little to fit: one size of work, or fewer than 3 runs
+    assert fit_step([run("a", 2, tps), run("b", 3, tps), run("c", 2, tps)], plan, "AMD EPYC") is None
+    assert fit_step(history[:2], plan, "AMD EPYC") is None
 
 
 def test_history_skips_lines_it_cannot_read_and_keeps_the_newest_of_a_run(tmp_path):
