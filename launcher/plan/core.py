@@ -149,8 +149,11 @@ def _with_host_memory(plan: Plan, ds_kw: Optional[dict], host_memory_bytes: Opti
             plan, why = fast, why2
         else:  # within the share only with lean's caps
             mode, why = "lean", why2 + " with DeepSpeed's sizes: lean caps them"
-    return plan.model_copy(update={"host_memory": mode, "derivations": [*plan.derivations, why, *_zero3_caps(plan)],
+    plan = plan.model_copy(update={"host_memory": mode, "derivations": [*plan.derivations, why, *_zero3_caps(plan)],
                                    "notes": [*plan.notes, *([LEAN_NOTE] if mode == "lean" else [])]})
+    if plan.memory and plan.device == "cpu" and model_info:  # what glibc keeps depends on the mode
+        plan = plan.model_copy(update={"memory": estimate_memory(model_info, layout_of(plan), plan.params["trainable"])})
+    return plan
 
 
 def _zero3_caps(plan: Plan) -> list[str]:

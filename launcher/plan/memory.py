@@ -35,6 +35,12 @@ FIT_MARGIN = 0.10  # share of the GPU's memory a fit leaves free
 CUDA_CONTEXT_BYTES = GIB  # CUDA context, cuBLAS and NCCL workspaces: outside torch's allocator
 FRAGMENTATION = 0.10  # the caching allocator's reserved-but-unused share, on top of what is allocated
 RANK_RUNTIME_BYTES = {"cuda": 3 * GIB, "cpu": 3 * GIB // 4}  # a rank's process before the model
+# On CPU under host_memory=fast, glibc raises its mmap threshold as large blocks are freed and keeps
+# them in the heap, fragmented, where lean's fixed threshold maps and unmaps them. Measured above
+# the plan's other terms (bench/RESULTS.md, issue 30): the embedded default +14.8 MiB on its
+# largest rank over 740 steps, the 4.2M bench model +13 to +25 MiB over 40 steps (3 runs); a fixed
+# threshold removes it at 45% more time per step on that model, so fast keeps it and counts it.
+GLIBC_FAST_RETENTION = 16 * 2 ** 20
 CHECKPOINT_SHARD_BYTES = 5 * 10 ** 9  # transformers' default max_shard_size ("5GB")
 ZERO0_ALLREDUCE_BUCKET = 500_000_000  # DeepSpeed's allreduce_bucket_size default (elements)
 NVME_STAGING = {"optimizer": (4, 100_000_000), "params": (5, 100_000_000)}  # DeepSpeed aio: buffers x elements
@@ -71,6 +77,7 @@ class Layout:
     lora_dropout: float = 0.0
     lora_r: int = 0
     zero3_linear: bool = False  # DeepSpeed's ZeRO-3 linear: every nn.Linear keeps its input
+    host_memory: str = "fast"  # parallel.host_memory as resolved
 
 
 def layout_of(plan) -> Layout:
@@ -90,6 +97,7 @@ def layout_of(plan) -> Layout:
         lora_targets=lora_targets(lora.target_modules) if job.train.method == "lora" else (),
         lora_dropout=lora.dropout, lora_r=lora.r,
         zero3_linear=p.strategy == "zero" and p.zero_stage == 3 and z.memory_efficient_linear,
+        host_memory=plan.host_memory,
     )
 
 
@@ -251,10 +259,12 @@ def estimate_memory(info: ModelInfo, lay: Layout, n_trainable: int, *, loss_chun
     model_states = states["params"] + states["grads"] + states["optimizer"] + states["step_grads"]
     allocated = model_states + act.activations + act.logits + states["buffers"]
     context = CUDA_CONTEXT_BYTES if lay.device == "cuda" else 0
-    overhead = context + int(FRAGMENTATION * allocated)
+    glibc = GLIBC_FAST_RETENTION if (lay.device == "cpu" and lay.host_memory == "fast") else 0
+    overhead = context + int(FRAGMENTATION * allocated) + glibc
     total = allocated + overhead
     formulas.append(f"overhead = {'CUDA context ' + _fmt(context) + ' + ' if context else ''}"
-                    f"{FRAGMENTATION:.0%} of {_fmt(allocated)} allocated = {_fmt(overhead)}")
+                    f"{FRAGMENTATION:.0%} of {_fmt(allocated)} allocated"
+                    f"{' + glibc heap retention (host_memory fast) ' + _fmt(glibc) if glibc else ''} = {_fmt(overhead)}")
     per_device = DeviceMemory(params=states["params"], grads=states["grads"], optimizer=states["optimizer"],
                               step_grads=states["step_grads"], model_states=model_states, activations=act.activations,
                               logits=act.logits, buffers=states["buffers"], overhead=overhead, total=total)
@@ -280,7 +290,9 @@ def estimate_memory(info: ModelInfo, lay: Layout, n_trainable: int, *, loss_chun
         "(LoRA: frozen base in the compute dtype, adapters fp32), the loss is taken in pieces of "
         f"{loss_chunk_tokens or LOSS_CHUNK_TOKENS} positions",
         f"overhead: {'CUDA context, cuBLAS and NCCL workspaces ' + _fmt(CUDA_CONTEXT_BYTES) + ' B per GPU + ' if context else ''}"
-        f"{FRAGMENTATION:.0%} allocator fragmentation",
+        f"{FRAGMENTATION:.0%} allocator fragmentation"
+        + (f"; on CPU under host_memory fast, {_fmt(GLIBC_FAST_RETENTION)} B glibc keeps in its heap (measured)"
+           if glibc else ""),
         f"each rank's process takes {_fmt(RANK_RUNTIME_BYTES[lay.device])} B of host memory before the model",
         "loading: ZeRO 0-2 hold the whole model in the compute dtype on the host per rank; ZeRO-3 (zero.Init) one "
         f"checkpoint shard per rank (at most {_fmt(CHECKPOINT_SHARD_BYTES)} B); FSDP2 (meta device) its own shards",

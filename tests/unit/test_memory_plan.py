@@ -16,7 +16,7 @@ from launcher.cli import cli
 from launcher.plan import ModelInfo, plan_job, read_model_info
 from launcher.plan.activations import ActivationInputs, estimate_activations, layer_bytes_per_token
 from launcher.plan.forecast import build_forecast, with_forecast
-from launcher.plan.memory import CUDA_CONTEXT_BYTES, FRAGMENTATION, Layout, estimate_memory
+from launcher.plan.memory import CUDA_CONTEXT_BYTES, FRAGMENTATION, GLIBC_FAST_RETENTION, Layout, estimate_memory
 from launcher.report.carbon import carbon_intensity
 from launcher.rundir import MemoryRecord, read_plan, write_plan
 from launcher.rundir.metrics import RankMemory
@@ -469,3 +469,23 @@ def test_zero_sizes_on_cpu_follow_the_host_memory_mode():
     assert lean["stage3_max_live_parameters"] == TINY.n_params // 20 == lean["stage3_prefetch_bucket_size"]
     assert zero("cpu", "auto")[0] == fast  # a terabyte of RAM: fast
     assert zero("cuda", "fast")[0]["stage3_max_live_parameters"] == TINY.n_params // 20
+
+
+def test_glibcs_heap_under_fast_is_counted_on_cpu_only():
+    """On CPU under host_memory=fast glibc keeps freed blocks in its heap (GLIBC_FAST_RETENTION per
+    rank, measured: docs/memory.md); lean maps and unmaps them, and GPUs' memory is not glibc's.
+    The rest of the overhead is the 10% of what is allocated either way."""
+
+    def mem(device, mode):
+        spec = build_job({"parallel": {"strategy": "fsdp", "host_memory": mode},
+                          "cluster": {"device": device, "cpu_procs_per_node": 2, "gpus_per_node": 2}})
+        plan = plan_job(spec, device=device, model_info=TINY, cpu_count=2, host_memory_bytes=2**40)
+        assert plan.host_memory == mode
+        return plan.memory
+
+    fast, lean, gpu = mem("cpu", "fast"), mem("cpu", "lean"), mem("cuda", "fast")
+    allocated = fast.per_device_bytes.total - fast.per_device_bytes.overhead
+    assert fast.per_device_bytes.overhead == int(FRAGMENTATION * allocated) + GLIBC_FAST_RETENTION
+    assert lean.per_device_bytes.total == fast.per_device_bytes.total - GLIBC_FAST_RETENTION
+    assert gpu.per_device_bytes.overhead == int(FRAGMENTATION * allocated) + CUDA_CONTEXT_BYTES
+    assert any("glibc" in a for a in fast.assumptions) and not any("glibc" in a for a in lean.assumptions)
