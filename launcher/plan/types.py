@@ -108,10 +108,10 @@ class CalibrationPoint(_Frozen):
 
 
 class StepFit(_Frozen):
-    """A step's time as ``overhead_s + work x s_per_flop`` (work: the FLOPs each thread computes per
-    step), fitted over the calibration history's runs on this device in this dtype: the rate from
-    all of them, the overhead from those whose configuration is like the job's
-    (:func:`launcher.plan.calibration.fit_step`)."""
+    """A step's time as ``overhead_s + work / (gflops_per_thread x 1e9)`` (work: the FLOPs each thread
+    computes per step; on GPUs, each rank), fitted over the calibration history's runs on this
+    device in this dtype: the rate from all of them, the overhead from those whose configuration
+    is like the job's (:func:`launcher.plan.calibration.fit_step`)."""
 
     points: int
     gflops_per_thread: float
