@@ -62,12 +62,13 @@ def forecast_rows(plan) -> list[tuple[str, str]]:
                           else "steps unknown: launcher plan --with-data (or train.max_steps)"))]
     if f.step_time_s is not None:
         c = f.calibration
-        how = (f"overhead {c.fit.overhead_s:.3g} s + {c.fit.gflops_per_thread:,.1f} GFLOP/s per thread, fitted over "
-               f"{c.fit.points} runs of the calibration history; nearest {c.run_dir}, distance {c.distance:.2f}"
-               if c and c.fit else
-               f"scaled from {c.run_dir}: {calibration_words(c.source, c.distance)}"
-               if c and (c.point or c.tokens_per_s_per_device)
-               else f"MFU assumed {f.mfu_assumed:.0%} on {f.accelerator}, forecast {_num(f.mfu_forecast, '.1%')}")
+        if c and c.fit:
+            how = (f"overhead {c.fit.overhead_s:.3g} s + {c.fit.gflops_per_thread:,.1f} GFLOP/s per thread, fitted "
+                   f"over {c.fit.points} runs of the calibration history; nearest {c.run_dir}, distance {c.distance:.2f}")
+        elif c and (c.point or c.tokens_per_s_per_device):
+            how = f"scaled from {c.run_dir}: {calibration_words(c.source, c.distance)}"
+        else:
+            how = f"MFU assumed {f.mfu_assumed:.0%} on {f.accelerator}, forecast {_num(f.mfu_forecast, '.1%')}"
         rows.append(("time", f"{f.step_time_s:,.3g} s/step, {_num(f.tokens_per_s_per_device, ',.0f')} tokens/s per "
                              f"device, {_num(f.hours, ',.3g')} h, {_num(f.gpu_hours, ',.4g')} {label} ({how})"))
     if f.kwh is not None:

@@ -50,9 +50,13 @@ def features(plan: Plan) -> dict:
             "packing": plan.job.data.packing, "host_memory": plan.host_memory, "task": plan.job.train.task}
 
 
+def same_device(point: CalibrationPoint, plan: Plan, device_kind: Optional[str]) -> bool:
+    return point.device == plan.device and bool(device_kind) and point.device_kind == device_kind
+
+
 def distance(point: CalibrationPoint, plan: Plan, device_kind: Optional[str]) -> Optional[float]:
     """How far ``point``'s configuration is from ``plan``'s; None when it ran on another kind of device."""
-    if point.device != plan.device or not device_kind or point.device_kind != device_kind:
+    if not same_device(point, plan, device_kind):
         return None
     mine = features(plan)
     d = 0.0
@@ -103,7 +107,7 @@ def fit_step(points: Iterable[CalibrationPoint], plan: Plan, device_kind: Option
     the overhead as their residuals weighted ``exp(-differences / OVERHEAD_TAU)`` by how many of
     OVERHEAD_KEYS differ from the job's. None when the history cannot give a positive rate."""
     mine = features(plan)
-    same = [p for p in points if distance(p, plan, device_kind) is not None and p.dtype == plan.dtype
+    same = [p for p in points if same_device(p, plan, device_kind) and p.dtype == plan.dtype
             and p.flops_per_token and p.step_time_s > 0]
     xs = [work_per_thread(p.tokens_per_step, p.flops_per_token, p.world_size, p.threads_per_rank) for p in same]
     if len(same) < 3 or max(xs) < 1.5 * min(xs):

@@ -151,7 +151,8 @@ def _with_host_memory(plan: Plan, ds_kw: Optional[dict], host_memory_bytes: Opti
             mode, why = "lean", why2 + " with DeepSpeed's sizes: lean caps them"
     plan = plan.model_copy(update={"host_memory": mode, "derivations": [*plan.derivations, why, *_zero3_caps(plan)],
                                    "notes": [*plan.notes, *([LEAN_NOTE] if mode == "lean" else [])]})
-    if plan.memory and plan.device == "cpu" and model_info:  # what glibc keeps depends on the mode
+    if mode == "lean" and plan.device == "cpu" and plan.memory and model_info:
+        # the estimates above took Plan's default mode, fast, whose glibc heap lean does not keep
         plan = plan.model_copy(update={"memory": estimate_memory(model_info, layout_of(plan), plan.params["trainable"])})
     return plan
 

@@ -164,7 +164,6 @@ def test_a_configuration_not_in_the_history_is_forecast_as_overhead_plus_work_ov
     assert fit.points == 4 and fit.gflops_per_thread == pytest.approx(50.0, rel=1e-3)
     # ZeRO-3's runs weigh 1 and ZeRO-2's exp(-1/OVERHEAD_TAU): the overhead leans to ZeRO-3's 60 ms
     w = math.exp(-1 / OVERHEAD_TAU)
-    assert 0.02 < fit.overhead_s < 0.06 and fit.overhead_s > (0.02 + 0.06) / 2
     assert fit.overhead_s == pytest.approx((2 * 0.06 + 2 * w * 0.02) / (2 + 2 * w), rel=1e-4)
     cal = nearest(history, plan, "AMD EPYC")
     assert cal.fit == fit and cal.distance > 0
