@@ -82,7 +82,8 @@ def forecast(name: str, model4m: Path, cache: Path, work: Path, extra: list[str]
     f = json.loads(out.stdout)["forecast"]
     cal = f.get("calibration") or {}
     fit = cal.get("fit")
-    how = (f"fit over {fit['points']} (overhead {fit['overhead_s']:.3g} s, {fit['gflops_per_thread']:.1f} GFLOP/s); "
+    sends = f", {fit['s_per_gb_gathered']:.3g} s/GB gathered" if fit and fit.get("s_per_gb_gathered") else ""
+    how = (f"fit over {fit['points']} (overhead {fit['overhead_s']:.3g} s, {fit['gflops_per_thread']:.1f} GFLOP/s{sends}); "
            f"nearest {Path(cal['run_dir']).name}" if fit else Path(cal["run_dir"]).name if cal else "probe")
     return {"step_time_s": f["step_time_s"], "kwh": f["kwh"], "steps": f["steps"], "from": how,
             "distance": cal.get("distance"), "fit": fit}

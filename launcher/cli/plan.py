@@ -63,8 +63,10 @@ def forecast_rows(plan) -> list[tuple[str, str]]:
     if f.step_time_s is not None:
         c = f.calibration
         if c and c.fit:
-            how = (f"overhead {c.fit.overhead_s:.3g} s + {c.fit.gflops_per_thread:,.1f} GFLOP/s per thread, fitted "
-                   f"over {c.fit.points} runs of the calibration history; nearest {c.run_dir}, distance {c.distance:.2f}")
+            sends = f" + {c.fit.s_per_gb_gathered:.3g} s per GB gathered" if c.fit.s_per_gb_gathered else ""
+            how = (f"overhead {c.fit.overhead_s:.3g} s + {c.fit.gflops_per_thread:,.1f} GFLOP/s per thread{sends}, "
+                   f"fitted over {c.fit.points} runs of the calibration history; nearest {c.run_dir}, distance "
+                   f"{c.distance:.2f}")
         elif c and (c.point or c.tokens_per_s_per_device):
             how = f"scaled from {c.run_dir}: {calibration_words(c.source, c.distance)}"
         else:

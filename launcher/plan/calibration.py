@@ -13,9 +13,11 @@ them the nearest is the one of least ``distance``, a sum of
 
 the newest first among equals. A run of the same configuration (distance 0) is scaled by the FLOPs
 each rank computes per step (``tokens_per_step x (flops_per_token + recompute) / world``). Any
-other is forecast by :func:`fit_step` when the history allows it: ``overhead + work / rate``, where
-the work is the FLOPs each thread computes per step, the rate is fitted over every run on this
-device in this dtype, and the overhead (what a step costs beyond its arithmetic: hooks, gathers,
+other is forecast by :func:`fit_step` when the history allows it: ``overhead + work / rate +
+gathered x cost per byte``, where the work is the FLOPs each thread computes per step, gathered is
+what each rank sends per step where the parameters are sharded (ZeRO-3 and FSDP2 gather every
+parameter each step: a cost that grows with the model, not with the tokens), the rate and the cost
+per byte are fitted over every run on this device in this dtype, and the overhead (what a step costs beyond its arithmetic: hooks, gathers,
 collectives, which depend on the strategy and not on the FLOPs; most of a tiny model's step) is
 the runs' residuals weighted by how like the job each run is configured. Energy per token is
 scaled from the nearest run by the time per token and the devices drawing power.
@@ -101,32 +103,82 @@ def work_per_thread(tokens_per_step: int, flops_per_token: float, world: int, th
     return tokens_per_step * flops_per_token / world / (threads or 1)
 
 
+def sharded(strategy: str, zero_stage: Optional[int]) -> bool:
+    """Whether the parameters are sharded and gathered every step (ZeRO-3, FSDP2)."""
+    return strategy == "fsdp" or zero_stage == 3
+
+
+def gathered_bytes(plan: Plan) -> int:
+    """What each rank sends per step where the parameters are sharded and gathered (ZeRO-3, FSDP2:
+    :func:`launcher.plan.forecast.communication`, the parameters' all-gathers and the gradients'
+    reduce-scatter); 0 for other strategies, one rank, or a plan without its model."""
+    if plan.world_size <= 1 or not plan.model or not sharded(plan.strategy, plan.zero_stage):
+        return 0
+    from launcher.plan.forecast import communication
+    from launcher.plan.memory import layout_of
+
+    trainable = (plan.params or {}).get("trainable", 0)
+    adapters = trainable if plan.job.train.method == "lora" else 0
+    return communication(layout_of(plan), plan.model.n_params, adapters, trainable)[1]
+
+
+def _gathered(p: CalibrationPoint) -> Optional[int]:
+    return p.gathered_bytes if p.gathered_bytes is not None else (None if sharded(p.strategy, p.zero_stage) else 0)
+
+
+def _slopes(xs: list[float], gs: Optional[list[float]], ys: list[float]) -> tuple[float, float]:
+    """Least squares of ``ys`` on ``xs`` (and ``gs``, when given) with an intercept: (per x, per g)."""
+    n = len(ys)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
+    if gs is None:
+        return sxy / sxx, 0.0
+    mg = sum(gs) / n
+    sgg = sum((g - mg) ** 2 for g in gs)
+    sxg = sum((x - mx) * (g - mg) for x, g in zip(xs, gs))
+    sgy = sum((g - mg) * (y - my) for g, y in zip(gs, ys))
+    det = sxx * sgg - sxg * sxg
+    if det <= 1e-9 * sxx * sgg:  # the gathers move with the work: they cannot be told apart
+        return sxy / sxx, 0.0
+    return (sxy * sgg - sgy * sxg) / det, (sgy * sxx - sxy * sxg) / det
+
+
 def fit_step(points: Iterable[CalibrationPoint], plan: Plan, device_kind: Optional[str]) -> Optional[StepFit]:
-    """``overhead + work / rate`` for ``plan`` from the history's runs on the same device kind in the
-    same dtype: the rate by least squares over all of them (at least 3, of at least 2 sizes of work),
-    the overhead as their residuals weighted ``exp(-differences / OVERHEAD_TAU)`` by how many of
-    OVERHEAD_KEYS differ from the job's. None when the history cannot give a positive rate."""
+    """``overhead + work / rate + gathered x s_per_byte`` for ``plan`` from the history's runs on the
+    same device kind in the same dtype: the rate (and the cost of each byte a rank sends where the
+    parameters are sharded and gathered, ZeRO-3 and FSDP2) by least squares over all of them (at
+    least 3, of at least 2 sizes of work; the gathers count when runs with and without them are
+    among at least 4), the overhead as their residuals weighted ``exp(-differences / OVERHEAD_TAU)``
+    by how many of OVERHEAD_KEYS differ from the job's. None when the history cannot give a
+    positive rate."""
     mine = features(plan)
     same = [p for p in points if same_device(p, plan, device_kind) and p.dtype == plan.dtype
             and p.flops_per_token and p.step_time_s > 0]
     xs = [work_per_thread(p.tokens_per_step, p.flops_per_token, p.world_size, p.threads_per_rank) for p in same]
     if len(same) < 3 or max(xs) < 1.5 * min(xs):
         return None
-    mx, mt = sum(xs) / len(xs), sum(p.step_time_s for p in same) / len(same)
-    sxx = sum((x - mx) ** 2 for x in xs)
-    s_per_flop = sum((x - mx) * (p.step_time_s - mt) for x, p in zip(xs, same)) / sxx
+    ys = [p.step_time_s for p in same]
+    gs = [_gathered(p) for p in same]
+    with_gathers = len(same) >= 4 and None not in gs and 0 in gs and any(gs)
+    s_per_flop, s_per_byte = _slopes(xs, [float(g) for g in gs] if with_gathers else None, ys)
+    if s_per_byte < 0:  # the history's sharded runs are not slower for their gathers: the rate alone
+        s_per_flop, s_per_byte, with_gathers = _slopes(xs, None, ys)[0], 0.0, False
     if s_per_flop <= 0:
         return None
     weights = [math.exp(-sum(w for k, w in OVERHEAD_KEYS.items() if getattr(p, k) != mine[k]) / OVERHEAD_TAU)
                for p in same]
-    residual = sum(w * (p.step_time_s - s_per_flop * x) for w, p, x in zip(weights, same, xs)) / sum(weights)
+    residual = sum(w * (y - s_per_flop * x - s_per_byte * (g or 0)) for w, x, y, g in zip(weights, xs, ys, gs)) \
+        / sum(weights)
     return StepFit(points=len(same), gflops_per_thread=round(1e-9 / s_per_flop, 4),
-                   overhead_s=round(max(residual, 0.0), 6))
+                   overhead_s=round(max(residual, 0.0), 6),
+                   s_per_gb_gathered=round(s_per_byte * 1e9, 6) if with_gathers else None)
 
 
 def fitted_step_time(fit: StepFit, tokens_per_step: int, flops_per_token: float, world: int,
-                     threads: Optional[int]) -> float:
-    return fit.overhead_s + work_per_thread(tokens_per_step, flops_per_token, world, threads) / (fit.gflops_per_thread * 1e9)
+                     threads: Optional[int], gathered: int = 0) -> float:
+    return (fit.overhead_s + work_per_thread(tokens_per_step, flops_per_token, world, threads) / (fit.gflops_per_thread * 1e9)
+            + gathered / 1e9 * (fit.s_per_gb_gathered or 0.0))
 
 
 def from_point(point: CalibrationPoint, source: str, distance_: Optional[float]) -> Calibration:
@@ -160,5 +212,5 @@ def scaled_energy_per_token(point: CalibrationPoint, step_time_s: float, tokens_
     return point.energy_per_token_j * (per_token_now / per_token_then) * drawing
 
 
-__all__ = ["distance", "features", "fit_step", "fitted_step_time", "from_point", "nearest", "offload_label",
-           "scaled_energy_per_token", "scaled_step_time", "work_per_thread"]
+__all__ = ["distance", "features", "fit_step", "fitted_step_time", "from_point", "gathered_bytes", "nearest",
+           "offload_label", "scaled_energy_per_token", "scaled_step_time", "sharded", "work_per_thread"]

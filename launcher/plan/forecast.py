@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import Optional
 
 from launcher.plan.memory import DTYPE_BYTES, Layout, layout_of
-from launcher.plan.calibration import fitted_step_time, scaled_energy_per_token, scaled_step_time
+from launcher.plan.calibration import fitted_step_time, gathered_bytes, scaled_energy_per_token, scaled_step_time
 from launcher.plan.types import Calibration, Communication, CpuProbe, Forecast, Plan
 from launcher.facts.flops import flops_per_token_from_config, matmul_params
 from launcher.facts.hardware import (CPU_MFU, GPU_POWER_SHARE, HOST, HOST_LINK_EFFICIENCY, codecarbon_cpu_watts,
@@ -140,11 +140,15 @@ def build_forecast(plan: Plan, *, carbon_intensity: Optional[float] = None, carb
     point = calibration.point if calibration else None
     fit = calibration.fit if calibration else None
     if fit is not None and fpt:
-        compute_s = fitted_step_time(fit, tps, fpt + (recompute or 0), plan.world_size, plan.threads_per_rank)
+        gathered = gathered_bytes(plan)
+        compute_s = fitted_step_time(fit, tps, fpt + (recompute or 0), plan.world_size, plan.threads_per_rank,
+                                     gathered)
         step_s = max(compute_s, comm_s or 0.0)
+        sends = (f" + {_g(gathered)} sent per rank at {fit.s_per_gb_gathered:.3g} s per GB (sharded parameters, "
+                 f"gathered every step)" if fit.s_per_gb_gathered and gathered else "")
         assumptions.append(f"time: {fit.overhead_s:.3g} s of overhead per step + the FLOPs per thread at "
-                           f"{fit.gflops_per_thread:,.1f} GFLOP/s, fitted over {fit.points} runs of the calibration "
-                           f"history on this device (nearest: {calibration.run_dir})")
+                           f"{fit.gflops_per_thread:,.1f} GFLOP/s{sends}, fitted over {fit.points} runs of the "
+                           f"calibration history on this device (nearest: {calibration.run_dir})")
     elif point is not None and point.flops_per_token and fpt:
         compute_s = scaled_step_time(point, tps, fpt + (recompute or 0), plan.world_size)
         step_s = max(compute_s, comm_s or 0.0)

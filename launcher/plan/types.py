@@ -98,6 +98,9 @@ class CalibrationPoint(_Frozen):
     activation_checkpointing: bool = False
     offload: str = "none"  # "optimizer->cpu, params->nvme" or none
     host_memory: str = "fast"  # parallel.host_memory as resolved (lean trims the host's memory after each step)
+    # bytes each rank sends per step where the parameters are sharded and gathered (ZeRO-3, FSDP2:
+    # launcher.plan.calibration.gathered_bytes), 0 elsewhere; None in points written before it was kept
+    gathered_bytes: Optional[int] = None
     tokens_per_step: int
     flops_per_token: Optional[float] = None
     steps: int
@@ -108,14 +111,18 @@ class CalibrationPoint(_Frozen):
 
 
 class StepFit(_Frozen):
-    """A step's time as ``overhead_s + work / (gflops_per_thread x 1e9)`` (work: the FLOPs each thread
-    computes per step; on GPUs, each rank), fitted over the calibration history's runs on this
+    """A step's time as ``overhead_s + work / (gflops_per_thread x 1e9) + gathered GB x s_per_gb_gathered``
+    (work: the FLOPs each thread computes per step, on GPUs each rank's; gathered: what a rank sends
+    per step under ZeRO-3 or FSDP2), fitted over the calibration history's runs on this
     device in this dtype: the rate from all of them, the overhead from those whose configuration
     is like the job's (:func:`launcher.plan.calibration.fit_step`)."""
 
     points: int
     gflops_per_thread: float
     overhead_s: float
+    # + gathered bytes x this: seconds per GB a rank sends per step under ZeRO-3 or FSDP2, which
+    # gather every parameter each step; None when the history has no such run to tell it by
+    s_per_gb_gathered: Optional[float] = None
 
 
 class Calibration(_Frozen):

@@ -180,6 +180,45 @@ def test_a_configuration_not_in_the_history_is_forecast_as_overhead_plus_work_ov
     assert fit_step(history[:2], plan, "AMD EPYC") is None
 
 
+def test_the_bytes_a_sharded_run_gathers_are_fitted_and_forecast_with_the_job_s_own():
+    """ZeRO-3 and FSDP2 gather every parameter each step: a cost that grows with the model, not the
+    tokens. Runs of 20 ms overhead + FLOPs at 50 GFLOP/s per thread + 10 s per GB gathered (ZeRO-3
+    runs of two model sizes, ZeRO-2 runs with none): the fit finds all three, and a ZeRO-3 job is
+    forecast with the bytes its own plan gathers. Points written before the bytes were kept (None)
+    leave the fit to the rate alone."""
+    from launcher.plan import with_forecast
+    from launcher.plan.calibration import fit_step, gathered_bytes, work_per_thread
+
+    plan = demo_plan("parallel.zero_stage=3")
+    fpt, tps = plan.forecast.flops_per_token, plan.tokens_per_step
+    mine = gathered_bytes(plan)
+    # the plan's own all-gathers (forward and backward) and reduce-scatter of a 2-rank ZeRO-3 job
+    assert mine == plan.forecast.communication.bytes_per_gpu_per_step > 0
+    assert gathered_bytes(demo_plan("parallel.zero_stage=2")) == 0
+    assert gathered_bytes(demo_plan("parallel.zero_stage=3", "cluster.cpu_procs_per_node=1")) == 0
+
+    def run(name, stage, tokens, gathered):
+        return point(run_dir=f"/runs/{name}", zero_stage=stage, tokens_per_step=tokens, flops_per_token=fpt,
+                     micro_batch_size=plan.micro_batch_size * tokens // tps, gathered_bytes=gathered,
+                     step_time_s=0.02 + work_per_thread(tokens, fpt, 2, 1) / 50e9 + gathered * 10e-9)
+
+    history = [run("z2-small", 2, tps // 4, 0), run("z2-big", 2, tps * 4, 0),
+               run("z3-small", 3, tps // 4, 4_000_000), run("z3-big", 3, tps * 4, 40_000_000)]
+    fit = fit_step(history, plan, "AMD EPYC")
+    assert (fit.gflops_per_thread, fit.s_per_gb_gathered, fit.overhead_s) == (
+        pytest.approx(50.0, rel=1e-3), pytest.approx(10.0, rel=1e-3), pytest.approx(0.02, rel=1e-3))
+    f = with_forecast(plan, calibration=nearest(history, plan, "AMD EPYC")).forecast
+    assert f.step_time_s == pytest.approx(0.02 + work_per_thread(tps, fpt, 2, 1) / 50e9 + mine * 10e-9, rel=1e-3)
+    assert any("sent per rank at 10 s per GB" in a for a in f.assumptions)
+    # a ZeRO-2 job gathers nothing: the same fit, no bytes
+    z2 = demo_plan("parallel.zero_stage=2")
+    f2 = with_forecast(z2, calibration=nearest(history, z2, "AMD EPYC")).forecast
+    assert f2.step_time_s == pytest.approx(0.02 + work_per_thread(tps, fpt, 2, 1) / 50e9, rel=1e-3)
+    # sharded points from before the bytes were kept: the rate alone, as before
+    old = [p.model_copy(update={"gathered_bytes": None}) if p.zero_stage == 3 else p for p in history]
+    assert fit_step(old, plan, "AMD EPYC").s_per_gb_gathered is None
+
+
 def test_history_skips_lines_it_cannot_read_and_keeps_the_newest_of_a_run(tmp_path):
     h = tmp_path / "calibration.jsonl"
     h.write_text("\n".join([point(step_time_s=1.0).model_dump_json(), "{torn", json.dumps({"run_dir": "x"}),
