@@ -2,7 +2,8 @@
 stages, LoRA and full, sequence lengths, micro batches, one and two ranks, two model sizes) is
 trained with `launcher run` on this machine (CPU), each into its own run directory; then each one
 is forecast by `launcher plan` from a calibration history holding every *other* run (the
-planner fits a rate and a per-step overhead over them, :func:`launcher.plan.calibration.fit_step`), and again from this machine's probe alone
+planner fits a rate, a cost per byte gathered under ZeRO-3/FSDP2 and a per-step overhead over them,
+:func:`launcher.plan.calibration.fit_step`), and again from this machine's probe alone
 (``--no-calibration``). It prints and writes the forecast-to-actual ratios of the step time and
 of the kWh per configuration (goal: 0.75-1.33).
 
