@@ -46,7 +46,7 @@ def world(tmp_path_factory):
         json.dumps({"prompt": f"{a}+{b}=", "response": str(a + b)}) + "\n"
         for a, b in ((rng.randint(0, 999), rng.randint(0, 999)) for _ in range(1500))))
     # on 2 ranks of one thread each: one rank of two threads waits at every operation for a core
-    # that the suite's other worker holds (80 s for these 80 steps beside it, 4 s alone)
+    # that the suite's other worker holds (80 s for these 80 steps beside it; on 2 ranks alone, 4.5 s)
     launcher_ok(root, "run", "--run-dir", str(root / "pretrained"), *COMMON, "cluster.cpu_procs_per_node=2",
              "parallel.zero_stage=0", "data.path=general.jsonl", "data.format=text", "train.max_steps=80",
              "train.lr=3e-3")
