@@ -19,8 +19,9 @@ what each rank sends per step where the parameters are sharded (ZeRO-3 and FSDP2
 parameter each step: a cost that grows with the model, not with the tokens), the rate and the cost
 per byte are fitted over every run on this device in this dtype, and the overhead (what a step
 costs beyond its arithmetic: hooks, gathers, collectives, which depend on the strategy and not on
-the FLOPs; most of a tiny model's step) is the runs' residuals weighted by how like the job each run is configured. Energy per token is
-scaled from the nearest run by the time per token and the devices drawing power.
+the FLOPs; most of a tiny model's step) is the runs' residuals weighted by how like the job each
+run is configured. Energy per token is scaled from the nearest run by the time per token and the
+devices drawing power.
 """
 from __future__ import annotations
 
