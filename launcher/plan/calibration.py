@@ -115,12 +115,10 @@ def gathered_bytes(plan: Plan) -> int:
     reduce-scatter); 0 for other strategies, one rank, or a plan without its model."""
     if plan.world_size <= 1 or not plan.model or not sharded(plan.strategy, plan.zero_stage):
         return 0
-    from launcher.plan.forecast import communication
+    from launcher.plan.forecast import communication, param_counts
     from launcher.plan.memory import layout_of
 
-    trainable = (plan.params or {}).get("trainable", 0)
-    adapters = trainable if plan.job.train.method == "lora" else 0
-    return communication(layout_of(plan), plan.model.n_params, adapters, trainable)[1]
+    return communication(layout_of(plan), *param_counts(plan))[1]
 
 
 def _gathered(p: CalibrationPoint) -> Optional[int]:

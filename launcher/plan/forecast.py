@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import Optional
 
 from launcher.plan.memory import DTYPE_BYTES, Layout, layout_of
-from launcher.plan.calibration import fitted_step_time, gathered_bytes, scaled_energy_per_token, scaled_step_time
+from launcher.plan.calibration import fitted_step_time, scaled_energy_per_token, scaled_step_time, sharded
 from launcher.plan.types import Calibration, Communication, CpuProbe, Forecast, Plan
 from launcher.facts.flops import flops_per_token_from_config, matmul_params
 from launcher.facts.hardware import (CPU_MFU, GPU_POWER_SHARE, HOST, HOST_LINK_EFFICIENCY, codecarbon_cpu_watts,
@@ -36,6 +36,15 @@ from launcher.facts.hardware import (CPU_MFU, GPU_POWER_SHARE, HOST, HOST_LINK_E
 
 def _g(n: float) -> str:
     return f"{n / 1e9:,.2f} GB"
+
+
+def param_counts(plan: Plan) -> tuple[int, int, int]:
+    """(parameters, LoRA adapters, trainable parameters) as :func:`communication` takes them; 0s
+    for a plan without its model."""
+    if not plan.model:
+        return 0, 0, 0
+    trainable = (plan.params or {}).get("trainable", 0)
+    return plan.model.n_params, trainable if plan.job.train.method == "lora" else 0, trainable
 
 
 def communication(lay: Layout, P: int, A: int, T: int) -> tuple[list[str], int]:
@@ -117,9 +126,7 @@ def build_forecast(plan: Plan, *, carbon_intensity: Optional[float] = None, carb
     tps = plan.tokens_per_step
     tokens = steps * tps if steps is not None else None
     m, lay = plan.model, layout_of(plan)
-    P = m.n_params if m else 0
-    T = (plan.params or {}).get("trainable", 0) if m else 0
-    A = T if job.train.method == "lora" else 0
+    P, A, T = param_counts(plan)
     fpt, recompute = _flops(plan, P, A, missing)
     name = job.cluster.accelerator or accelerator
     accel = match_accelerator(name) if plan.device == "cuda" else None
@@ -140,7 +147,7 @@ def build_forecast(plan: Plan, *, carbon_intensity: Optional[float] = None, carb
     point = calibration.point if calibration else None
     fit = calibration.fit if calibration else None
     if fit is not None and fpt:
-        gathered = gathered_bytes(plan)
+        gathered = comm_bytes if sharded(plan.strategy, plan.zero_stage) else 0  # calibration.gathered_bytes
         compute_s = fitted_step_time(fit, tps, fpt + (recompute or 0), plan.world_size, plan.threads_per_rank,
                                      gathered)
         step_s = max(compute_s, comm_s or 0.0)
