@@ -216,9 +216,11 @@ def import_only_rss_anon(layout: str) -> int:
     """Anonymous memory of a process that only imports the libraries a rank of ``layout`` imports
     (DeepSpeed as a rank imports it: launcher.train.strategies.zero.import_deepspeed; CodeCarbon
     runs in its own process, launcher.train.energy_sidecar.NodeEnergySidecar)."""
-    code = ("import torch, torch.distributed, torch.distributed.fsdp, torch.distributed.checkpoint, safetensors\n"
+    code = ("import torch, torch.distributed, safetensors\n"
             "import transformers, peft\nfrom transformers import LlamaForCausalLM\n"
             "from peft import LoraConfig, get_peft_model\n")
+    if layout == "fsdp":  # FSDP2 and its checkpoint format (DCP); a ZeRO rank imports neither
+        code += "import torch.distributed.fsdp, torch.distributed.checkpoint\n"
     if layout == "zero3":
         code += "from launcher.train.strategies.zero import import_deepspeed\nimport_deepspeed()\n" \
                 "import deepspeed.runtime.engine, deepspeed.runtime.zero.stage3\n"
