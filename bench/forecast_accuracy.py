@@ -2,7 +2,8 @@
 stages, LoRA and full, sequence lengths, micro batches, one and two ranks, two model sizes) is
 trained with `launcher run` on this machine (CPU), each into its own run directory; then each one
 is forecast by `launcher plan` from a calibration history holding every *other* run (the
-planner fits a rate, a cost per byte gathered under ZeRO-3/FSDP2 and a per-step overhead over them,
+planner fits a rate, a cost per byte gathered under ZeRO-3/FSDP2, what a step of several ranks
+costs over one rank's and a per-step overhead over them,
 :func:`launcher.plan.calibration.fit_step`), and again from this machine's probe alone
 (``--no-calibration``). It prints and writes the forecast-to-actual ratios of the step time and
 of the kWh per configuration (goal: 0.75-1.33).
@@ -49,6 +50,8 @@ CONFIGS: dict[str, tuple[list[str], int]] = {
     "demo-zero2-seq256": (["data.max_seq_len=256", "train.micro_batch_size=4", "train.global_batch_size=8"], 250),
     "demo-zero1-micro4": (["parallel.zero_stage=1", "train.micro_batch_size=4", "train.global_batch_size=16"], 300),
     "demo-single": (["cluster.cpu_procs_per_node=1", "parallel.zero_stage=0", "train.global_batch_size=8"], 300),
+    "demo-single-lora": (["cluster.cpu_procs_per_node=1", "parallel.zero_stage=0", "train.global_batch_size=8",
+                          *LORA], 300),
     "m4-zero2": (["MODEL4M"], 40),
     "m4-zero3": (["MODEL4M", "parallel.zero_stage=3"], 40),
     "m4-fsdp-lora": (["MODEL4M", "parallel.strategy=fsdp", *LORA], 50),
@@ -84,6 +87,7 @@ def forecast(name: str, model4m: Path, cache: Path, work: Path, extra: list[str]
     cal = f.get("calibration") or {}
     fit = cal.get("fit")
     sends = f", {fit['s_per_gb_gathered']:.3g} s/GB gathered" if fit and fit.get("s_per_gb_gathered") else ""
+    sends += f", {fit['multi_rank_s']:.3g} s/step of several ranks" if fit and fit.get("multi_rank_s") else ""
     how = (f"fit over {fit['points']} (overhead {fit['overhead_s']:.3g} s, {fit['gflops_per_thread']:.1f} GFLOP/s{sends}); "
            f"nearest {Path(cal['run_dir']).name}" if fit else Path(cal["run_dir"]).name if cal else "probe")
     return {"step_time_s": f["step_time_s"], "kwh": f["kwh"], "steps": f["steps"], "from": how,

@@ -64,6 +64,8 @@ def forecast_rows(plan) -> list[tuple[str, str]]:
         c = f.calibration
         if c and c.fit:
             sends = f" + {c.fit.s_per_gb_gathered:.3g} s per GB gathered" if c.fit.s_per_gb_gathered else ""
+            if c.fit.multi_rank_s:
+                sends += f" + {c.fit.multi_rank_s:.3g} s per step of several ranks"
             how = (f"overhead {c.fit.overhead_s:.3g} s + {c.fit.gflops_per_thread:,.1f} GFLOP/s per thread{sends}, "
                    f"fitted over {c.fit.points} runs of the calibration history; nearest {c.run_dir}, distance "
                    f"{c.distance:.2f}")

@@ -14,10 +14,11 @@ them the nearest is the one of least ``distance``, a sum of
 the newest first among equals. A run of the same configuration (distance 0) is scaled by the FLOPs
 each rank computes per step (``tokens_per_step x (flops_per_token + recompute) / world``). Any
 other is forecast by :func:`fit_step` when the history allows it: ``overhead + work / rate +
-gathered x cost per byte``, where the work is the FLOPs each thread computes per step, gathered is
+gathered x cost per byte (+ what a step of several ranks costs over one rank's)``, where the work is the FLOPs each thread computes per step, gathered is
 what each rank sends per step where the parameters are sharded (ZeRO-3 and FSDP2 gather every
 parameter each step: a cost that grows with the model, not with the tokens), the rate and the cost
-per byte are fitted over every run on this device in this dtype, and the overhead (what a step
+per byte are fitted over every run on this device in this dtype (so is the cost of several
+ranks: their collectives, and each waiting for the others, every step), and the overhead (what a step
 costs beyond its arithmetic: hooks, gathers, collectives, which depend on the strategy and not on
 the FLOPs; most of a tiny model's step) is the runs' residuals weighted by how like the job each
 run is configured. Energy per token is scaled from the nearest run by the time per token and the
@@ -125,32 +126,40 @@ def _gathered(p: CalibrationPoint) -> Optional[int]:
     return p.gathered_bytes if p.gathered_bytes is not None else (None if sharded(p.strategy, p.zero_stage) else 0)
 
 
-def _slopes(xs: list[float], gs: Optional[list[float]], ys: list[float]) -> tuple[float, float]:
-    """Least squares of ``ys`` on ``xs`` (and ``gs``, when given) with an intercept: (per x, per g)."""
-    n = len(ys)
-    mx, my = sum(xs) / n, sum(ys) / n
-    sxx = sum((x - mx) ** 2 for x in xs)
-    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys))
-    if gs is None:
-        return sxy / sxx, 0.0
-    mg = sum(gs) / n
-    sgg = sum((g - mg) ** 2 for g in gs)
-    sxg = sum((x - mx) * (g - mg) for x, g in zip(xs, gs))
-    sgy = sum((g - mg) * (y - my) for g, y in zip(gs, ys))
-    det = sxx * sgg - sxg * sxg
-    if det <= 1e-9 * sxx * sgg:  # the gathers move with the work: they cannot be told apart
-        return sxy / sxx, 0.0
-    return (sxy * sgg - sgy * sxg) / det, (sgy * sxx - sxy * sxg) / det
+def _least_squares(columns: list[list[float]], ys: list[float]) -> Optional[list[float]]:
+    """Least squares of ``ys`` on ``columns`` with an intercept: each column's coefficient, or None
+    where two columns move together and cannot be told apart."""
+    n, k = len(ys), len(columns)
+    my = sum(ys) / n
+    cs = [[v - sum(c) / n for v in c] for c in columns]
+    a = [[sum(u * v for u, v in zip(ci, cj)) for cj in cs] + [sum(u * (y - my) for u, y in zip(ci, ys))] for ci in cs]
+    scale = [a[i][i] for i in range(k)]
+    for i in range(k):  # Gauss-Jordan with partial pivoting on the normal equations
+        piv = max(range(i, k), key=lambda r: abs(a[r][i]))
+        if abs(a[piv][i]) <= 1e-9 * max(scale[i], 1e-300):
+            return None
+        a[i], a[piv] = a[piv], a[i]
+        for r in range(k):
+            if r != i:
+                f = a[r][i] / a[i][i]
+                a[r] = [x - f * y for x, y in zip(a[r], a[i])]
+    return [a[i][k] / a[i][i] for i in range(k)]
+
+
+def _multi(p: CalibrationPoint) -> float:
+    return 1.0 if p.world_size > 1 else 0.0
 
 
 def fit_step(points: Iterable[CalibrationPoint], plan: Plan, device_kind: Optional[str]) -> Optional[StepFit]:
-    """``overhead + work / rate + gathered x s_per_byte`` for ``plan`` from the history's runs on the
-    same device kind in the same dtype: the rate (and the cost of each byte a rank sends where the
-    parameters are sharded and gathered, ZeRO-3 and FSDP2) by least squares over all of them (at
-    least 3, of at least 2 sizes of work; the gathers count when runs with and without them are
-    among at least 4), the overhead as their residuals weighted ``exp(-differences / OVERHEAD_TAU)``
-    by how many of OVERHEAD_KEYS differ from the job's. None when the history cannot give a
-    positive rate."""
+    """``overhead + work / rate + gathered x s_per_byte (+ multi_rank_s)`` for ``plan`` from the
+    history's runs on the same device kind in the same dtype, by least squares over all of them (at
+    least 3, of at least 2 sizes of work): the rate; the cost of each byte a rank sends where the
+    parameters are sharded and gathered (ZeRO-3 and FSDP2), when runs with and without gathers are
+    among at least 4; and what a step of several ranks costs over one rank's (their collectives
+    and waits: a fixed cost per step that one rank does not pay), when runs of one rank and of
+    several are among at least 5. A term whose cost comes out negative is left out. The overhead is
+    the runs' residuals weighted ``exp(-differences / OVERHEAD_TAU)`` by how many of OVERHEAD_KEYS
+    differ from the job's. None when the history cannot give a positive rate."""
     mine = features(plan)
     same = [p for p in points if same_device(p, plan, device_kind) and p.dtype == plan.dtype
             and p.flops_per_token and p.step_time_s > 0]
@@ -159,25 +168,42 @@ def fit_step(points: Iterable[CalibrationPoint], plan: Plan, device_kind: Option
         return None
     ys = [p.step_time_s for p in same]
     gs = [_gathered(p) for p in same]
-    with_gathers = len(same) >= 4 and None not in gs and 0 in gs and any(gs)
-    s_per_flop, s_per_byte = _slopes(xs, [float(g) for g in gs] if with_gathers else None, ys)
-    if s_per_byte < 0:  # the history's sharded runs are not slower for their gathers: the rate alone
-        s_per_flop, s_per_byte, with_gathers = _slopes(xs, None, ys)[0], 0.0, False
+    ms = [_multi(p) for p in same]
+    terms = {"work": xs}
+    if len(same) >= 4 and None not in gs and 0 in gs and any(gs):
+        terms["gathered"] = [float(g) for g in gs]
+    if len(same) >= 5 and len(set(ms)) == 2:
+        terms["multi"] = ms
+    while True:
+        coef = _least_squares(list(terms.values()), ys)
+        if coef is None and len(terms) > 1:  # a term moves with another: the newest one goes
+            terms.pop(list(terms)[-1])
+            continue
+        if coef is None:
+            return None
+        got = dict(zip(terms, coef))
+        negative = [t for t in terms if t != "work" and got[t] < 0]
+        if not negative:
+            break
+        terms.pop(negative[0])  # the history's runs are not slower for it: left out
+    s_per_flop, s_per_byte, multi_s = got["work"], got.get("gathered", 0.0), got.get("multi", 0.0)
     if s_per_flop <= 0:
         return None
     weights = [math.exp(-sum(w for k, w in OVERHEAD_KEYS.items() if getattr(p, k) != mine[k]) / OVERHEAD_TAU)
                for p in same]
-    residual = sum(w * (y - s_per_flop * x - s_per_byte * (g or 0)) for w, x, y, g in zip(weights, xs, ys, gs)) \
-        / sum(weights)
+    residual = sum(w * (y - s_per_flop * x - s_per_byte * (g or 0) - multi_s * m)
+                   for w, x, y, g, m in zip(weights, xs, ys, gs, ms)) / sum(weights)
     return StepFit(points=len(same), gflops_per_thread=round(1e-9 / s_per_flop, 4),
                    overhead_s=round(max(residual, 0.0), 6),
-                   s_per_gb_gathered=round(s_per_byte * 1e9, 6) if with_gathers else None)
+                   s_per_gb_gathered=round(s_per_byte * 1e9, 6) if "gathered" in terms else None,
+                   multi_rank_s=round(multi_s, 6) if "multi" in terms else None)
 
 
 def fitted_step_time(fit: StepFit, tokens_per_step: int, flops_per_token: float, world: int,
                      threads: Optional[int], gathered: int = 0) -> float:
-    return (fit.overhead_s + work_per_thread(tokens_per_step, flops_per_token, world, threads) / (fit.gflops_per_thread * 1e9)
-            + gathered / 1e9 * (fit.s_per_gb_gathered or 0.0))
+    work = work_per_thread(tokens_per_step, flops_per_token, world, threads)
+    return (fit.overhead_s + work / (fit.gflops_per_thread * 1e9) + gathered / 1e9 * (fit.s_per_gb_gathered or 0.0)
+            + ((fit.multi_rank_s or 0.0) if world > 1 else 0.0))
 
 
 def from_point(point: CalibrationPoint, source: str, distance_: Optional[float]) -> Calibration:

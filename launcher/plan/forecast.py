@@ -153,6 +153,8 @@ def build_forecast(plan: Plan, *, carbon_intensity: Optional[float] = None, carb
         step_s = max(compute_s, comm_s or 0.0)
         sends = (f" + {_g(gathered)} sent per rank at {fit.s_per_gb_gathered:.3g} s per GB (sharded parameters, "
                  f"gathered every step)" if fit.s_per_gb_gathered and gathered else "")
+        if fit.multi_rank_s and plan.world_size > 1:
+            sends += f" + {fit.multi_rank_s:.3g} s per step of more than one rank (their collectives and waits)"
         assumptions.append(f"time: {fit.overhead_s:.3g} s of overhead per step + the FLOPs per thread at "
                            f"{fit.gflops_per_thread:,.1f} GFLOP/s{sends}, fitted over {fit.points} runs of the "
                            f"calibration history on this device (nearest: {calibration.run_dir})")

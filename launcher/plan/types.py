@@ -111,11 +111,12 @@ class CalibrationPoint(_Frozen):
 
 
 class StepFit(_Frozen):
-    """A step's time as ``overhead_s + work / (gflops_per_thread x 1e9) + gathered GB x s_per_gb_gathered``
-    (work: the FLOPs each thread computes per step, on GPUs each rank's; gathered: what a rank sends
-    per step under ZeRO-3 or FSDP2), fitted over the calibration history's runs on this
-    device in this dtype: the rate from all of them, the overhead from those whose configuration
-    is like the job's (:func:`launcher.plan.calibration.fit_step`)."""
+    """A step's time as ``overhead_s + work / (gflops_per_thread x 1e9) + gathered GB x s_per_gb_gathered``,
+    ``+ multi_rank_s`` for more than one rank (work: the FLOPs each thread computes per step, on
+    GPUs each rank's; gathered: what a rank sends per step under ZeRO-3 or FSDP2), fitted over the
+    calibration history's runs on this device in this dtype: the rate from all of them, the
+    overhead from those whose configuration is like the job's
+    (:func:`launcher.plan.calibration.fit_step`)."""
 
     points: int
     gflops_per_thread: float
@@ -123,6 +124,9 @@ class StepFit(_Frozen):
     # + gathered bytes x this: seconds per GB a rank sends per step under ZeRO-3 or FSDP2, which
     # gather every parameter each step; None when the history has no such run to tell it by
     s_per_gb_gathered: Optional[float] = None
+    # + this for a step of more than one rank: their collectives and waits, which one rank does not
+    # pay; None when the history lacks runs of one rank or of several to tell it by
+    multi_rank_s: Optional[float] = None
 
 
 class Calibration(_Frozen):

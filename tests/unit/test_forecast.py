@@ -219,6 +219,39 @@ def test_the_bytes_a_sharded_run_gathers_are_fitted_and_forecast_with_the_job_s_
     assert fit_step(old, plan, "AMD EPYC").s_per_gb_gathered is None
 
 
+def test_what_a_step_of_several_ranks_costs_over_one_rank_is_fitted_and_paid_only_by_several():
+    """Runs of one rank (two threads) and of two (one thread each), at two sizes of work each:
+    20 ms + FLOPs at 50 GFLOP/s per thread, + 30 ms a step with two ranks (their collectives and
+    waits). The fit finds all three; a one-rank job is forecast without the 30 ms, a two-rank job
+    with it. A history of two-rank runs alone cannot tell it (None)."""
+    from launcher.plan import with_forecast
+    from launcher.plan.calibration import fit_step, work_per_thread
+
+    plan = demo_plan("parallel.zero_stage=2")
+    fpt, tps = plan.forecast.flops_per_token, plan.tokens_per_step
+
+    def run(name, world, tokens):
+        threads = 2 // world
+        return point(run_dir=f"/runs/{name}", world_size=world, threads_per_rank=threads,
+                     zero_stage=2 if world > 1 else 0, tokens_per_step=tokens, flops_per_token=fpt,
+                     micro_batch_size=plan.micro_batch_size * tokens // tps,
+                     step_time_s=0.02 + work_per_thread(tokens, fpt, world, threads) / 50e9 + (0.03 if world > 1 else 0))
+
+    history = [run("one-small", 1, tps // 4), run("one-big", 1, tps * 4), run("two-small", 2, tps // 4),
+               run("two-big", 2, tps * 4), run("two-mid", 2, tps * 2)]
+    fit = fit_step(history, plan, "AMD EPYC")
+    assert (fit.gflops_per_thread, fit.multi_rank_s, fit.overhead_s) == (
+        pytest.approx(50.0, rel=1e-3), pytest.approx(0.03, rel=1e-3), pytest.approx(0.02, rel=1e-3))
+    two = with_forecast(plan, calibration=nearest(history, plan, "AMD EPYC")).forecast
+    assert two.step_time_s == pytest.approx(0.05 + work_per_thread(tps, fpt, 2, 1) / 50e9, rel=1e-3)
+    assert any("+ 0.03 s per step of more than one rank" in a for a in two.assumptions)
+    single = demo_plan("cluster.cpu_procs_per_node=1", "parallel.zero_stage=0")
+    one = with_forecast(single, calibration=nearest(history, single, "AMD EPYC")).forecast
+    assert one.step_time_s == pytest.approx(0.02 + work_per_thread(tps, fpt, 1, 2) / 50e9, rel=1e-3)
+    assert not any("more than one rank" in a for a in one.assumptions)
+    assert fit_step([p for p in history if p.world_size == 2], plan, "AMD EPYC").multi_rank_s is None
+
+
 def test_history_skips_lines_it_cannot_read_and_keeps_the_newest_of_a_run(tmp_path):
     h = tmp_path / "calibration.jsonl"
     h.write_text("\n".join([point(step_time_s=1.0).model_dump_json(), "{torn", json.dumps({"run_dir": "x"}),
