@@ -70,7 +70,10 @@ results["deepspeed_small_equal"] = torch.equal(small, torch.tensor([0.0] * 7 + [
 results["out_bytes"] = out.numel() * 4
 dist.barrier()
 dist.destroy_process_group()
-print(json.dumps(results))
+print(json.dumps(results), flush=True)
+# the results are out: no interpreter teardown after DeepSpeed's comm and a second group (one run
+# of 9 this session aborted there: "terminate called without an active exception", exit -6)
+os._exit(0)
 """
 
 
