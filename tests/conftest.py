@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,11 @@ def slurm_cluster():
 # spun, 11.1 CPU-s and 5.9 s with OMP_WAIT_POLICY=PASSIVE (alone: 15.1 CPU-s and 4.7 s as spun,
 # 7.0 s passive; so the product leaves it alone). Every process the tests start inherits it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# This image sets PYTHONDONTWRITEBYTECODE=1: every process the suite starts (5 per `launcher run`)
+# would compile launcher's modules from source again, and each worker pytest's rewritten tests.
+# A user's Python caches them; so do the tests' processes.
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
 SHARED_UNITS = {"test_multinode.py": "netns", "test_k8s_pods.py": "netns"}
 LONGEST_FIRST = ["test_train.py", "test_multinode.py", "test_k8s_pods.py", "test_scale.py", "test_faults.py",
                  "test_classification.py", "test_slurm.py", "test_ds_engine.py", "test_trackers.py"]
