@@ -14,15 +14,15 @@ them the nearest is the one of least ``distance``, a sum of
 the newest first among equals. A run of the same configuration (distance 0) is scaled by the FLOPs
 each rank computes per step (``tokens_per_step x (flops_per_token + recompute) / world``). Any
 other is forecast by :func:`fit_step` when the history allows it: ``overhead + work / rate +
-gathered x cost per byte (+ what a step of several ranks costs over one rank's)``, where the work is the FLOPs each thread computes per step, gathered is
-what each rank sends per step where the parameters are sharded (ZeRO-3 and FSDP2 gather every
-parameter each step: a cost that grows with the model, not with the tokens), the rate and the cost
-per byte are fitted over every run on this device in this dtype (so is the cost of several
-ranks: their collectives, and each waiting for the others, every step), and the overhead (what a step
-costs beyond its arithmetic: hooks, gathers, collectives, which depend on the strategy and not on
-the FLOPs; most of a tiny model's step) is the runs' residuals weighted by how like the job each
-run is configured. Energy per token is scaled from the nearest run by the time per token and the
-devices drawing power.
+gathered x cost per byte (+ what a step of several ranks costs over one rank's)``, where the work
+is the FLOPs each thread computes per step, gathered is what each rank sends per step where the
+parameters are sharded (ZeRO-3 and FSDP2 gather every parameter each step: a cost that grows with
+the model, not with the tokens), the rate, the cost per byte and the cost of several ranks (their
+collectives, and each waiting for the others, every step) are fitted over every run on this
+device in this dtype, and the overhead (what a step costs beyond its arithmetic: hooks, gathers,
+collectives, which depend on the strategy and not on the FLOPs; most of a tiny model's step) is
+the runs' residuals weighted by how like the job each run is configured. Energy per token is
+scaled from the nearest run by the time per token and the devices drawing power.
 """
 from __future__ import annotations
 
