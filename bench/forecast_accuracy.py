@@ -78,6 +78,9 @@ def actual(run_dir: Path) -> dict:
 
 
 def forecast(name: str, model4m: Path, cache: Path, work: Path, extra: list[str]) -> dict:
+    from launcher.plan.types import StepFit
+    from launcher.report.format import fit_words
+
     env = {**os.environ, "LAUNCHER_CACHE": str(cache)}
     out = subprocess.run([sys.executable, "-m", "launcher", "plan", *overrides_of(name, model4m), *extra, "--json"],
                          capture_output=True, text=True, env=env, cwd=work, timeout=600)
@@ -86,10 +89,8 @@ def forecast(name: str, model4m: Path, cache: Path, work: Path, extra: list[str]
     f = json.loads(out.stdout)["forecast"]
     cal = f.get("calibration") or {}
     fit = cal.get("fit")
-    sends = f", {fit['s_per_gb_gathered']:.3g} s/GB gathered" if fit and fit.get("s_per_gb_gathered") else ""
-    sends += f", {fit['multi_rank_s']:.3g} s/step of several ranks" if fit and fit.get("multi_rank_s") else ""
-    how = (f"fit over {fit['points']} (overhead {fit['overhead_s']:.3g} s, {fit['gflops_per_thread']:.1f} GFLOP/s{sends}); "
-           f"nearest {Path(cal['run_dir']).name}" if fit else Path(cal["run_dir"]).name if cal else "probe")
+    how = (f"{fit_words(StepFit.model_validate(fit))}; nearest {Path(cal['run_dir']).name}" if fit
+           else Path(cal["run_dir"]).name if cal else "probe")
     return {"step_time_s": f["step_time_s"], "kwh": f["kwh"], "steps": f["steps"], "from": how,
             "distance": cal.get("distance"), "fit": fit}
 

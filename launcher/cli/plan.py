@@ -52,7 +52,7 @@ def memory_rows(mem) -> list[tuple[str, str]]:
 
 
 def forecast_rows(plan) -> list[tuple[str, str]]:
-    from launcher.report.format import calibration_words
+    from launcher.report.format import calibration_words, fit_words
 
     f = plan.forecast
     if f is None:
@@ -63,12 +63,7 @@ def forecast_rows(plan) -> list[tuple[str, str]]:
     if f.step_time_s is not None:
         c = f.calibration
         if c and c.fit:
-            sends = f" + {c.fit.s_per_gb_gathered:.3g} s per GB gathered" if c.fit.s_per_gb_gathered else ""
-            if c.fit.multi_rank_s:
-                sends += f" + {c.fit.multi_rank_s:.3g} s per step of several ranks"
-            how = (f"overhead {c.fit.overhead_s:.3g} s + {c.fit.gflops_per_thread:,.1f} GFLOP/s per thread{sends}, "
-                   f"fitted over {c.fit.points} runs of the calibration history; nearest {c.run_dir}, distance "
-                   f"{c.distance:.2f}")
+            how = f"{fit_words(c.fit)} of the calibration history; nearest {c.run_dir}, distance {c.distance:.2f}"
         elif c and (c.point or c.tokens_per_s_per_device):
             how = f"scaled from {c.run_dir}: {calibration_words(c.source, c.distance)}"
         else:

@@ -24,6 +24,17 @@ def calibration_words(source: Optional[str], distance: Optional[float]) -> str:
     return how + (f", distance {distance:.2f}" if distance is not None else ", another kind of device")
 
 
+def fit_words(fit) -> str:
+    """A fitted step time's terms (:class:`launcher.plan.types.StepFit`): "overhead 0.03 s + 57.1 GFLOP/s
+    per thread + 6.2 s per GB gathered + 0.03 s per step of several ranks, fitted over 11 runs"."""
+    words = f"overhead {fit.overhead_s:.3g} s + {fit.gflops_per_thread:,.1f} GFLOP/s per thread"
+    if fit.s_per_gb_gathered:
+        words += f" + {fit.s_per_gb_gathered:.3g} s per GB gathered"
+    if fit.multi_rank_s:
+        words += f" + {fit.multi_rank_s:.3g} s per step of several ranks"
+    return words + f", fitted over {fit.points} runs"
+
+
 def strategy_label(job: Job) -> str:
     if job.strategy == "zero":
         return f"DeepSpeed ZeRO-{job.zero_stage}" if job.zero_stage is not None else "DeepSpeed ZeRO"
