@@ -184,6 +184,12 @@ class ClusterSpec(_Strict):
     gpus_per_node: int = Field(8, ge=1, description="Processes per node on GPUs.")
     device: Literal["auto", "cuda", "cpu"] = Field("auto", description="auto: cuda if visible, else cpu.")
     cpu_procs_per_node: int = Field(2, ge=1, description="Processes per node when running on CPU.")
+    start_method: Literal["auto", "fork", "spawn"] = Field(
+        "auto", description="How each node's ranks start. spawn: torchrun starts each rank as a new "
+        "`python -m launcher train` that imports torch, transformers and the engine itself. fork: "
+        "launcher.forkrun (torchrun's arguments, agent and restarts) imports them once per node and forks "
+        "the ranks from it; CPU only, since a CUDA context does not survive a fork. auto: fork on CPU, "
+        "spawn on CUDA.")
     backend: Literal["auto", "nccl", "gloo"] = Field(
         "auto", description="torch.distributed backend: auto (nccl on GPUs, gloo on CPU), nccl or gloo.")
     accelerator: Optional[str] = Field(None, description="GPU model for MFU and the forecast, e.g. H100-SXM (default: detected). "

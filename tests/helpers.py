@@ -165,21 +165,36 @@ def ensure_libaio() -> None:
         missing_prerequisite("apt-get could not install libaio-dev: DeepSpeed's async I/O op cannot be built")
 
 
-def rank_pid(run_dir: str | os.PathLike, rank: int) -> int | None:
-    """The pid of global rank ``rank`` of a run (`launcher train RUN_DIR`, with RANK=<rank> in its
-    environment, as torchrun starts it), or None while it has not started."""
+def rank_pids(run_dir: str | os.PathLike) -> dict[int, int]:
+    """The live ranks of a run, global rank -> pid: processes of `launcher train RUN_DIR`. A rank
+    that torchrun started has RANK=<rank> in its environment; one that launcher.forkrun forked
+    has the agent's command line and environment, and is named rank<R> (/proc/PID/comm). Neither
+    agent (torchrun, launcher.forkrun) is a rank."""
+    import re
+
+    out: dict[int, int] = {}
     for p in Path("/proc").iterdir():
         if not p.name.isdigit():
             continue
         try:
             cmd = (p / "cmdline").read_bytes().split(b"\0")
-            env = (p / "environ").read_bytes().split(b"\0")
+            if b"train" not in cmd or str(run_dir).encode() not in cmd \
+                    or any(b"torch.distributed.run" in c for c in cmd):
+                continue
+            if any(b"launcher.forkrun" in c for c in cmd):
+                m = re.fullmatch(rb"rank(\d+)", (p / "comm").read_bytes().strip())
+            else:
+                m = re.search(rb"(?:^|\0)RANK=(\d+)(?:\0|$)", (p / "environ").read_bytes())
         except OSError:
             continue
-        if b"train" in cmd and str(run_dir).encode() in cmd and f"RANK={rank}".encode() in env \
-                and not any(b"torch.distributed.run" in c for c in cmd):
-            return int(p.name)
-    return None
+        if m:
+            out[int(m.group(1))] = int(p.name)
+    return out
+
+
+def rank_pid(run_dir: str | os.PathLike, rank: int) -> int | None:
+    """The pid of global rank ``rank`` of a run, or None while it has not started."""
+    return rank_pids(run_dir).get(rank)
 
 
 def fake_distribution(root: Path, name: str, version: str) -> Path:

@@ -57,6 +57,16 @@ def cli() -> None:
 
 
 def main() -> None:
+    code = run_cli()
+    if code:
+        sys.exit(code)
+    if "torch" in sys.modules:
+        _exit_without_teardown()
+
+
+def run_cli() -> int:
+    """The command in sys.argv, to its exit code; bad input is its one line (exit 2). A rank that
+    launcher.forkrun forked calls this, not :func:`main`: its agent waits for its return."""
     from launcher.errors import JobError
 
     try:
@@ -64,22 +74,25 @@ def main() -> None:
     except JobError as e:
         for line in e.lines:
             click.echo(f"error: {line}", err=True)
-        sys.exit(2)
+        return 2
     except click.exceptions.Abort:
         click.echo("Aborted.", err=True)
-        sys.exit(130)
+        return 130
     except click.UsageError as e:  # one line too: the command, the problem, where the help is
         cmd = e.ctx.command_path if e.ctx else "launcher"
         msg = " ".join(ln.strip() for ln in e.format_message().splitlines() if ln.strip())
         click.echo(f"error: {cmd}: {msg} (see {cmd} --help)", err=True)
-        sys.exit(e.exit_code)
+        return e.exit_code
     except click.ClickException as e:
         e.show()
-        sys.exit(e.exit_code)
+        return e.exit_code
     except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    if "torch" in sys.modules:
-        _exit_without_teardown()
+        return e.exit_code
+    except SystemExit as e:  # a command's own sys.exit(code)
+        if isinstance(e.code, str):
+            click.echo(e.code, err=True)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return 0
 
 
 def _exit_without_teardown() -> None:

@@ -75,9 +75,9 @@ def rendezvous(env: Mapping[str, str], nodes: int) -> tuple[int, int, Optional[s
 
 def torchrun_argv(plan, run_dir: Path, rank: int, nnodes: int, master: Optional[str], port: int,
                   local: Optional[str]) -> list[str]:
-    from launcher.render.torchrun import render_torchrun_argv
+    from launcher.render.torchrun import default_torchrun, render_torchrun_argv
 
-    torchrun = [sys.executable, "-m", "torch.distributed.run"]
+    torchrun = default_torchrun(plan)
     if nnodes == 1:
         return render_torchrun_argv(plan, str(run_dir), torchrun=torchrun)
     if not master:

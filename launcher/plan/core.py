@@ -91,6 +91,9 @@ def _check_job(spec: JobSpec, device: str, backend: str, world: int, model_info:
     if device == "cpu" and p.strategy == "fsdp" and p.offload_params == "cpu":
         errors.append("parallel.offload_params: FSDP2 offloads from an accelerator to the host; on cpu the "
                       "parameters are already in host memory: set parallel.offload_params=none")
+    if device == "cuda" and spec.cluster.start_method == "fork":
+        errors.append("cluster.start_method: fork is for CPU ranks (a CUDA context does not survive a fork, "
+                      "and importing the engines may touch the driver); use spawn or auto on GPUs")
     if device == "cpu" and spec.model.dtype == "fp16":
         errors.append("model.dtype: fp16 is not supported on CPU; use bf16 or fp32")
     elif p.strategy == "fsdp" and spec.model.dtype == "fp16":

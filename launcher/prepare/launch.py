@@ -34,7 +34,7 @@ def local_launch_files(plan, run_dir: Path) -> tuple[list[str], dict[str, str], 
     """(torchrun argv, environment, files to write) of a run on this node."""
     from launcher.render.torchrun import default_torchrun, render_env, render_launch_script, render_torchrun_argv
 
-    argv = render_torchrun_argv(plan, str(run_dir), torchrun=default_torchrun())
+    argv = render_torchrun_argv(plan, str(run_dir), torchrun=default_torchrun(plan))
     env = render_env(plan, run_dir=str(run_dir))
     return argv, env, {**engine_files(plan), rundir.LAUNCH_SH: render_launch_script(argv, env)}
 
@@ -66,7 +66,7 @@ def hosts_launch_files(spec, device: str, names: Sequence[str], run_dir: Path):
     files = engine_files(plan)
     for i, host in enumerate(names):
         argv = render_torchrun_argv(plan, str(run_dir), rdzv_endpoint=endpoint, rdzv_id=run_dir.name,
-                                    node_rank=str(i), local_addr=host, torchrun=default_torchrun())
+                                    node_rank=str(i), local_addr=host, torchrun=default_torchrun(plan))
         finish = (str(rundir.RunDir(run_dir).completed),
                   [sys.executable, "-m", "launcher", "report", str(run_dir), "--finish"]) if i == 0 else None
         files[rundir.RunDir(run_dir).host_launch(i, host).name] = render_launch_script(argv, render_env(plan, run_dir=str(run_dir)),

@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 from launcher import rundir
 from launcher.errors import JobError
 from launcher.plan import Plan
-from launcher.render.torchrun import TRAIN_MODULE_ARGV, render_env, render_torchrun_argv
+from launcher.render.torchrun import TRAIN_MODULE_ARGV, default_torchrun, render_env, render_torchrun_argv
 
 TEMPLATE = "job.sbatch.j2"
 PORT_BASE, PORT_SPAN = 20000, 20000  # rendezvous port = PORT_BASE + job id % PORT_SPAN
@@ -167,7 +167,7 @@ def render_sbatch(
     argv = render_torchrun_argv(
         plan, "$RUN_DIR",
         rdzv_endpoint="$HEAD:$PORT", rdzv_id="$SLURM_JOB_ID", node_rank="$SLURM_NODEID", nnodes="$SLURM_NNODES",
-        torchrun=[python, "-m", "torch.distributed.run"], extra_train_args=list(extra_train_args),
+        torchrun=default_torchrun(plan, python), extra_train_args=list(extra_train_args),
     )
     srun = ["srun", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
     if s.cpus_per_task:

@@ -108,6 +108,15 @@ def render_launch_script(argv: Sequence[str], env: Mapping[str, str], *,
     return "\n".join(lines) + "\n"
 
 
-def default_torchrun() -> list[str]:
-    """torchrun from this interpreter's environment (works inside venvs and conda)."""
-    return [sys.executable, "-m", "torch.distributed.run"]
+def start_method(plan: Plan) -> str:
+    """``cluster.start_method`` resolved: fork (launcher.forkrun) on CPU, spawn (torchrun's own
+    subprocesses) on CUDA, unless the job says."""
+    chosen = plan.job.cluster.start_method
+    return chosen if chosen != "auto" else ("fork" if plan.device == "cpu" else "spawn")
+
+
+def default_torchrun(plan: Plan, python: str = sys.executable) -> list[str]:
+    """torchrun from this interpreter's environment (works inside venvs and conda), or
+    launcher.forkrun (torchrun's arguments; ranks forked from an agent that imported their
+    libraries) where the job's ranks fork."""
+    return [python, "-m", "launcher.forkrun" if start_method(plan) == "fork" else "torch.distributed.run"]

@@ -23,6 +23,7 @@ import pytest
 
 from launcher import rundir
 from tests.helpers import missing_prerequisite, rank_pid
+from tests.helpers import rank_pids as helper_rank_pids
 
 pytestmark = pytest.mark.slow
 
@@ -54,16 +55,8 @@ def losses(run_dir: Path) -> list[float]:
 
 
 def rank_pids(run_dir: Path) -> list[int]:
-    """The pids of the ranks (`launcher train RUN_DIR`) that torchrun started for this run."""
-    import psutil
-
-    out = []
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        cmd = p.info["cmdline"] or []
-        if "train" in cmd and str(run_dir) in cmd and any("launcher" in c for c in cmd) \
-                and not any("torch.distributed.run" in c for c in cmd):
-            out.append(p.info["pid"])
-    return sorted(out)
+    """The pids of the run's live ranks, by rank."""
+    return [pid for _, pid in sorted(helper_rank_pids(run_dir).items())]
 
 
 def when_step(run_dir: Path, step: int, action, timeout: float = 300) -> threading.Thread:

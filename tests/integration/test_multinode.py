@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from launcher import rundir
-from tests.helpers import fake_distribution, missing_prerequisite
+from tests.helpers import fake_distribution, missing_prerequisite, rank_pids
 
 pytestmark = pytest.mark.slow
 
@@ -295,19 +295,12 @@ FAULT = ("train.max_restarts=3", "train.save_every_steps=1", "train.keep_last_ch
 
 
 def _rank_pids(run_dir: Path) -> dict[int, list[int]]:
-    """The pids of the ranks (`launcher train RUN_DIR`) that the torchrun of either namespace
-    started, by node (torchrun's GROUP_RANK in the rank's environment)."""
-    import psutil
-
+    """The pids of the run's live ranks in either namespace, by node (torchrun numbers a node's
+    ranks after the nodes before it: rank // procs per node)."""
+    procs = json.loads((run_dir / rundir.PLAN_JSON).read_text())["procs_per_node"]
     out: dict[int, list[int]] = {}
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        cmd = p.info["cmdline"] or []
-        if "train" in cmd and str(run_dir) in cmd and not any("torch.distributed.run" in c for c in cmd):
-            try:
-                node = int(p.environ()["GROUP_RANK"])
-            except (psutil.Error, KeyError, ValueError):
-                continue
-            out.setdefault(node, []).append(p.info["pid"])
+    for rank, pid in rank_pids(run_dir).items():
+        out.setdefault(rank // procs, []).append(pid)
     return out
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from launcher import rundir
-from tests.helpers import demo_hub_cache
+from tests.helpers import demo_hub_cache, rank_pid
 
 MODEL_ID, DATA_ID = "tiny-org/tiny-llama", "tiny-org/arithmetic"
 STEPS = 6
@@ -58,18 +58,8 @@ def records(run_dir: Path, cls) -> list:
 
 
 def rank0_pid(run_dir: Path):
-    """The pid of global rank 0 (`launcher train RUN_DIR` with RANK=0), or None."""
-    import psutil
-
-    for p in psutil.process_iter(["pid", "cmdline"]):
-        cmd = p.info["cmdline"] or []
-        if "train" in cmd and str(run_dir) in cmd and not any("torch.distributed.run" in c for c in cmd):
-            try:
-                if p.environ().get("RANK") == "0":
-                    return p.info["pid"]
-            except psutil.Error:
-                continue
-    return None
+    """The pid of global rank 0, or None."""
+    return rank_pid(run_dir, 0)
 
 
 def kill_rank0_after(run_dir: Path, step: int, killed: dict, timeout: float = 300) -> threading.Thread:

@@ -117,14 +117,17 @@ def tree(folder):
     return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns) for p in Path(folder).rglob("*")}
 
 
-def test_run_dry_run_prints_the_exact_command_and_writes_nothing(tmp_path):
+@pytest.mark.parametrize("start, module", [("auto", "launcher.forkrun"), ("spawn", "torch.distributed.run")])
+def test_run_dry_run_prints_the_exact_command_and_writes_nothing(tmp_path, start, module):
+    """On CPU the ranks fork from launcher.forkrun unless the job says spawn (torchrun itself)."""
     before = tree(tmp_path)
-    res = run_cli(["run", "--dry-run", "--run-dir", "a 0", "cluster.device=cpu"], tmp_path)
+    res = run_cli(["run", "--dry-run", "--run-dir", "a 0", "cluster.device=cpu", f"cluster.start_method={start}"],
+                  tmp_path)
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     assert lines[0] == "#!/usr/bin/env bash" and "export OMP_NUM_THREADS=1" in lines
     torchrun = lines[-1].split()
-    assert torchrun[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert torchrun[:3] == [sys.executable, "-m", module]
     assert torchrun[3:8] == ["--standalone", "--nnodes", "1", "--nproc-per-node", "2"]
     assert res.stdout.rstrip().endswith(f"-m launcher train '{tmp_path / 'a 0'}' \"$@\"")  # the run dir quoted
     assert tree(tmp_path) == before, "a dry run writes nothing"
