@@ -150,21 +150,14 @@ def _multi(p: CalibrationPoint) -> float:
     return 1.0 if p.world_size > 1 else 0.0
 
 
-def zero3(strategy: str, zero_stage: Optional[int]) -> bool:
-    return strategy == "zero" and zero_stage == 3
-
-
 def fit_step(points: Iterable[CalibrationPoint], plan: Plan, device_kind: Optional[str]) -> Optional[StepFit]:
-    """``overhead + work / rate + gathered x s_per_byte (+ multi_rank_s) (+ zero3_s)`` for ``plan`` from the
+    """``overhead + work / rate + gathered x s_per_byte (+ multi_rank_s)`` for ``plan`` from the
     history's runs on the same device kind in the same dtype, by least squares over all of them (at
     least 3, of at least 2 sizes of work): the rate; the cost of each byte a rank sends where the
     parameters are sharded and gathered (ZeRO-3 and FSDP2), when runs with and without gathers are
     among at least 4; and what a step of several ranks costs over one rank's (their collectives
     and waits: a fixed cost per step that one rank does not pay), when runs of one rank and of
-    several are among at least 5; and what a step of ZeRO-3 costs beyond its bytes (its hooks fetch
-    and release each module's parameters in forward and backward: a fixed cost per step), when at
-    least 2 ZeRO-3 runs and others are among at least 6. A term whose cost comes out negative is
-    left out. The overhead is
+    several are among at least 5. A term whose cost comes out negative is left out. The overhead is
     the runs' residuals weighted ``exp(-differences / OVERHEAD_TAU)`` by how many of OVERHEAD_KEYS
     differ from the job's. None when the history cannot give a positive rate."""
     mine = features(plan)
@@ -176,14 +169,11 @@ def fit_step(points: Iterable[CalibrationPoint], plan: Plan, device_kind: Option
     ys = [p.step_time_s for p in same]
     gs = [_gathered(p) for p in same]
     ms = [_multi(p) for p in same]
-    zs = [1.0 if zero3(p.strategy, p.zero_stage) else 0.0 for p in same]
     terms = {"work": xs}
     if len(same) >= 4 and None not in gs and 0 in gs and any(gs):
         terms["gathered"] = [float(g) for g in gs]
     if len(same) >= 5 and len(set(ms)) == 2:
         terms["multi"] = ms
-    if len(same) >= 6 and sum(zs) >= 2 and 0 in zs:
-        terms["zero3"] = zs
     while True:
         coef = _least_squares(list(terms.values()), ys)
         if coef is None and len(terms) > 1:  # a term moves with another: the newest one goes
@@ -196,26 +186,24 @@ def fit_step(points: Iterable[CalibrationPoint], plan: Plan, device_kind: Option
         if not negative:
             break
         terms.pop(negative[0])  # the history's runs are not slower for it: left out
-    s_per_flop, s_per_byte, multi_s, z3_s = (got["work"], got.get("gathered", 0.0), got.get("multi", 0.0),
-                                             got.get("zero3", 0.0))
+    s_per_flop, s_per_byte, multi_s = got["work"], got.get("gathered", 0.0), got.get("multi", 0.0)
     if s_per_flop <= 0:
         return None
     weights = [math.exp(-sum(w for k, w in OVERHEAD_KEYS.items() if getattr(p, k) != mine[k]) / OVERHEAD_TAU)
                for p in same]
-    residual = sum(w * (y - s_per_flop * x - s_per_byte * (g or 0) - multi_s * m - z3_s * z)
-                   for w, x, y, g, m, z in zip(weights, xs, ys, gs, ms, zs)) / sum(weights)
+    residual = sum(w * (y - s_per_flop * x - s_per_byte * (g or 0) - multi_s * m)
+                   for w, x, y, g, m in zip(weights, xs, ys, gs, ms)) / sum(weights)
     return StepFit(points=len(same), gflops_per_thread=round(1e-9 / s_per_flop, 4),
                    overhead_s=round(max(residual, 0.0), 6),
                    s_per_gb_gathered=round(s_per_byte * 1e9, 6) if "gathered" in terms else None,
-                   multi_rank_s=round(multi_s, 6) if "multi" in terms else None,
-                   zero3_s=round(z3_s, 6) if "zero3" in terms else None)
+                   multi_rank_s=round(multi_s, 6) if "multi" in terms else None)
 
 
 def fitted_step_time(fit: StepFit, tokens_per_step: int, flops_per_token: float, world: int,
-                     threads: Optional[int], gathered: int = 0, zero_3: bool = False) -> float:
+                     threads: Optional[int], gathered: int = 0) -> float:
     work = work_per_thread(tokens_per_step, flops_per_token, world, threads)
     return (fit.overhead_s + work / (fit.gflops_per_thread * 1e9) + gathered / 1e9 * (fit.s_per_gb_gathered or 0.0)
-            + ((fit.multi_rank_s or 0.0) if world > 1 else 0.0) + ((fit.zero3_s or 0.0) if zero_3 else 0.0))
+            + ((fit.multi_rank_s or 0.0) if world > 1 else 0.0))
 
 
 def from_point(point: CalibrationPoint, source: str, distance_: Optional[float]) -> Calibration:
@@ -250,4 +238,4 @@ def scaled_energy_per_token(point: CalibrationPoint, step_time_s: float, tokens_
 
 
 __all__ = ["distance", "features", "fit_step", "fitted_step_time", "from_point", "gathered_bytes", "nearest",
-           "offload_label", "scaled_energy_per_token", "scaled_step_time", "sharded", "work_per_thread", "zero3"]
+           "offload_label", "scaled_energy_per_token", "scaled_step_time", "sharded", "work_per_thread"]

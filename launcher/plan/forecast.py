@@ -27,7 +27,7 @@ from __future__ import annotations
 from typing import Optional
 
 from launcher.plan.memory import DTYPE_BYTES, Layout, layout_of
-from launcher.plan.calibration import fitted_step_time, scaled_energy_per_token, scaled_step_time, sharded, zero3
+from launcher.plan.calibration import fitted_step_time, scaled_energy_per_token, scaled_step_time, sharded
 from launcher.plan.types import Calibration, Communication, CpuProbe, Forecast, Plan
 from launcher.facts.flops import flops_per_token_from_config, matmul_params
 from launcher.facts.hardware import (CPU_MFU, GPU_POWER_SHARE, HOST, HOST_LINK_EFFICIENCY, codecarbon_cpu_watts,
@@ -149,14 +149,12 @@ def build_forecast(plan: Plan, *, carbon_intensity: Optional[float] = None, carb
     if fit is not None and fpt:
         gathered = comm_bytes if sharded(plan.strategy, plan.zero_stage) else 0  # calibration.gathered_bytes
         compute_s = fitted_step_time(fit, tps, fpt + (recompute or 0), plan.world_size, plan.threads_per_rank,
-                                     gathered, zero3(plan.strategy, plan.zero_stage))
+                                     gathered)
         step_s = max(compute_s, comm_s or 0.0)
         sends = (f" + {_g(gathered)} sent per rank at {fit.s_per_gb_gathered:.3g} s per GB (sharded parameters, "
                  f"gathered every step)" if fit.s_per_gb_gathered and gathered else "")
         if fit.multi_rank_s and plan.world_size > 1:
             sends += f" + {fit.multi_rank_s:.3g} s per step of more than one rank (their collectives and waits)"
-        if fit.zero3_s and zero3(plan.strategy, plan.zero_stage):
-            sends += f" + {fit.zero3_s:.3g} s per step of ZeRO-3 (its hooks fetch and release each module's parameters)"
         assumptions.append(f"time: {fit.overhead_s:.3g} s of overhead per step + the FLOPs per thread at "
                            f"{fit.gflops_per_thread:,.1f} GFLOP/s{sends}, fitted over {fit.points} runs of the "
                            f"calibration history on this device (nearest: {calibration.run_dir})")

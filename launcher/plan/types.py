@@ -112,7 +112,7 @@ class CalibrationPoint(_Frozen):
 
 class StepFit(_Frozen):
     """A step's time as ``overhead_s + work / (gflops_per_thread x 1e9) + gathered GB x s_per_gb_gathered``,
-    ``+ multi_rank_s`` for more than one rank, ``+ zero3_s`` under ZeRO-3 (work: the FLOPs each thread computes per step, on
+    ``+ multi_rank_s`` for more than one rank (work: the FLOPs each thread computes per step, on
     GPUs each rank's; gathered: what a rank sends per step under ZeRO-3 or FSDP2), fitted over the
     calibration history's runs on this device in this dtype: the rate from all of them, the
     overhead from those whose configuration is like the job's
@@ -127,10 +127,6 @@ class StepFit(_Frozen):
     # + this for a step of more than one rank: their collectives and waits, which one rank does not
     # pay; None when the history lacks runs of one rank or of several to tell it by
     multi_rank_s: Optional[float] = None
-    # + this for a step of ZeRO-3: its hooks fetch and release every module's parameters around
-    # the module's forward and backward, a fixed cost per step beyond the bytes; None when the
-    # history holds fewer than two ZeRO-3 runs to tell it by
-    zero3_s: Optional[float] = None
 
 
 class Calibration(_Frozen):

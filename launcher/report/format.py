@@ -32,8 +32,6 @@ def fit_words(fit) -> str:
         words += f" + {fit.s_per_gb_gathered:.3g} s per GB gathered"
     if fit.multi_rank_s:
         words += f" + {fit.multi_rank_s:.3g} s per step of several ranks"
-    if fit.zero3_s:
-        words += f" + {fit.zero3_s:.3g} s per step of ZeRO-3"
     return words + f", fitted over {fit.points} runs"
 
 

@@ -252,39 +252,6 @@ def test_what_a_step_of_several_ranks_costs_over_one_rank_is_fitted_and_paid_onl
     assert fit_step([p for p in history if p.world_size == 2], plan, "AMD EPYC").multi_rank_s is None
 
 
-def test_what_a_step_of_zero3_costs_beyond_its_bytes_is_fitted_and_paid_only_under_zero3():
-    """Two-rank runs of ZeRO-2 and ZeRO-3 (gathered 0 bytes here: the demo's plan as ZeRO-2, so
-    that only the stage tells them apart): 20 ms + FLOPs at 50 GFLOP/s per thread, + 40 ms a step
-    under ZeRO-3 (its hooks). The fit finds it; a ZeRO-3 job is forecast with it, a ZeRO-2 job
-    without; one ZeRO-3 run in the history cannot tell it (None)."""
-    from launcher.plan import with_forecast
-    from launcher.plan.calibration import fit_step, work_per_thread
-
-    plan = demo_plan("parallel.zero_stage=2")
-    fpt, tps = plan.forecast.flops_per_token, plan.tokens_per_step
-
-    def run(name, stage, tokens):
-        return point(run_dir=f"/runs/{name}", world_size=2, threads_per_rank=1, zero_stage=stage, gathered_bytes=0,
-                     tokens_per_step=tokens, flops_per_token=fpt, micro_batch_size=plan.micro_batch_size * tokens // tps,
-                     step_time_s=0.02 + work_per_thread(tokens, fpt, 2, 1) / 50e9 + (0.04 if stage == 3 else 0))
-
-    history = [run("z2-small", 2, tps // 4), run("z2-big", 2, tps * 4), run("z1-mid", 1, tps * 2),
-               run("z2-mid", 2, tps * 2), run("z3-small", 3, tps // 4), run("z3-big", 3, tps * 4)]
-    fit = fit_step(history, plan, "AMD EPYC")
-    assert (fit.gflops_per_thread, fit.zero3_s, fit.overhead_s) == (
-        pytest.approx(50.0, rel=1e-3), pytest.approx(0.04, rel=1e-3), pytest.approx(0.02, rel=1e-3))
-    two = with_forecast(plan, calibration=nearest(history, plan, "AMD EPYC")).forecast
-    assert two.step_time_s == pytest.approx(0.02 + work_per_thread(tps, fpt, 2, 1) / 50e9, rel=1e-3)
-    assert not any("ZeRO-3" in a for a in two.assumptions)
-    z3 = demo_plan("parallel.zero_stage=3", "train.micro_batch_size=4")  # not one of the history's shapes
-    cal = nearest(history, z3, "AMD EPYC")
-    assert cal.fit is not None and cal.fit.zero3_s == pytest.approx(0.04, rel=1e-3)
-    got = with_forecast(z3, calibration=cal).forecast  # no cost per byte: no history run gathered any
-    assert got.step_time_s == pytest.approx(0.06 + work_per_thread(z3.tokens_per_step, fpt, 2, 1) / 50e9, rel=1e-3)
-    assert any("+ 0.04 s per step of ZeRO-3" in a for a in got.assumptions), got.assumptions
-    assert fit_step([p for p in history if p.run_dir != "/runs/z3-big"], plan, "AMD EPYC").zero3_s is None
-
-
 def test_history_skips_lines_it_cannot_read_and_keeps_the_newest_of_a_run(tmp_path):
     h = tmp_path / "calibration.jsonl"
     h.write_text("\n".join([point(step_time_s=1.0).model_dump_json(), "{torn", json.dumps({"run_dir": "x"}),
