@@ -46,6 +46,7 @@ CONFIGS: dict[str, tuple[list[str], int]] = {
     "demo-zero2": ([], 300),
     "demo-zero3": (["parallel.zero_stage=3"], 250),
     "demo-fsdp": (["parallel.strategy=fsdp"], 250),
+    "demo-zero3-lora": (["parallel.zero_stage=3", *LORA], 250),
     "demo-zero2-lora": ([*LORA], 300),
     "demo-zero2-seq256": (["data.max_seq_len=256", "train.micro_batch_size=4", "train.global_batch_size=8"], 250),
     "demo-zero1-micro4": (["parallel.zero_stage=1", "train.micro_batch_size=4", "train.global_batch_size=16"], 300),

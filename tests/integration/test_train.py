@@ -34,6 +34,9 @@ LAYOUTS = {
     "zero2": ["cluster.cpu_procs_per_node=2", "parallel.strategy=zero", "parallel.zero_stage=2"],
     "zero3": ["cluster.cpu_procs_per_node=2", "parallel.strategy=zero", "parallel.zero_stage=3"],
     "fsdp": ["cluster.cpu_procs_per_node=2", "parallel.strategy=fsdp"],
+    # torchrun's own start (a fresh `python -m launcher train` per rank), where CPU ranks otherwise fork
+    "zero2-spawn": ["cluster.cpu_procs_per_node=2", "parallel.strategy=zero", "parallel.zero_stage=2",
+                    "cluster.start_method=spawn"],
     # DeepSpeedCPUAdam (JIT-built once, cached in TORCH_EXTENSIONS_DIR) steps the optimizer on the host
     "zero3-offload": ["cluster.cpu_procs_per_node=2", "parallel.strategy=zero", "parallel.zero_stage=3",
                       "parallel.offload_optimizer=cpu", "parallel.offload_params=cpu"],
@@ -99,6 +102,17 @@ def test_strategies_match_a_single_process(runs, layout, method):
     ev_ref = [r["eval_loss"] for r in records(runs.get("single", method), "eval")]
     ev = [r["eval_loss"] for r in records(runs.get(layout, method), "eval")]
     assert ev == pytest.approx(ev_ref, rel=RTOL)
+
+
+def test_ranks_forked_from_the_agent_train_as_torchruns_own_do(runs):
+    """On CPU the ranks fork from launcher.forkrun, which imported their libraries; with
+    cluster.start_method=spawn torchrun starts each afresh. Same job, same losses and evals."""
+    forked, spawned = runs.get("zero2", "full"), runs.get("zero2-spawn", "full")
+    assert "-m launcher.forkrun " in (forked / "launch.sh").read_text()
+    assert "-m torch.distributed.run " in (spawned / "launch.sh").read_text()
+    assert losses(forked) == pytest.approx(losses(spawned), rel=1e-6)
+    assert [r["eval_loss"] for r in records(forked, "eval")] == pytest.approx(
+        [r["eval_loss"] for r in records(spawned, "eval")], rel=1e-6)
 
 
 def test_zero3_cpu_offload_matches_a_single_process(runs):

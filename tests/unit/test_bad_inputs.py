@@ -191,6 +191,8 @@ CASES: list = [  # (id, setup, argv, expected), or a pytest.param of the same
      ("model.dtype: fp16 is not supported on CPU", "use bf16 or fp32")),
     ("fp16-on-cpu-run", None, ["run", "--run-dir", "run", CPU, "model.dtype=fp16"],
      ("model.dtype: fp16 is not supported on CPU", "use bf16 or fp32")),
+    ("fork-on-cuda", None, ["plan", "cluster.device=cuda", "cluster.start_method=fork"],
+     ("cluster.start_method: fork is for CPU ranks", "use spawn or auto on GPUs")),
     ("fp16-under-fsdp2", None, ["plan", "cluster.device=cuda", "parallel.strategy=fsdp", "model.dtype=fp16"],
      ("model.dtype: fp16 under FSDP2 needs a gradient scaler", "use bf16, or parallel.strategy=zero")),
     ("cuda-without-gpu", no_gpu, ["run", "--run-dir", "run", "cluster.device=cuda"],
