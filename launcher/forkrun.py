@@ -5,8 +5,8 @@ its elastic agent, rendezvous and restarts) and ``-m launcher train RUN_DIR``. B
 starts its ranks it imports what they will import (torch, transformers, the engine; the same
 list as a rank started early, launcher.train.prestart), then starts each rank as torchrun's
 ``--start-method fork`` does for a function: a fork of the agent that runs `launcher train` in
-process. So a node of N ranks imports its libraries once, not N times: on a 2-core machine, a
-2-rank ZeRO-2 run of the embedded default took 12.7 CPU-s against 19.1 under torchrun.
+process. So a node of N ranks imports its libraries once, not N times (what that saves:
+bench/RESULTS.md, "Ranks forked from one importer per node").
 
 CPU only (``cluster.start_method``; auto forks on CPU): a CUDA context does not survive a fork,
 and importing the engines may touch the driver. A forked rank is named ``rank<R>`` (its
