@@ -137,6 +137,14 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
 def _children(pid: int) -> list[int]:
     out = []
     try:
@@ -153,8 +161,9 @@ def _children(pid: int) -> list[int]:
 
 class PeakRSS:
     """Polls the process tree under ``root_pid`` and keeps, per process whose command line
-    contains ``marker`` (and none of ``exclude``: the torchrun agent itself names the script),
-    the largest ``VmHWM`` (the kernel's own peak resident set) seen.
+    contains ``marker`` (and none of ``exclude``: the torchrun agent itself names the script; under
+    launcher.forkrun, the processes it named rank<R>), the largest ``VmHWM`` (the kernel's own peak
+    resident set) seen.
     The same method for every tool measured, so the figures compare."""
 
     def __init__(self, root_pid: int, marker: str, interval: float = 0.25,
@@ -184,7 +193,10 @@ class PeakRSS:
                     continue
                 seen.add(p)
                 cmd = _cmdline(p)
-                is_rank = self.marker in cmd and not any(x in cmd for x in self.exclude)
+                if "launcher.forkrun" in cmd:  # the agent and the ranks it forked share its command line;
+                    is_rank = self.marker in cmd and _comm(p).startswith("rank")  # a forked rank is named rank<R>
+                else:
+                    is_rank = self.marker in cmd and not any(x in cmd for x in self.exclude)
                 # a rank's own short-lived forks (subprocess before exec) carry its command line
                 # and a copy of its peak: they are not ranks
                 if is_rank and not parent_is_rank:
