@@ -122,6 +122,9 @@ def main(argv: list[str]) -> None:
     config, _, _ = config_from_args(args)
     config.start_method = "fork"
     _warm(_hint(_run_dir(args)))
+    import gc
+
+    gc.freeze()  # what was imported stays out of the ranks' collections: no copy-on-write of it in them
     # torchrun's own: a failed rank's summary (ChildFailedError, with the rank, its exit code or
     # signal and its error file), exit 1
     record(elastic_launch(config, _rank))(*args.training_script_args)
