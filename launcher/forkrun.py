@@ -14,6 +14,7 @@ and importing the engines may touch the driver. A forked rank is named ``rank<R>
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -61,7 +62,9 @@ def _run_dir(args) -> str | None:
 
 def _hint(run_dir: str | None) -> dict | None:
     """What the ranks will import: from `launcher run`'s prestart hint, else from the plan."""
-    raw = os.environ.get("LAUNCHER_PRESTART")
+    from launcher.train.prestart import PRESTART_ENV
+
+    raw = os.environ.get(PRESTART_ENV)
     if raw:
         try:
             return json.loads(raw)
@@ -83,25 +86,13 @@ def _warm(hint: dict | None) -> None:
     failure left for each rank to meet and report where it would without the agent's imports."""
     if hint is None:
         return
-    from launcher.train.prestart import _warm as warm
+    from launcher.train.prestart import output_into, warm
 
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), 1)
-        os.dup2(held.fileno(), 2)
+    with tempfile.TemporaryFile() as held, output_into(held):
         try:
             warm(hint)
         except Exception:  # noqa: BLE001
             pass
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            os.close(saved[0])
-            os.close(saved[1])
 
 
 def main(argv: list[str]) -> None:
@@ -122,8 +113,6 @@ def main(argv: list[str]) -> None:
     config, _, _ = config_from_args(args)
     config.start_method = "fork"
     _warm(_hint(_run_dir(args)))
-    import gc
-
     gc.freeze()  # what was imported stays out of the ranks' collections: no copy-on-write of it in them
     # torchrun's own: a failed rank's summary (ChildFailedError, with the rank, its exit code or
     # signal and its error file), exit 1

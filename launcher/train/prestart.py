@@ -9,6 +9,7 @@ caller writes it into the rank's log. A rank whose parent is gone before the go 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -31,17 +32,27 @@ def wait_for_go() -> bytes:
     except (ValueError, KeyError, TypeError):
         return b""
     held = tempfile.TemporaryFile()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    os.dup2(held.fileno(), 1)
-    os.dup2(held.fileno(), 2)
-    try:
-        _warm(hint)
+    with output_into(held):
+        warm(hint)
         while not os.path.exists(go):
             if not _alive(parent):
                 os._exit(0)  # `launcher run` is gone: nothing to train for, nothing to say
             time.sleep(POLL_S)
+    held.seek(0)
+    return held.read()
+
+
+@contextlib.contextmanager
+def output_into(f):
+    """This process's stdout and stderr (the file descriptors, so C++ and child output too) go
+    into the open file ``f`` for the block."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    os.dup2(f.fileno(), 1)
+    os.dup2(f.fileno(), 2)
+    try:
+        yield
     finally:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -49,8 +60,6 @@ def wait_for_go() -> bytes:
         os.dup2(saved[1], 2)
         os.close(saved[0])
         os.close(saved[1])
-    held.seek(0)
-    return held.read()
 
 
 def _alive(pid: int) -> bool:
@@ -63,7 +72,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _warm(hint: dict) -> None:
+def warm(hint: dict) -> None:
     """The imports a rank of this plan makes on its way to its first step. Failures are left for
     the rank to meet, and report, where it meets them today."""
     import importlib
