@@ -33,9 +33,12 @@ class _DataParallel:
 
 @pytest.fixture(scope="module")
 def ds_parse():
-    """DeepSpeedConfig needs a process group to read the world size from the mpu."""
-    import deepspeed
-    import deepspeed.comm as dist
+    """DeepSpeedConfig needs a process group to read the world size from the mpu. DeepSpeed is
+    imported as a rank imports it (without its shared-memory allreduce op, which a plain
+    ``import deepspeed`` JIT-builds at init_distributed on CPU: half a minute on a fresh machine)."""
+    from launcher.train.strategies.zero import import_deepspeed
+
+    deepspeed = import_deepspeed()
     from deepspeed.runtime.config import DeepSpeedConfig
 
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
