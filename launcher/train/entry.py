@@ -115,9 +115,11 @@ def _main(run_dir: str, preflight_only: bool, t_start: float) -> int:
     from launcher.train.preflight import run_preflight, write_preflight_failure
 
     plan = rundir.read_plan(run_dir)
-    from launcher.train.lean import skip_unused_trackers
+    from launcher.train.lean import import_engines, no_collections, skip_unused_trackers
 
     skip_unused_trackers(plan.job.report.trackers)  # before the engines are imported (a prestarted rank did it)
+    with no_collections():
+        import_engines()
     timeout_s = plan.job.cluster.preflight_timeout_s
     try:
         store = join_store(timeout_s)

@@ -75,13 +75,19 @@ def _alive(pid: int) -> bool:
 def warm(hint: dict) -> None:
     """The imports a rank of this plan makes on its way to its first step. Failures are left for
     the rank to meet, and report, where it meets them today."""
-    import importlib
-
-    from launcher.train.lean import skip_unused_trackers
+    from launcher.train.lean import import_engines, no_collections, skip_unused_trackers
 
     trackers = hint.get("trackers")
     if isinstance(trackers, list):
         skip_unused_trackers(str(t) for t in trackers)
+    with no_collections():
+        import_engines()
+        _import_for(hint)
+
+
+def _import_for(hint: dict) -> None:
+    import importlib
+
     names = ["torch.distributed", "launcher.train.loop", "launcher.train.data", "launcher.train.preflight",
              "transformers.models.auto.tokenization_auto", "transformers.models.auto.modeling_auto"]
     model_type = hint.get("model_type")
