@@ -99,6 +99,12 @@ def _import_for(hint: dict) -> None:
             importlib.import_module(name)
         except Exception:  # noqa: BLE001 - an optional warm-up: the rank imports it again, and says why
             pass
+    try:  # transformers' table of checkpoint renamings, built on first load (1,166 regexes here): once, not per rank
+        from transformers.conversion_mapping import get_checkpoint_conversion_mapping
+
+        get_checkpoint_conversion_mapping(model_type)
+    except Exception:  # noqa: BLE001 - a transformers without it
+        pass
     try:
         from launcher.train.strategies import import_engine_for
 

@@ -39,6 +39,8 @@ from launcher.train.prestart import warm
 collections.clear()
 warm({"strategy": "zero", "zero_stage": 2, "method": "full", "model_type": "llama", "trackers": []})
 print("collections while importing", len(collections) <= 2, "enabled after", gc.isenabled())
+import transformers.conversion_mapping as cm
+print("renamings built", cm._checkpoint_conversion_mapping_cache is not None)
 import transformers.loss.loss_utils, accelerate.utils
 print("after engines", sorted(m for m in DEFERRED if m in sys.modules))
 import scipy.optimize, boto3
@@ -49,12 +51,14 @@ print("job imports them", scipy.optimize.linear_sum_assignment is not None, boto
 @pytest.mark.slow  # imports a rank's libraries in a process of its own
 def test_a_rank_imports_without_scipy_boto3_or_collections_and_a_job_still_can():
     """What a forked or prestarted rank imports (launcher.train.prestart.warm), with the cyclic
-    collector held off and without SciPy and boto3, which the job's own code can import after."""
+    collector held off and without SciPy and boto3, which the job's own code can import after;
+    and transformers' table of checkpoint renamings, built before the ranks fork."""
     pytest.importorskip("scipy")
     pytest.importorskip("boto3")
     out = subprocess.run([sys.executable, "-c", DEFERRED_PROBE], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     # hundreds with the collector on; a library's own gc.collect() still runs
     assert "collections while importing True enabled after True" in out.stdout, out.stdout
+    assert "renamings built True" in out.stdout, out.stdout  # before the fork: once per node, not per rank
     assert "after engines []" in out.stdout, out.stdout
     assert "job imports them True boto3" in out.stdout, out.stdout
