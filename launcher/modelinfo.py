@@ -41,6 +41,9 @@ class ModelInfo(BaseModel):
     architecture: str = "unknown"
     task: str = "causal_lm"  # classification: a head of num_labels outputs instead of the LM head
     num_labels: Optional[int] = None
+    # modules holding parameters of their own, adapters included (LoRA's A and B are two each): what
+    # ZeRO-3 fetches one by one, twice a micro step (launcher.plan.calibration.module_fetches)
+    n_param_modules: Optional[int] = None
 
 
 # A classification job's classes before its data is read (data.labels unset): the plan counts a
@@ -89,6 +92,11 @@ def count_params(module: Any) -> tuple[int, int]:
     return total, trainable
 
 
+def param_modules(module: Any) -> int:
+    """How many of ``module``'s submodules hold parameters of their own."""
+    return sum(1 for m in module.modules() if next(m.parameters(recurse=False), None) is not None)
+
+
 def _from_config_object(cfg: Any, method: str, lora: Any, trust_remote_code: bool,
                         num_labels: Optional[int] = None) -> ModelInfo:
     import torch
@@ -116,13 +124,14 @@ def _from_config_object(cfg: Any, method: str, lora: Any, trust_remote_code: boo
                        f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
     n_params, _ = count_params(model)
     n_trainable = n_params
+    counted = model
     if method == "lora" and lora is not None:
         from peft import get_peft_model
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            peft_model = get_peft_model(model, lora_config(lora, task))
-        _, n_trainable = count_params(peft_model)  # n_params stays the base model's
+            counted = get_peft_model(model, lora_config(lora, task))
+        _, n_trainable = count_params(counted)  # n_params stays the base model's
 
     def get(name: str, default: Any = None) -> Any:
         v = getattr(text, name, None)
@@ -139,7 +148,7 @@ def _from_config_object(cfg: Any, method: str, lora: Any, trust_remote_code: boo
         intermediate_size=get("intermediate_size"),
         tie_word_embeddings=bool(getattr(cfg, "tie_word_embeddings", False)),
         max_position_embeddings=get("max_position_embeddings"), architecture=arch,
-        task=task, num_labels=num_labels,
+        task=task, num_labels=num_labels, n_param_modules=param_modules(counted),
     )
 
 

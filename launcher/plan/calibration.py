@@ -14,10 +14,13 @@ them the nearest is the one of least ``distance``, a sum of
 the newest first among equals. A run of the same configuration (distance 0) is scaled by the FLOPs
 each rank computes per step (``tokens_per_step x (flops_per_token + recompute) / world``). Any
 other is forecast by :func:`fit_step` when the history allows it: ``overhead + work / rate +
-gathered x cost per byte (+ what a step of several ranks costs over one rank's)``, where the work
+gathered x cost per byte + fetches x cost per fetch (+ what a step of several ranks costs over one
+rank's)``, where the work
 is the FLOPs each thread computes per step, gathered is what each rank sends per step where the
 parameters are sharded (ZeRO-3 and FSDP2 gather every parameter each step: a cost that grows with
-the model, not with the tokens), the rate, the cost per byte and the cost of several ranks (their
+the model, not with the tokens), fetches how many fetches it makes there (ZeRO-3 one per module
+holding parameters, FSDP2 one per unit, each with its hooks and collective: LoRA's adapters double
+ZeRO-3's), the rate, the cost per byte, per fetch and of several ranks (their
 collectives, and each waiting for the others, every step) are fitted over every run on this
 device in this dtype, and the overhead (what a step costs beyond its arithmetic: hooks, gathers,
 collectives, which depend on the strategy and not on the FLOPs; most of a tiny model's step) is
@@ -122,6 +125,26 @@ def gathered_bytes(plan: Plan) -> int:
     return communication(layout_of(plan), *param_counts(plan))[1]
 
 
+def module_fetches(plan: Plan) -> Optional[int]:
+    """How many parameter fetches each rank makes per step where the parameters are sharded: ZeRO-3
+    fetches each module that holds parameters (adapters included), FSDP2 each of its units (the
+    decoder layers, the untied embeddings, the root), once in the forward and once in the backward
+    of every micro step, and once more in the recompute with activation checkpointing. 0 for other
+    strategies; None for a ZeRO-3 plan whose model count lacks its modules."""
+    m = plan.model
+    if not m or not sharded(plan.strategy, plan.zero_stage):
+        return 0
+    if plan.strategy == "fsdp":
+        embeddings = 1 if m.task == "classification" else (0 if m.tie_word_embeddings else 2)
+        per_pass = m.n_layers + embeddings + 1
+    elif m.n_param_modules is None:
+        return None
+    else:
+        per_pass = m.n_param_modules
+    passes = 3 if plan.job.train.activation_checkpointing else 2
+    return per_pass * passes * plan.grad_accum_steps
+
+
 def _gathered(p: CalibrationPoint) -> Optional[int]:
     return p.gathered_bytes if p.gathered_bytes is not None else (None if sharded(p.strategy, p.zero_stage) else 0)
 
@@ -150,14 +173,20 @@ def _multi(p: CalibrationPoint) -> float:
     return 1.0 if p.world_size > 1 else 0.0
 
 
+def _fetches(p: CalibrationPoint) -> Optional[int]:
+    return p.module_fetches if p.module_fetches is not None else (None if sharded(p.strategy, p.zero_stage) else 0)
+
+
 def fit_step(points: Iterable[CalibrationPoint], plan: Plan, device_kind: Optional[str]) -> Optional[StepFit]:
-    """``overhead + work / rate + gathered x s_per_byte (+ multi_rank_s)`` for ``plan`` from the
-    history's runs on the same device kind in the same dtype, by least squares over all of them (at
-    least 3, of at least 2 sizes of work): the rate; the cost of each byte a rank sends where the
-    parameters are sharded and gathered (ZeRO-3 and FSDP2), when runs with and without gathers are
-    among at least 4; and what a step of several ranks costs over one rank's (their collectives
-    and waits: a fixed cost per step that one rank does not pay), when runs of one rank and of
-    several are among at least 5. A term whose cost comes out negative is left out. The overhead is
+    """``overhead + work / rate + gathered x s_per_byte + fetches x s_per_fetch (+ multi_rank_s)``
+    for ``plan`` from the history's runs on the same device kind in the same dtype, by least squares
+    over all of them (at least 3, of at least 2 sizes of work): the rate; the cost of each byte a
+    rank sends where the parameters are sharded and gathered (ZeRO-3 and FSDP2), when runs with and
+    without gathers are among at least 4; the cost of each parameter fetch there
+    (:func:`module_fetches`), and what a step of several ranks costs over one rank's (their
+    collectives and waits: a fixed cost per step that one rank does not pay), when runs with and
+    without are among at least 5. A term whose cost comes out negative is left out (the bytes
+    first, where the fetches come out negative with them). The overhead is
     the runs' residuals weighted ``exp(-differences / OVERHEAD_TAU)`` by how many of OVERHEAD_KEYS
     differ from the job's. None when the history cannot give a positive rate."""
     mine = features(plan)
@@ -169,11 +198,14 @@ def fit_step(points: Iterable[CalibrationPoint], plan: Plan, device_kind: Option
     ys = [p.step_time_s for p in same]
     gs = [_gathered(p) for p in same]
     ms = [_multi(p) for p in same]
+    fs = [_fetches(p) for p in same]
     terms = {"work": xs}
     if len(same) >= 4 and None not in gs and 0 in gs and any(gs):
         terms["gathered"] = [float(g) for g in gs]
     if len(same) >= 5 and len(set(ms)) == 2:
         terms["multi"] = ms
+    if len(same) >= 5 and None not in fs and 0 in fs and any(fs):
+        terms["fetches"] = [float(f) for f in fs]
     while True:
         coef = _least_squares(list(terms.values()), ys)
         if coef is None and len(terms) > 1:  # a term moves with another: the newest one goes
@@ -185,25 +217,30 @@ def fit_step(points: Iterable[CalibrationPoint], plan: Plan, device_kind: Option
         negative = [t for t in terms if t != "work" and got[t] < 0]
         if not negative:
             break
-        terms.pop(negative[0])  # the history's runs are not slower for it: left out
-    s_per_flop, s_per_byte, multi_s = got["work"], got.get("gathered", 0.0), got.get("multi", 0.0)
+        # the history's runs are not slower for it: left out. The bytes give way to the fetches
+        # where one of the two comes out negative: on one node a sharded step's extra cost
+        # follows what it fetches one by one more than what it sends (bench/RESULTS.md)
+        terms.pop("gathered" if "fetches" in negative and "gathered" in terms else negative[0])
+    s_per_flop, s_per_byte = got["work"], got.get("gathered", 0.0)
+    multi_s, s_per_fetch = got.get("multi", 0.0), got.get("fetches", 0.0)
     if s_per_flop <= 0:
         return None
     weights = [math.exp(-sum(w for k, w in OVERHEAD_KEYS.items() if getattr(p, k) != mine[k]) / OVERHEAD_TAU)
                for p in same]
-    residual = sum(w * (y - s_per_flop * x - s_per_byte * (g or 0) - multi_s * m)
-                   for w, x, y, g, m in zip(weights, xs, ys, gs, ms)) / sum(weights)
+    residual = sum(w * (y - s_per_flop * x - s_per_byte * (g or 0) - multi_s * m - s_per_fetch * (f or 0))
+                   for w, x, y, g, m, f in zip(weights, xs, ys, gs, ms, fs)) / sum(weights)
     return StepFit(points=len(same), gflops_per_thread=round(1e-9 / s_per_flop, 4),
                    overhead_s=round(max(residual, 0.0), 6),
                    s_per_gb_gathered=round(s_per_byte * 1e9, 6) if "gathered" in terms else None,
-                   multi_rank_s=round(multi_s, 6) if "multi" in terms else None)
+                   multi_rank_s=round(multi_s, 6) if "multi" in terms else None,
+                   ms_per_fetch=round(s_per_fetch * 1e3, 6) if "fetches" in terms else None)
 
 
 def fitted_step_time(fit: StepFit, tokens_per_step: int, flops_per_token: float, world: int,
-                     threads: Optional[int], gathered: int = 0) -> float:
+                     threads: Optional[int], gathered: int = 0, fetches: Optional[int] = 0) -> float:
     work = work_per_thread(tokens_per_step, flops_per_token, world, threads)
     return (fit.overhead_s + work / (fit.gflops_per_thread * 1e9) + gathered / 1e9 * (fit.s_per_gb_gathered or 0.0)
-            + ((fit.multi_rank_s or 0.0) if world > 1 else 0.0))
+            + ((fit.multi_rank_s or 0.0) if world > 1 else 0.0) + (fetches or 0) * (fit.ms_per_fetch or 0.0) / 1e3)
 
 
 def from_point(point: CalibrationPoint, source: str, distance_: Optional[float]) -> Calibration:
@@ -237,5 +274,5 @@ def scaled_energy_per_token(point: CalibrationPoint, step_time_s: float, tokens_
     return point.energy_per_token_j * (per_token_now / per_token_then) * drawing
 
 
-__all__ = ["distance", "features", "fit_step", "fitted_step_time", "from_point", "gathered_bytes", "nearest",
-           "offload_label", "scaled_energy_per_token", "scaled_step_time", "sharded", "work_per_thread"]
+__all__ = ["distance", "features", "fit_step", "fitted_step_time", "from_point", "gathered_bytes", "module_fetches",
+           "nearest", "offload_label", "scaled_energy_per_token", "scaled_step_time", "sharded", "work_per_thread"]

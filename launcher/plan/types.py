@@ -101,6 +101,10 @@ class CalibrationPoint(_Frozen):
     # bytes each rank sends per step where the parameters are sharded and gathered (ZeRO-3, FSDP2:
     # launcher.plan.calibration.gathered_bytes), 0 elsewhere; None in points written before it was kept
     gathered_bytes: Optional[int] = None
+    # parameter fetches each rank makes per step where the parameters are sharded (ZeRO-3's modules,
+    # FSDP2's units: launcher.plan.calibration.module_fetches), 0 elsewhere; None in points written
+    # before it was kept
+    module_fetches: Optional[int] = None
     tokens_per_step: int
     flops_per_token: Optional[float] = None
     steps: int
@@ -112,8 +116,9 @@ class CalibrationPoint(_Frozen):
 
 class StepFit(_Frozen):
     """A step's time as ``overhead_s + work / (gflops_per_thread x 1e9) + gathered GB x s_per_gb_gathered``,
-    ``+ multi_rank_s`` for more than one rank (work: the FLOPs each thread computes per step, on
-    GPUs each rank's; gathered: what a rank sends per step under ZeRO-3 or FSDP2), fitted over the
+    ``+ multi_rank_s`` for more than one rank ``+ fetches x ms_per_fetch / 1e3`` (work: the FLOPs
+    each thread computes per step, on GPUs each rank's; gathered: what a rank sends per step under
+    ZeRO-3 or FSDP2; fetches: how many parameter fetches it makes there), fitted over the
     calibration history's runs on this device in this dtype: the rate from all of them, the
     overhead from those whose configuration is like the job's
     (:func:`launcher.plan.calibration.fit_step`)."""
@@ -127,6 +132,9 @@ class StepFit(_Frozen):
     # + this for a step of more than one rank: their collectives and waits, which one rank does not
     # pay; None when the history lacks runs of one rank or of several to tell it by
     multi_rank_s: Optional[float] = None
+    # + this x the parameter fetches per step where the parameters are sharded (ZeRO-3 fetches each
+    # module, FSDP2 each unit: hooks and a collective each); None when the history cannot tell it
+    ms_per_fetch: Optional[float] = None
 
 
 class Calibration(_Frozen):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from launcher.errors import JobError
-from launcher.plan.calibration import gathered_bytes, offload_label
+from launcher.plan.calibration import gathered_bytes, module_fetches, offload_label
 from launcher.plan.types import CalibrationPoint
 
 HISTORY_FILE = "calibration.jsonl"
@@ -68,7 +68,7 @@ def point_of(run_dir: str | os.PathLike, report=None) -> CalibrationPoint:
         micro_batch_size=job.micro_batch_size, grad_accum_steps=job.grad_accum_steps, world_size=job.world_size,
         nodes=job.nodes, threads_per_rank=plan.threads_per_rank,
         activation_checkpointing=plan.job.train.activation_checkpointing, offload=offload_label(plan),
-        host_memory=plan.host_memory, gathered_bytes=gathered_bytes(plan),
+        host_memory=plan.host_memory, gathered_bytes=gathered_bytes(plan), module_fetches=module_fetches(plan),
         tokens_per_step=plan.tokens_per_step, flops_per_token=r.mfu.flops_per_token, steps=thr.steps,
         step_time_s=step_s, tokens_per_s_per_device=thr.tokens_per_s_per_device, energy_per_token_j=ept,
         pue=energy.pue or 1.0)
