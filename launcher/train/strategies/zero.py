@@ -32,7 +32,9 @@ def import_deepspeed():
     if "LOCAL_WORLD_SIZE" in os.environ:
         os.environ.setdefault("LOCAL_SIZE", os.environ["LOCAL_WORLD_SIZE"])
     if "deepspeed" not in sys.modules:
-        with _hidden("mlflow"):
+        from launcher.train.lean import absent
+
+        with absent(["mlflow"]):
             import deepspeed
         with _plain_compile(importlib.import_module("deepspeed.runtime.compiler")):
             try:
@@ -45,20 +47,6 @@ def import_deepspeed():
     if getattr(ds_torch, "build_shm_op", None) is not None:
         ds_torch.build_shm_op = _no_shm_op
     return deepspeed
-
-
-@contextmanager
-def _hidden(module: str):
-    """``import module`` fails (ImportError) inside the block, where it is not yet imported."""
-    if module in sys.modules:
-        yield
-        return
-    sys.modules[module] = None  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        if sys.modules.get(module, False) is None:
-            del sys.modules[module]
 
 
 @contextmanager
