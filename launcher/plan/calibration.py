@@ -18,7 +18,7 @@ gathered x cost per byte + fetches x cost per fetch (+ what a step of several ra
 rank's)``, where the work
 is the FLOPs each thread computes per step, gathered is what each rank sends per step where the
 parameters are sharded (ZeRO-3 and FSDP2 gather every parameter each step: a cost that grows with
-the model, not with the tokens), fetches how many fetches it makes there (ZeRO-3 one per module
+the model, not with the tokens; a cost per byte for each of the two), fetches how many fetches it makes there (ZeRO-3 one per module
 holding parameters, FSDP2 one per unit, each with its hooks and collective: LoRA's adapters double
 ZeRO-3's), the rate, the cost per byte, per fetch and of several ranks (their
 collectives, and each waiting for the others, every step) are fitted over every run on this
@@ -181,7 +181,8 @@ def fit_step(points: Iterable[CalibrationPoint], plan: Plan, device_kind: Option
     """``overhead + work / rate + gathered x s_per_byte + fetches x s_per_fetch (+ multi_rank_s)``
     for ``plan`` from the history's runs on the same device kind in the same dtype, by least squares
     over all of them (at least 3, of at least 2 sizes of work): the rate; the cost of each byte a
-    rank sends where the parameters are sharded and gathered (ZeRO-3 and FSDP2), when runs with and
+    rank sends where the parameters are sharded and gathered, ZeRO-3's and FSDP2's each its own
+    (the job's, or the other's where the history has none of its strategy), when runs with and
     without gathers are among at least 4; the cost of each parameter fetch there
     (:func:`module_fetches`), and what a step of several ranks costs over one rank's (their
     collectives and waits: a fixed cost per step that one rank does not pay), when runs with and
@@ -201,11 +202,17 @@ def fit_step(points: Iterable[CalibrationPoint], plan: Plan, device_kind: Option
     fs = [_fetches(p) for p in same]
     terms = {"work": xs}
     if len(same) >= 4 and None not in gs and 0 in gs and any(gs):
-        terms["gathered"] = [float(g) for g in gs]
+        # a cost per byte for each sharded strategy: ZeRO-3 gathers module by module into flat
+        # buffers, FSDP2 unit by unit through DTensors, each at its own cost per byte
+        for strategy in ("zero", "fsdp"):
+            column = [float(g) if p.strategy == strategy else 0.0 for g, p in zip(gs, same)]
+            if any(column):
+                terms[f"gathered:{strategy}"] = column
     if len(same) >= 5 and len(set(ms)) == 2:
         terms["multi"] = ms
     if len(same) >= 5 and None not in fs and 0 in fs and any(fs):
         terms["fetches"] = [float(f) for f in fs]
+    gathered_terms = [t for t in terms if t.startswith("gathered:")]
     while True:
         coef = _least_squares(list(terms.values()), ys)
         if coef is None and len(terms) > 1:  # a term moves with another: the newest one goes
@@ -218,20 +225,27 @@ def fit_step(points: Iterable[CalibrationPoint], plan: Plan, device_kind: Option
         if not negative:
             break
         # the history's runs are not slower for it: left out. The bytes give way to the fetches
-        # where one of the two comes out negative: on one node a sharded step's extra cost
+        # where the fetches come out negative with them: on one node a sharded step's extra cost
         # follows what it fetches one by one more than what it sends (bench/RESULTS.md)
-        terms.pop("gathered" if "fetches" in negative and "gathered" in terms else negative[0])
-    s_per_flop, s_per_byte = got["work"], got.get("gathered", 0.0)
+        by_bytes = [t for t in terms if t.startswith("gathered:")]
+        terms.pop(by_bytes[0] if "fetches" in negative and by_bytes else negative[0])
+    # the job's strategy's cost per byte (0 where the fit left it out); where the history has no
+    # sharded run of the job's strategy, the other's
+    own = f"gathered:{plan.strategy}"
+    per_byte = [got.get(own, 0.0)] if own in gathered_terms else [got[t] for t in gathered_terms if t in got]
+    s_per_flop, s_per_byte = got["work"], (per_byte[0] if per_byte else 0.0)
     multi_s, s_per_fetch = got.get("multi", 0.0), got.get("fetches", 0.0)
     if s_per_flop <= 0:
         return None
     weights = [math.exp(-sum(w for k, w in OVERHEAD_KEYS.items() if getattr(p, k) != mine[k]) / OVERHEAD_TAU)
                for p in same]
-    residual = sum(w * (y - s_per_flop * x - s_per_byte * (g or 0) - multi_s * m - s_per_fetch * (f or 0))
-                   for w, x, y, g, m, f in zip(weights, xs, ys, gs, ms, fs)) / sum(weights)
+    residual = sum(w * (y - s_per_flop * x - got.get(f"gathered:{p.strategy}", 0.0) * (g or 0) - multi_s * m
+                        - s_per_fetch * (f or 0)) for w, x, y, g, m, f, p in zip(weights, xs, ys, gs, ms, fs, same))
+    residual /= sum(weights)
     return StepFit(points=len(same), gflops_per_thread=round(1e-9 / s_per_flop, 4),
                    overhead_s=round(max(residual, 0.0), 6),
-                   s_per_gb_gathered=round(s_per_byte * 1e9, 6) if "gathered" in terms else None,
+                   s_per_gb_gathered=round(s_per_byte * 1e9, 6) if per_byte and any(t in got for t in gathered_terms)
+                   else None,
                    multi_rank_s=round(multi_s, 6) if "multi" in terms else None,
                    ms_per_fetch=round(s_per_fetch * 1e3, 6) if "fetches" in terms else None)
 

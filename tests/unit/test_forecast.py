@@ -282,6 +282,31 @@ def test_the_fetches_of_a_sharded_step_are_fitted_and_forecast_with_the_job_s_ow
     assert fit.ms_per_fetch and fit.ms_per_fetch > 0 and fit.s_per_gb_gathered is None
 
 
+def test_zero3_and_fsdp2_each_have_their_cost_per_byte_gathered():
+    """ZeRO-3 gathers module by module into flat buffers, FSDP2 unit by unit through DTensors: runs
+    of 20 ms + FLOPs at 50 GFLOP/s per thread + 10 s per GB gathered under ZeRO-3 and 30 under
+    FSDP2 (two sizes each, ZeRO-2 runs with none). Each job is forecast with its own strategy's
+    cost; a history with no FSDP2 run lends an FSDP2 job ZeRO-3's."""
+    from launcher.plan.calibration import fit_step, work_per_thread
+
+    z3, fsdp = demo_plan("parallel.zero_stage=3"), demo_plan("parallel.strategy=fsdp")
+    fpt, tps = z3.forecast.flops_per_token, z3.tokens_per_step
+
+    def run(name, strategy, stage, tokens, gathered):
+        per_gb = {"zero": 10.0, "fsdp": 30.0}[strategy]
+        return point(run_dir=f"/runs/{name}", strategy=strategy, zero_stage=stage, tokens_per_step=tokens,
+                     flops_per_token=fpt, micro_batch_size=z3.micro_batch_size * tokens // tps, gathered_bytes=gathered,
+                     step_time_s=0.02 + work_per_thread(tokens, fpt, 2, 1) / 50e9 + gathered * per_gb * 1e-9)
+
+    zero_runs = [run("z2-small", "zero", 2, tps // 4, 0), run("z2-big", "zero", 2, tps * 4, 0),
+                 run("z3-small", "zero", 3, tps // 4, 4_000_000), run("z3-big", "zero", 3, tps * 4, 40_000_000)]
+    history = [*zero_runs, run("fsdp-small", "fsdp", None, tps // 4, 3_000_000),
+               run("fsdp-big", "fsdp", None, tps * 2, 30_000_000)]
+    assert fit_step(history, z3, "AMD EPYC").s_per_gb_gathered == pytest.approx(10.0, rel=1e-3)
+    assert fit_step(history, fsdp, "AMD EPYC").s_per_gb_gathered == pytest.approx(30.0, rel=1e-3)
+    assert fit_step(zero_runs, fsdp, "AMD EPYC").s_per_gb_gathered == pytest.approx(10.0, rel=1e-3)
+
+
 def test_what_a_step_of_several_ranks_costs_over_one_rank_is_fitted_and_paid_only_by_several():
     """Runs of one rank (two threads) and of two (one thread each), at two sizes of work each:
     20 ms + FLOPs at 50 GFLOP/s per thread, + 30 ms a step with two ranks (their collectives and
