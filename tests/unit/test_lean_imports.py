@@ -4,6 +4,7 @@ imports its libraries without SciPy and boto3 (which a job's own code still can 
 without the cyclic collector's passes over what it imports."""
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -38,7 +39,7 @@ from launcher.train.lean import DEFERRED
 from launcher.train.prestart import warm
 collections.clear()
 warm({"strategy": "zero", "zero_stage": 2, "method": "full", "model_type": "llama", "trackers": []})
-print("collections while importing", len(collections) <= 2, "enabled after", gc.isenabled())
+print("collections while importing", len(collections), "enabled after", gc.isenabled())
 import transformers.conversion_mapping as cm
 print("renamings built", cm._checkpoint_conversion_mapping_cache is not None)
 import transformers.loss.loss_utils, accelerate.utils
@@ -58,7 +59,8 @@ def test_a_rank_imports_without_scipy_boto3_or_collections_and_a_job_still_can()
     out = subprocess.run([sys.executable, "-c", DEFERRED_PROBE], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     # hundreds with the collector on; a library's own gc.collect() still runs
-    assert "collections while importing True enabled after True" in out.stdout, out.stdout
+    got = re.search(r"collections while importing (\d+) enabled after (\w+)", out.stdout)
+    assert got and int(got.group(1)) <= 2 and got.group(2) == "True", out.stdout
     assert "renamings built True" in out.stdout, out.stdout  # before the fork: once per node, not per rank
     assert "after engines []" in out.stdout, out.stdout
     assert "job imports them True boto3" in out.stdout, out.stdout
