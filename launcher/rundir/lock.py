@@ -15,7 +15,8 @@ from launcher.rundir.artifacts import DamagedFile, Lock, read_model
 from launcher.rundir.paths import RunDir
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (one we may not signal counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -38,7 +39,7 @@ class RunLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 holder = self._holder()
-                if holder and holder.host == me.host and not _alive(holder.pid):
+                if holder and holder.host == me.host and not pid_alive(holder.pid):
                     self.path.unlink(missing_ok=True)  # stale: its process is gone from this host
                     continue
                 since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.time)) if holder else "?"

@@ -31,11 +31,13 @@ def wait_for_go() -> bytes:
         go, parent = str(hint["go"]), int(hint["parent"])
     except (ValueError, KeyError, TypeError):
         return b""
+    from launcher.rundir.lock import pid_alive
+
     held = tempfile.TemporaryFile()
     with output_into(held):
         warm(hint)
         while not os.path.exists(go):
-            if not _alive(parent):
+            if not pid_alive(parent):
                 os._exit(0)  # `launcher run` is gone: nothing to train for, nothing to say
             time.sleep(POLL_S)
     held.seek(0)
@@ -60,16 +62,6 @@ def output_into(f):
         os.dup2(saved[1], 2)
         os.close(saved[0])
         os.close(saved[1])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def warm(hint: dict) -> None:
