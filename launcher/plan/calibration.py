@@ -231,9 +231,10 @@ def fit_step(points: Iterable[CalibrationPoint], plan: Plan, device_kind: Option
         terms.pop(by_bytes[0] if "fetches" in negative and by_bytes else negative[0])
     # the job's strategy's cost per byte (0 where the fit left it out); where the history has no
     # sharded run of the job's strategy, the other's
+    kept = [t for t in gathered_terms if t in got]
     own = f"gathered:{plan.strategy}"
-    per_byte = [got.get(own, 0.0)] if own in gathered_terms else [got[t] for t in gathered_terms if t in got]
-    s_per_flop, s_per_byte = got["work"], (per_byte[0] if per_byte else 0.0)
+    s_per_byte = got.get(own, 0.0) if own in gathered_terms else (got[kept[0]] if kept else 0.0)
+    s_per_flop = got["work"]
     multi_s, s_per_fetch = got.get("multi", 0.0), got.get("fetches", 0.0)
     if s_per_flop <= 0:
         return None
@@ -244,8 +245,7 @@ def fit_step(points: Iterable[CalibrationPoint], plan: Plan, device_kind: Option
     residual /= sum(weights)
     return StepFit(points=len(same), gflops_per_thread=round(1e-9 / s_per_flop, 4),
                    overhead_s=round(max(residual, 0.0), 6),
-                   s_per_gb_gathered=round(s_per_byte * 1e9, 6) if per_byte and any(t in got for t in gathered_terms)
-                   else None,
+                   s_per_gb_gathered=round(s_per_byte * 1e9, 6) if kept else None,
                    multi_rank_s=round(multi_s, 6) if "multi" in terms else None,
                    ms_per_fetch=round(s_per_fetch * 1e3, 6) if "fetches" in terms else None)
 

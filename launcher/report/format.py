@@ -32,7 +32,7 @@ def fit_words(fit) -> str:
         words += f" + {fit.s_per_gb_gathered:.3g} s per GB gathered"
     if fit.multi_rank_s:
         words += f" + {fit.multi_rank_s:.3g} s per step of several ranks"
-    if getattr(fit, "ms_per_fetch", None):
+    if fit.ms_per_fetch:
         words += f" + {fit.ms_per_fetch:.3g} ms per parameter fetch"
     return words + f", fitted over {fit.points} runs"
 

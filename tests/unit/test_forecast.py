@@ -104,6 +104,17 @@ def demo_plan(*overrides: str):
     return plan_job(spec, device="cpu", model_info=model_info(spec), cpu_count=2)
 
 
+def fitted_point(plan, name: str, tokens: int, extra_s: float = 0.0, **kw) -> CalibrationPoint:
+    """A run of ``plan``'s FLOPs per token, ``tokens`` per step on 2 ranks of one thread: 20 ms +
+    its FLOPs at 50 GFLOP/s per thread + ``extra_s`` (what the term under test costs)."""
+    from launcher.plan.calibration import work_per_thread
+
+    fpt, tps = plan.forecast.flops_per_token, plan.tokens_per_step
+    return point(run_dir=f"/runs/{name}", tokens_per_step=tokens, flops_per_token=fpt,
+                 micro_batch_size=plan.micro_batch_size * tokens // tps,
+                 step_time_s=0.02 + work_per_thread(tokens, fpt, 2, 1) / 50e9 + extra_s, **kw)
+
+
 def test_nearest_point_same_device_kind_least_distance_newest_first():
     plan = demo_plan()
     same = point(run_dir="/runs/same")
@@ -198,9 +209,7 @@ def test_the_bytes_a_sharded_run_gathers_are_fitted_and_forecast_with_the_job_s_
     assert gathered_bytes(demo_plan("parallel.zero_stage=3", "cluster.cpu_procs_per_node=1")) == 0
 
     def run(name, stage, tokens, gathered):
-        return point(run_dir=f"/runs/{name}", zero_stage=stage, tokens_per_step=tokens, flops_per_token=fpt,
-                     micro_batch_size=plan.micro_batch_size * tokens // tps, gathered_bytes=gathered,
-                     step_time_s=0.02 + work_per_thread(tokens, fpt, 2, 1) / 50e9 + gathered * 10e-9)
+        return fitted_point(plan, name, tokens, gathered * 10e-9, zero_stage=stage, gathered_bytes=gathered)
 
     history = [run("z2-small", 2, tps // 4, 0), run("z2-big", 2, tps * 4, 0),
                run("z3-small", 3, tps // 4, 4_000_000), run("z3-big", 3, tps * 4, 40_000_000)]
@@ -254,10 +263,8 @@ def test_the_fetches_of_a_sharded_step_are_fitted_and_forecast_with_the_job_s_ow
     mine = module_fetches(plan)
 
     def run(name, stage, tokens, fetches, extra=0.0, gathered=0):
-        return point(run_dir=f"/runs/{name}", zero_stage=stage, tokens_per_step=tokens, flops_per_token=fpt,
-                     micro_batch_size=plan.micro_batch_size * tokens // tps, module_fetches=fetches,
-                     gathered_bytes=gathered, method="lora",
-                     step_time_s=0.02 + work_per_thread(tokens, fpt, 2, 1) / 50e9 + fetches * 0.5e-3 + extra)
+        return fitted_point(plan, name, tokens, fetches * 0.5e-3 + extra, zero_stage=stage, module_fetches=fetches,
+                            gathered_bytes=gathered, method="lora")
 
     history = [run("z2-small", 2, tps // 4, 0), run("z2-big", 2, tps * 4, 0), run("z2-mid", 2, tps, 0),
                run("z3-small", 3, tps // 4, 42), run("z3-big", 3, tps * 4, 84)]
@@ -287,16 +294,15 @@ def test_zero3_and_fsdp2_each_have_their_cost_per_byte_gathered():
     of 20 ms + FLOPs at 50 GFLOP/s per thread + 10 s per GB gathered under ZeRO-3 and 30 under
     FSDP2 (two sizes each, ZeRO-2 runs with none). Each job is forecast with its own strategy's
     cost; a history with no FSDP2 run lends an FSDP2 job ZeRO-3's."""
-    from launcher.plan.calibration import fit_step, work_per_thread
+    from launcher.plan.calibration import fit_step
 
     z3, fsdp = demo_plan("parallel.zero_stage=3"), demo_plan("parallel.strategy=fsdp")
-    fpt, tps = z3.forecast.flops_per_token, z3.tokens_per_step
+    tps = z3.tokens_per_step
 
     def run(name, strategy, stage, tokens, gathered):
         per_gb = {"zero": 10.0, "fsdp": 30.0}[strategy]
-        return point(run_dir=f"/runs/{name}", strategy=strategy, zero_stage=stage, tokens_per_step=tokens,
-                     flops_per_token=fpt, micro_batch_size=z3.micro_batch_size * tokens // tps, gathered_bytes=gathered,
-                     step_time_s=0.02 + work_per_thread(tokens, fpt, 2, 1) / 50e9 + gathered * per_gb * 1e-9)
+        return fitted_point(z3, name, tokens, gathered * per_gb * 1e-9, strategy=strategy, zero_stage=stage,
+                            gathered_bytes=gathered)
 
     zero_runs = [run("z2-small", "zero", 2, tps // 4, 0), run("z2-big", "zero", 2, tps * 4, 0),
                  run("z3-small", "zero", 3, tps // 4, 4_000_000), run("z3-big", "zero", 3, tps * 4, 40_000_000)]
