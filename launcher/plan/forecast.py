@@ -197,7 +197,12 @@ def build_forecast(plan: Plan, *, carbon_intensity: Optional[float] = None, carb
         assumptions.append(f"forgetting: 2 forward passes (before, after) over eval.general_max_tokens "
                            f"{job.eval.general_max_tokens:,} tokens of eval.general_data, a third of a training "
                            f"step's time per token each: {general_s:.3g} s")
-    hours = (steps * step_s + (general_s or 0.0)) / 3600 if (steps is not None and step_s is not None) else None
+    warmup_s = point.warmup_s if (point is not None and step_s is not None) else None
+    if warmup_s:
+        assumptions.append(f"warm-up: {warmup_s:.3g} s once, what the first step took over the steady step in "
+                           f"{point.run_dir}")
+    hours = ((steps * step_s + (warmup_s or 0.0) + (general_s or 0.0)) / 3600
+             if (steps is not None and step_s is not None) else None)
     gpu_hours = hours * plan.world_size if hours is not None else None
     node_hours = hours * plan.nodes if hours is not None else None
     gpu_w, host_w, kwh = _energy(plan, accel, cpu, hours, tokens, step_s, calibration, assumptions, missing)
@@ -219,7 +224,7 @@ def build_forecast(plan: Plan, *, carbon_intensity: Optional[float] = None, carb
         accelerator=accel.name if accel else (cpu.cpu_model if (plan.device == "cpu" and cpu) else name),
         peak_tflops=peak, mfu_assumed=mfu.value if mfu else None,
         mfu_source=mfu.source if mfu else None, mfu_forecast=mfu_fc, compute_s_per_step=compute_s,
-        offload_s_per_step=offload_s, step_time_s=step_s, general_eval_s=general_s,
+        offload_s_per_step=offload_s, step_time_s=step_s, warmup_s=warmup_s, general_eval_s=general_s,
         tokens_per_s_per_device=tps / step_s / plan.world_size if step_s else None, hours=hours, gpu_hours=gpu_hours,
         node_hours=node_hours, gpu_power_w=gpu_w, host_power_w=host_w, pue=rep.pue, kwh=kwh,
         country_iso_code=rep.country_iso_code, carbon_intensity_g_per_kwh=carbon_intensity, carbon_source=carbon_source,

@@ -108,7 +108,10 @@ class CalibrationPoint(_Frozen):
     tokens_per_step: int
     flops_per_token: Optional[float] = None
     steps: int
-    step_time_s: float  # the mean over the run's training steps
+    # the mean of the run's training steps after each attempt's first (the report's
+    # steady_step_time_s); the mean over all of them in points written before it was kept
+    step_time_s: float
+    warmup_s: Optional[float] = None  # what an attempt's first step took over it
     tokens_per_s_per_device: Optional[float] = None
     energy_per_token_j: Optional[float] = None  # PUE included
     pue: float = 1.0
@@ -200,6 +203,9 @@ class Forecast(_Frozen):
     offload_s_per_step: Optional[float] = None
     general_eval_s: Optional[float] = None  # eval.general_data: the two passes (before and after)
     step_time_s: Optional[float] = None
+    # once per start: what the calibration run's first step took over its steady step (first-touch
+    # allocations, the optimizer's state, first kernel calls); in hours, not in step_time_s
+    warmup_s: Optional[float] = None
     tokens_per_s_per_device: Optional[float] = None
     hours: Optional[float] = None
     gpu_hours: Optional[float] = None  # device-hours on CPU

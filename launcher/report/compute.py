@@ -55,6 +55,35 @@ def percentile(values: Iterable[float], p: float) -> Optional[float]:
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
+def warmup_steps(records: Sequence[Any]) -> set[int]:
+    """The steps each attempt ran first (the first train record after each start record): they
+    pay the attempt's one-off costs (first-touch allocations, the optimizer's state created on its
+    first step, the kernels' first calls), which the steps after them do not."""
+    out: set[int] = set()
+    fresh = False
+    for r in records:
+        if isinstance(r, StartRecord):
+            fresh = True
+        elif fresh and isinstance(r, TrainRecord):
+            out.add(r.step)
+            fresh = False
+    return out
+
+
+def steady_and_warmup(records: Sequence[Any], steps: list[TrainRecord]) -> tuple[Optional[float], Optional[float]]:
+    """(the mean time of the steps after each attempt's first, what an attempt's first step took
+    over that mean, on average over the attempts): a job of one attempt takes about
+    ``warmup + steps x steady``. (None, None) where no step but the first ones was timed."""
+    first = warmup_steps(records)
+    timed = [(s.step, t) for s in steps if (t := finite(s.step_time_s)) is not None]
+    rest = [t for step, t in timed if step not in first]
+    if not rest:
+        return None, None
+    steady = sum(rest) / len(rest)
+    excess = [max(t - steady, 0.0) for step, t in timed if step in first]
+    return steady, (sum(excess) / len(excess) if excess else None)
+
+
 def train_steps(records: Sequence[Any]) -> list[TrainRecord]:
     """Train records, one per step (the last record of a step wins), in step order."""
     by_step = {r.step: r for r in records if isinstance(r, TrainRecord)}
@@ -209,6 +238,7 @@ def throughput_section(job: Job, records: Sequence[Any], steps: list[TrainRecord
     timed = bool(atts) or wall is not None
     ttfs = steps[0].time - min(starts) if (steps and starts) else None
 
+    steady, warmup = steady_and_warmup(records, steps)
     tps = ratio(logged_tokens, step_time_sum)
     tps_wall = ratio(tokens, wall)
     samples_per_s = ratio(logged_samples, step_time_sum)
@@ -225,6 +255,8 @@ def throughput_section(job: Job, records: Sequence[Any], steps: list[TrainRecord
         step_time_sum_s=step_time_sum,
         step_time_median_s=percentile(step_times, 50),
         step_time_p90_s=percentile(step_times, 90),
+        steady_step_time_s=steady,
+        warmup_s=warmup,
         tokens_per_s=tps,
         tokens_per_s_per_device=ratio(tps, world),
         samples_per_s=samples_per_s,

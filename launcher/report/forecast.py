@@ -57,8 +57,9 @@ def forecast_section(forecast: Optional[Forecast], memory: Optional[MemoryPlan],
     def row(name: str, fc: Optional[float], actual: Optional[float], unit: str, note: str = "") -> None:
         rows[name] = ForecastRow(forecast=fc, actual=actual, ratio=_ratio(actual, fc), unit=unit, note=note)
 
-    row("time_s", f.step_time_s * done if (f and f.step_time_s is not None and done) else None,
-        thr.step_time_sum_s, "s", f"{done} training steps")
+    warm = f.warmup_s if f else None
+    row("time_s", f.step_time_s * done + (warm or 0.0) if (f and f.step_time_s is not None and done) else None,
+        thr.step_time_sum_s, "s", f"{done} training steps" + (" and the first one's warm-up" if warm else ""))
     kwh = energy.energy_kwh.total if energy.available else None
     row("kwh", f.kwh * share if (f and f.kwh is not None and share is not None) else None, kwh, "kWh")
     row("kg_co2e", f.kg_co2e * share if (f and f.kg_co2e is not None and share is not None) else None,

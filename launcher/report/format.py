@@ -130,6 +130,7 @@ def throughput_rows(report: Report) -> Rows:
         ("Samples/s", fmt_num(t.samples_per_s)),
         ("Tokens/s (wall time)", fmt_num(t.tokens_per_s_wall)),
         ("Step time median / p90", f"{fmt_dur(t.step_time_median_s)} / {fmt_dur(t.step_time_p90_s)}"),
+        ("Step time after the first / first step's excess", f"{fmt_dur(t.steady_step_time_s)} / {fmt_dur(t.warmup_s)}"),
         ("Time to first step", fmt_dur(t.time_to_first_step_s)),
         ("Wall time", fmt_dur(t.wall_time_s) + (f" ({t.attempts} attempts)" if t.attempts > 1 else "")),
         (dh_label[:1].upper() + dh_label[1:], fmt_num(t.device_hours)),

@@ -117,6 +117,7 @@ CSV_FIELDS: list[tuple[str, tuple[str, ...]]] = [
     ("samples_per_s", ("throughput", "samples_per_s")),
     ("step_time_median_s", ("throughput", "step_time_median_s")),
     ("step_time_p90_s", ("throughput", "step_time_p90_s")),
+    ("steady_step_time_s", ("throughput", "steady_step_time_s")), ("warmup_s", ("throughput", "warmup_s")),
     ("time_to_first_step_s", ("throughput", "time_to_first_step_s")),
     ("wall_time_s", ("throughput", "wall_time_s")), ("device_hours", ("throughput", "device_hours")),
     ("mfu", ("mfu", "value")), ("mfu_reason", ("mfu", "reason")), ("flops_per_token", ("mfu", "flops_per_token")),

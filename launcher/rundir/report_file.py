@@ -76,6 +76,10 @@ class Throughput(_Section):
     step_time_sum_s: Optional[float] = None
     step_time_median_s: Optional[float] = None
     step_time_p90_s: Optional[float] = None
+    # the mean of the steps after each attempt's first, and what an attempt's first step took over
+    # it, on average (launcher.report.compute.steady_and_warmup)
+    steady_step_time_s: Optional[float] = None
+    warmup_s: Optional[float] = None
     tokens_per_s: Optional[float] = None
     tokens_per_s_per_device: Optional[float] = None
     samples_per_s: Optional[float] = None

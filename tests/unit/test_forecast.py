@@ -346,6 +346,51 @@ def test_what_a_step_of_several_ranks_costs_over_one_rank_is_fitted_and_paid_onl
     assert fit_step([p for p in history if p.world_size == 2], plan, "AMD EPYC").multi_rank_s is None
 
 
+def test_a_run_s_first_step_is_its_warm_up_kept_apart_from_the_step_and_forecast_once(tmp_path):
+    """The first step of an attempt pays its one-off costs (first-touch allocations, the optimizer's
+    state, first kernel calls): the report, the calibration point and the forecast keep it apart
+    from the steady step, so a short calibration run does not spread it over every step of a long
+    job; a resumed attempt's first step is a warm-up too."""
+    from launcher.plan.forecast import with_forecast
+    from launcher.report.history import point_of
+    from launcher.rundir import read_plan, write_plan
+    from tests.unit.test_report import build_report, start_record, train_record, write_lines
+
+    run = make_run(tmp_path)  # steps of 10, 9, 11, 10 s
+    recs = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    next(r for r in recs if r["kind"] == "train")["step_time_s"] = 30.0
+    write_lines(run / "metrics.jsonl", recs)
+    t = build_report(run)["throughput"]
+    assert (t["step_time_sum_s"], t["steady_step_time_s"], t["warmup_s"]) == (60.0, pytest.approx(10.0),
+                                                                             pytest.approx(20.0))
+    pt = point_of(run)
+    assert (pt.step_time_s, pt.warmup_s) == (pytest.approx(10.0), pytest.approx(20.0))
+
+    plan = read_plan(run)
+    f = with_forecast(plan, calibration=from_point(pt, "--calibrate", 0.0)).forecast
+    # the step scaled from the steady 10 s (by the FLOPs per rank), the warm-up once in the hours
+    cold = with_forecast(plan, calibration=from_point(pt.model_copy(update={"warmup_s": None}), "--calibrate",
+                                                      0.0)).forecast
+    assert f.step_time_s == cold.step_time_s and f.warmup_s == pytest.approx(20.0) and cold.warmup_s is None
+    assert f.hours == pytest.approx((f.steps * f.step_time_s + 20.0) / 3600) and f.hours > cold.hours
+    assert any(a.startswith("warm-up: 20 s once") for a in f.assumptions)
+    write_plan(run, plan.model_copy(update={"forecast": f}))
+    row = build_report(run)["forecast"]["rows"]["time_s"]
+    assert (row["forecast"], row["actual"]) == (pytest.approx(4 * f.step_time_s + 20.0), 60.0)
+
+    # a second attempt redoes steps 3 and 4: its first step (3, 11 s) is a warm-up as well
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    plan = read_plan(run)
+    write_plan(resumed, plan)
+    extra = [start_record(plan, time=T0 + 1100, resumed_from_step=2), train_record(2, T0 + 1111),
+             train_record(3, T0 + 1121)]
+    write_lines(resumed / "metrics.jsonl", recs[:-2] + [r.model_dump(mode="json") for r in extra])
+    t = build_report(resumed)["throughput"]
+    # steady: steps 2 (9 s) and 4 (10 s); warm-ups: step 1 (30 s) and the resumed step 3 (11 s)
+    assert t["steady_step_time_s"] == pytest.approx(9.5) and t["warmup_s"] == pytest.approx((20.5 + 1.5) / 2)
+
+
 def test_history_skips_lines_it_cannot_read_and_keeps_the_newest_of_a_run(tmp_path):
     h = tmp_path / "calibration.jsonl"
     h.write_text("\n".join([point(step_time_s=1.0).model_dump_json(), "{torn", json.dumps({"run_dir": "x"}),
