@@ -14,18 +14,20 @@ them the nearest is the one of least ``distance``, a sum of
 the newest first among equals. A run of the same configuration (distance 0) is scaled by the FLOPs
 each rank computes per step (``tokens_per_step x (flops_per_token + recompute) / world``). Any
 other is forecast by :func:`fit_step` when the history allows it: ``overhead + work / rate +
-gathered x cost per byte + fetches x cost per fetch (+ what a step of several ranks costs over one
-rank's)``, where the work
-is the FLOPs each thread computes per step, gathered is what each rank sends per step where the
-parameters are sharded (ZeRO-3 and FSDP2 gather every parameter each step: a cost that grows with
-the model, not with the tokens; a cost per byte for each of the two), fetches how many fetches it makes there (ZeRO-3 one per module
+gathered x cost per byte + fetches x cost per fetch + adapter work x cost per value (+ what a step
+of several ranks costs over one rank's)``, where the work is the FLOPs each thread computes per
+step, gathered is what each rank sends per step where the parameters are sharded (ZeRO-3 and FSDP2
+gather every parameter each step: a cost that grows with the model, not with the tokens; a cost
+per byte for each of the two), fetches how many fetches it makes there (ZeRO-3 one per module
 holding parameters, FSDP2 one per unit, each with its hooks and collective: LoRA's adapters double
-ZeRO-3's), the rate, the cost per byte, per fetch and of several ranks (their
-collectives, and each waiting for the others, every step) are fitted over every run on this
-device in this dtype, and the overhead (what a step costs beyond its arithmetic: hooks, gathers,
-collectives, which depend on the strategy and not on the FLOPs; most of a tiny model's step) is
-the runs' residuals weighted by how like the job each run is configured. Energy per token is
-scaled from the nearest run by the time per token and the devices drawing power.
+ZeRO-3's), adapter work the LoRA adapter values a rank's threads do not share
+(:func:`adapter_work`); the rate, the cost per byte, per fetch, per adapter value and of several
+ranks (their collectives, and each waiting for the others, every step) are fitted over every run
+on this device in this dtype, and the overhead (what a step costs beyond its arithmetic: hooks,
+gathers, collectives, which depend on the strategy and not on the FLOPs; most of a tiny model's
+step) is the runs' residuals weighted by how like the job each run is configured and sized.
+Energy per token is scaled from the nearest run by the time per token and the devices drawing
+power.
 """
 from __future__ import annotations
 
@@ -101,6 +103,9 @@ OVERHEAD_KEYS = {"task": 1.0, "strategy": 1.0, "zero_stage": 1.0, "method": 1.0,
 # a run one difference away counts exp(-1/1.5) = 0.51 of one configured alike (chosen on
 # bench/forecast_accuracy.py's runs: 1.0 and 2.0 leave one more configuration outside 0.75-1.33)
 OVERHEAD_TAU = 1.5
+# a model e times larger or smaller counts as one difference more: its hooks, per-module kernels
+# and optimizer step are not the job's
+OVERHEAD_SIZE = 1.0
 
 
 def work_per_thread(tokens_per_step: int, flops_per_token: float, world: int, threads: Optional[int]) -> float:
@@ -145,6 +150,19 @@ def module_fetches(plan: Plan) -> Optional[int]:
     return per_pass * passes * plan.grad_accum_steps
 
 
+def adapter_work(plan: Plan) -> float:
+    """The LoRA adapter values each rank passes per step that its threads do not share: the tokens
+    it computes per step x the features into and out of its adapted projections (the adapters'
+    parameters over r) x (1 - 1/threads). peft's rank-r products are too thin for a CPU rank's
+    threads to split, where the wide products split evenly (bench/RESULTS.md, "LoRA on a rank of
+    two threads"); 0 for full fine-tuning, a rank of one thread, or a GPU."""
+    threads = plan.threads_per_rank or 1
+    if plan.job.train.method != "lora" or plan.device != "cpu" or threads <= 1:
+        return 0.0
+    features = (plan.params or {}).get("trainable", 0) / plan.job.train.lora.r
+    return plan.tokens_per_step / plan.world_size * features * (1 - 1 / threads)
+
+
 def _gathered(p: CalibrationPoint) -> Optional[int]:
     return p.gathered_bytes if p.gathered_bytes is not None else (None if sharded(p.strategy, p.zero_stage) else 0)
 
@@ -177,19 +195,35 @@ def _fetches(p: CalibrationPoint) -> Optional[int]:
     return p.module_fetches if p.module_fetches is not None else (None if sharded(p.strategy, p.zero_stage) else 0)
 
 
+def _adapters(p: CalibrationPoint) -> Optional[float]:
+    if p.adapter_work is not None:
+        return p.adapter_work
+    return None if (p.method == "lora" and p.device == "cpu" and (p.threads_per_rank or 1) > 1) else 0.0
+
+
+def _overhead_weight(p: CalibrationPoint, mine: dict) -> float:
+    """How much a run's residual counts toward the job's overhead: ``exp(-d / OVERHEAD_TAU)``, d the
+    OVERHEAD_KEYS that differ plus OVERHEAD_SIZE x ``|ln|`` of the ratio of their parameters."""
+    d = sum(w for k, w in OVERHEAD_KEYS.items() if getattr(p, k) != mine[k])
+    if p.n_params and mine["n_params"]:
+        d += OVERHEAD_SIZE * abs(math.log(p.n_params / mine["n_params"]))
+    return math.exp(-d / OVERHEAD_TAU)
+
+
 def fit_step(points: Iterable[CalibrationPoint], plan: Plan, device_kind: Optional[str]) -> Optional[StepFit]:
-    """``overhead + work / rate + gathered x s_per_byte + fetches x s_per_fetch (+ multi_rank_s)``
-    for ``plan`` from the history's runs on the same device kind in the same dtype, by least squares
+    """``overhead + work / rate + gathered x s_per_byte + fetches x s_per_fetch + adapter work x
+    s_per_value (+ multi_rank_s)`` for ``plan`` from the history's runs on the same device kind in the same dtype, by least squares
     over all of them (at least 3, of at least 2 sizes of work): the rate; the cost of each byte a
     rank sends where the parameters are sharded and gathered, ZeRO-3's and FSDP2's each its own
     (the job's, or the other's where the history has none of its strategy), when runs with and
     without gathers are among at least 4; the cost of each parameter fetch there
-    (:func:`module_fetches`), and what a step of several ranks costs over one rank's (their
+    (:func:`module_fetches`), the cost of each LoRA adapter value a rank's threads do not share
+    (:func:`adapter_work`), and what a step of several ranks costs over one rank's (their
     collectives and waits: a fixed cost per step that one rank does not pay), when runs with and
     without are among at least 5. A term whose cost comes out negative is left out (the bytes
-    first, where the fetches come out negative with them). The overhead is
-    the runs' residuals weighted ``exp(-differences / OVERHEAD_TAU)`` by how many of OVERHEAD_KEYS
-    differ from the job's. None when the history cannot give a positive rate."""
+    first, where the fetches come out negative with them). The overhead is the runs' residuals
+    weighted by :func:`_overhead_weight`: how many of OVERHEAD_KEYS differ from the job's, and how
+    far their model's size is. None when the history cannot give a positive rate."""
     mine = features(plan)
     same = [p for p in points if same_device(p, plan, device_kind) and p.dtype == plan.dtype
             and p.flops_per_token and p.step_time_s > 0]
@@ -212,6 +246,9 @@ def fit_step(points: Iterable[CalibrationPoint], plan: Plan, device_kind: Option
         terms["multi"] = ms
     if len(same) >= 5 and None not in fs and 0 in fs and any(fs):
         terms["fetches"] = [float(f) for f in fs]
+    ads = [_adapters(p) for p in same]
+    if len(same) >= 5 and None not in ads and 0 in ads and any(ads):
+        terms["adapters"] = [float(a) for a in ads]
     gathered_terms = [t for t in terms if t.startswith("gathered:")]
     while True:
         coef = _least_squares(list(terms.values()), ys)
@@ -235,26 +272,29 @@ def fit_step(points: Iterable[CalibrationPoint], plan: Plan, device_kind: Option
     own = f"gathered:{plan.strategy}"
     s_per_byte = got.get(own, 0.0) if own in gathered_terms else (got[kept[0]] if kept else 0.0)
     s_per_flop = got["work"]
-    multi_s, s_per_fetch = got.get("multi", 0.0), got.get("fetches", 0.0)
+    multi_s, s_per_fetch, s_per_adapter = got.get("multi", 0.0), got.get("fetches", 0.0), got.get("adapters", 0.0)
     if s_per_flop <= 0:
         return None
-    weights = [math.exp(-sum(w for k, w in OVERHEAD_KEYS.items() if getattr(p, k) != mine[k]) / OVERHEAD_TAU)
-               for p in same]
+    weights = [_overhead_weight(p, mine) for p in same]
     residual = sum(w * (y - s_per_flop * x - got.get(f"gathered:{p.strategy}", 0.0) * (g or 0) - multi_s * m
-                        - s_per_fetch * (f or 0)) for w, x, y, g, m, f, p in zip(weights, xs, ys, gs, ms, fs, same))
+                        - s_per_fetch * (f or 0) - s_per_adapter * (a or 0))
+                   for w, x, y, g, m, f, a, p in zip(weights, xs, ys, gs, ms, fs, ads, same))
     residual /= sum(weights)
     return StepFit(points=len(same), gflops_per_thread=round(1e-9 / s_per_flop, 4),
                    overhead_s=round(max(residual, 0.0), 6),
                    s_per_gb_gathered=round(s_per_byte * 1e9, 6) if kept else None,
                    multi_rank_s=round(multi_s, 6) if "multi" in terms else None,
-                   ms_per_fetch=round(s_per_fetch * 1e3, 6) if "fetches" in terms else None)
+                   ms_per_fetch=round(s_per_fetch * 1e3, 6) if "fetches" in terms else None,
+                   ns_per_adapter_value=round(s_per_adapter * 1e9, 6) if "adapters" in terms else None)
 
 
 def fitted_step_time(fit: StepFit, tokens_per_step: int, flops_per_token: float, world: int,
-                     threads: Optional[int], gathered: int = 0, fetches: Optional[int] = 0) -> float:
+                     threads: Optional[int], gathered: int = 0, fetches: Optional[int] = 0,
+                     adapters: float = 0.0) -> float:
     work = work_per_thread(tokens_per_step, flops_per_token, world, threads)
     return (fit.overhead_s + work / (fit.gflops_per_thread * 1e9) + gathered / 1e9 * (fit.s_per_gb_gathered or 0.0)
-            + ((fit.multi_rank_s or 0.0) if world > 1 else 0.0) + (fetches or 0) * (fit.ms_per_fetch or 0.0) / 1e3)
+            + ((fit.multi_rank_s or 0.0) if world > 1 else 0.0) + (fetches or 0) * (fit.ms_per_fetch or 0.0) / 1e3
+            + adapters * (fit.ns_per_adapter_value or 0.0) / 1e9)
 
 
 def from_point(point: CalibrationPoint, source: str, distance_: Optional[float]) -> Calibration:
@@ -288,5 +328,5 @@ def scaled_energy_per_token(point: CalibrationPoint, step_time_s: float, tokens_
     return point.energy_per_token_j * (per_token_now / per_token_then) * drawing
 
 
-__all__ = ["distance", "features", "fit_step", "fitted_step_time", "from_point", "gathered_bytes", "module_fetches",
+__all__ = ["adapter_work", "distance", "features", "fit_step", "fitted_step_time", "from_point", "gathered_bytes", "module_fetches",
            "nearest", "offload_label", "scaled_energy_per_token", "scaled_step_time", "sharded", "work_per_thread"]

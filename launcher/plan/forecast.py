@@ -27,8 +27,8 @@ from __future__ import annotations
 from typing import Optional
 
 from launcher.plan.memory import DTYPE_BYTES, Layout, layout_of
-from launcher.plan.calibration import (fitted_step_time, module_fetches, scaled_energy_per_token, scaled_step_time,
-                                       sharded)
+from launcher.plan.calibration import (adapter_work, fitted_step_time, module_fetches, scaled_energy_per_token,
+                                       scaled_step_time, sharded)
 from launcher.plan.types import Calibration, Communication, CpuProbe, Forecast, Plan
 from launcher.facts.flops import flops_per_token_from_config, matmul_params
 from launcher.facts.hardware import (CPU_MFU, GPU_POWER_SHARE, HOST, HOST_LINK_EFFICIENCY, codecarbon_cpu_watts,
@@ -149,14 +149,17 @@ def build_forecast(plan: Plan, *, carbon_intensity: Optional[float] = None, carb
     fit = calibration.fit if calibration else None
     if fit is not None and fpt:
         gathered = comm_bytes if sharded(plan.strategy, plan.zero_stage) else 0  # calibration.gathered_bytes
-        fetches = module_fetches(plan)
+        fetches, adapters = module_fetches(plan), adapter_work(plan)
         compute_s = fitted_step_time(fit, tps, fpt + (recompute or 0), plan.world_size, plan.threads_per_rank,
-                                     gathered, fetches)
+                                     gathered, fetches, adapters)
         step_s = max(compute_s, comm_s or 0.0)
         sends = (f" + {_g(gathered)} sent per rank at {fit.s_per_gb_gathered:.3g} s per GB (sharded parameters, "
                  f"gathered every step)" if fit.s_per_gb_gathered and gathered else "")
         if fit.ms_per_fetch and fetches:
             sends += f" + {fetches:,} parameter fetches per step at {fit.ms_per_fetch:.3g} ms each"
+        if fit.ns_per_adapter_value and adapters:
+            sends += (f" + {adapters:,.0f} LoRA adapter values per step that the rank's threads do not share at "
+                      f"{fit.ns_per_adapter_value:.3g} ns each")
         if fit.multi_rank_s and plan.world_size > 1:
             sends += f" + {fit.multi_rank_s:.3g} s per step of more than one rank (their collectives and waits)"
         assumptions.append(f"time: {fit.overhead_s:.3g} s of overhead per step + the FLOPs per thread at "

@@ -105,6 +105,9 @@ class CalibrationPoint(_Frozen):
     # FSDP2's units: launcher.plan.calibration.module_fetches), 0 elsewhere; None in points written
     # before it was kept
     module_fetches: Optional[int] = None
+    # the LoRA adapter values each rank passes per step that its threads do not share
+    # (launcher.plan.calibration.adapter_work), 0 elsewhere; None in points written before it was kept
+    adapter_work: Optional[float] = None
     tokens_per_step: int
     flops_per_token: Optional[float] = None
     steps: int
@@ -119,9 +122,10 @@ class CalibrationPoint(_Frozen):
 
 class StepFit(_Frozen):
     """A step's time as ``overhead_s + work / (gflops_per_thread x 1e9) + gathered GB x s_per_gb_gathered``,
-    ``+ multi_rank_s`` for more than one rank ``+ fetches x ms_per_fetch / 1e3`` (work: the FLOPs
-    each thread computes per step, on GPUs each rank's; gathered: what a rank sends per step under
-    ZeRO-3 or FSDP2; fetches: how many parameter fetches it makes there), fitted over the
+    ``+ multi_rank_s`` for more than one rank ``+ fetches x ms_per_fetch / 1e3 + adapter work x
+    ns_per_adapter_value / 1e9`` (work: the FLOPs each thread computes per step, on GPUs each rank's;
+    gathered: what a rank sends per step under ZeRO-3 or FSDP2; fetches: how many parameter fetches
+    it makes there; adapter work: the LoRA adapter values a rank's threads do not share), fitted over the
     calibration history's runs on this device in this dtype: the rate from all of them, the
     overhead from those whose configuration is like the job's
     (:func:`launcher.plan.calibration.fit_step`)."""
@@ -138,6 +142,9 @@ class StepFit(_Frozen):
     # + this x the parameter fetches per step where the parameters are sharded (ZeRO-3 fetches each
     # module, FSDP2 each unit: hooks and a collective each); None when the history cannot tell it
     ms_per_fetch: Optional[float] = None
+    # + this x the LoRA adapter values per step a rank's threads do not share (peft's rank-r
+    # products are too thin to split); None when the history cannot tell it
+    ns_per_adapter_value: Optional[float] = None
 
 
 class Calibration(_Frozen):

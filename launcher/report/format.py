@@ -34,6 +34,8 @@ def fit_words(fit) -> str:
         words += f" + {fit.multi_rank_s:.3g} s per step of several ranks"
     if fit.ms_per_fetch:
         words += f" + {fit.ms_per_fetch:.3g} ms per parameter fetch"
+    if fit.ns_per_adapter_value:
+        words += f" + {fit.ns_per_adapter_value:.3g} ns per adapter value on a rank's threads"
     return words + f", fitted over {fit.points} runs"
 
 

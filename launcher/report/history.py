@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from launcher.errors import JobError
-from launcher.plan.calibration import gathered_bytes, module_fetches, offload_label
+from launcher.plan.calibration import adapter_work, gathered_bytes, module_fetches, offload_label
 from launcher.plan.types import CalibrationPoint
 
 HISTORY_FILE = "calibration.jsonl"
@@ -72,6 +72,7 @@ def point_of(run_dir: str | os.PathLike, report=None) -> CalibrationPoint:
         nodes=job.nodes, threads_per_rank=plan.threads_per_rank,
         activation_checkpointing=plan.job.train.activation_checkpointing, offload=offload_label(plan),
         host_memory=plan.host_memory, gathered_bytes=gathered_bytes(plan), module_fetches=module_fetches(plan),
+        adapter_work=adapter_work(plan),
         tokens_per_step=plan.tokens_per_step, flops_per_token=r.mfu.flops_per_token, steps=thr.steps,
         step_time_s=step_s, warmup_s=warmup, tokens_per_s_per_device=thr.tokens_per_s_per_device,
         energy_per_token_j=ept,

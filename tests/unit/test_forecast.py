@@ -346,6 +346,66 @@ def test_what_a_step_of_several_ranks_costs_over_one_rank_is_fitted_and_paid_onl
     assert fit_step([p for p in history if p.world_size == 2], plan, "AMD EPYC").multi_rank_s is None
 
 
+def test_lora_adapters_on_a_rank_of_several_threads_cost_what_its_threads_do_not_share():
+    """peft's rank-r products are too thin for a CPU rank's threads to split. Runs of one rank (two
+    threads) and of two (one thread each), full and LoRA, at two sizes of work: 20 ms + FLOPs at 50
+    GFLOP/s per thread + 5 ns per adapter value the threads do not share. The fit finds the 5 ns; a
+    LoRA job on one rank of two threads pays it, on two ranks of one thread it does not; LoRA
+    points written before the count was kept leave the term out."""
+    from launcher.plan import with_forecast
+    from launcher.plan.calibration import adapter_work, fit_step, work_per_thread
+
+    lora_one = demo_plan("train.method=lora", "cluster.cpu_procs_per_node=1", "parallel.zero_stage=0")
+    lora_two = demo_plan("train.method=lora")
+    # the tokens of a step x the features into and out of the adapted projections x (1 - 1/threads)
+    features = lora_one.params["trainable"] / lora_one.job.train.lora.r
+    assert adapter_work(lora_one) == lora_one.tokens_per_step * features * 0.5
+    assert adapter_work(lora_two) == 0 and adapter_work(demo_plan("cluster.cpu_procs_per_node=1")) == 0
+    fpt, tps = lora_one.forecast.flops_per_token, lora_one.tokens_per_step
+
+    def run(name, world, method, tokens):
+        threads = 2 // world
+        values = tokens / world * features * (1 - 1 / threads) if method == "lora" else 0.0
+        return point(run_dir=f"/runs/{name}", world_size=world, threads_per_rank=threads, method=method,
+                     zero_stage=2 if world > 1 else 0, tokens_per_step=tokens, flops_per_token=fpt,
+                     adapter_work=values, micro_batch_size=lora_one.micro_batch_size * tokens // tps,
+                     step_time_s=0.02 + work_per_thread(tokens, fpt, world, threads) / 50e9 + values * 5e-9)
+
+    history = [run(f"{w}-{m}-{n}", w, m, tokens) for w in (1, 2) for m in ("full", "lora")
+               for n, tokens in (("small", tps // 4), ("big", tps * 4)) if not (w == 2 and m == "lora")]
+    fit = fit_step(history, lora_one, "AMD EPYC")
+    assert (fit.gflops_per_thread, fit.ns_per_adapter_value, fit.overhead_s) == (
+        pytest.approx(50.0, rel=1e-3), pytest.approx(5.0, rel=1e-3), pytest.approx(0.02, rel=1e-3))
+    one = with_forecast(lora_one, calibration=nearest(history, lora_one, "AMD EPYC")).forecast
+    assert one.step_time_s == pytest.approx(0.02 + work_per_thread(tps, fpt, 1, 2) / 50e9
+                                            + adapter_work(lora_one) * 5e-9, rel=1e-3)
+    assert any("LoRA adapter values per step that the rank's threads do not share at 5 ns" in a
+               for a in one.assumptions)
+    two = with_forecast(lora_two, calibration=nearest(history, lora_two, "AMD EPYC")).forecast
+    assert two.step_time_s == pytest.approx(0.02 + work_per_thread(tps, fpt, 2, 1) / 50e9, rel=1e-3)
+    assert not any("adapter values" in a for a in two.assumptions)
+    old = [p.model_copy(update={"adapter_work": None}) if p.method == "lora" else p for p in history]
+    assert fit_step(old, lora_one, "AMD EPYC").ns_per_adapter_value is None
+
+
+def test_the_overhead_leans_to_runs_of_the_job_s_model_size():
+    """Runs configured alike, two of the job's model and two of a model ten times its parameters,
+    whose steps carry 20 and 60 ms of overhead: the job's overhead leans to its own size's runs,
+    a factor e of parameters counting as one difference of configuration."""
+    from launcher.plan.calibration import OVERHEAD_SIZE, OVERHEAD_TAU, fit_step
+
+    plan = demo_plan()
+    n = plan.model.n_params
+    history = [fitted_point(plan, "own-small", plan.tokens_per_step // 4, n_params=n),
+               fitted_point(plan, "own-big", plan.tokens_per_step * 4, n_params=n),
+               fitted_point(plan, "tenfold-small", plan.tokens_per_step // 4, 0.04, n_params=10 * n),
+               fitted_point(plan, "tenfold-big", plan.tokens_per_step * 4, 0.04, n_params=10 * n)]
+    fit = fit_step(history, plan, "AMD EPYC")
+    w = math.exp(-OVERHEAD_SIZE * math.log(10) / OVERHEAD_TAU)
+    assert fit.overhead_s == pytest.approx((2 * 0.02 + 2 * w * 0.06) / (2 + 2 * w), rel=1e-3)
+    assert fit.overhead_s < 0.03  # the plain mean of the four would be 40 ms
+
+
 def test_a_run_s_first_step_is_its_warm_up_kept_apart_from_the_step_and_forecast_once(tmp_path):
     """The first step of an attempt pays its one-off costs (first-touch allocations, the optimizer's
     state, first kernel calls): the report, the calibration point and the forecast keep it apart
