@@ -153,9 +153,10 @@ def module_fetches(plan: Plan) -> Optional[int]:
 def adapter_work(plan: Plan) -> float:
     """The LoRA adapter values each rank passes per step that its threads do not share: the tokens
     it computes per step x the features into and out of its adapted projections (the adapters'
-    parameters over r) x (1 - 1/threads). peft's rank-r products are too thin for a CPU rank's
-    threads to split, where the wide products split evenly (bench/RESULTS.md, "LoRA on a rank of
-    two threads"); 0 for full fine-tuning, a rank of one thread, or a GPU."""
+    parameters over r; a classifier's trained head is counted with them) x (1 - 1/threads). peft's
+    rank-r products are too thin for a CPU rank's threads to split, where the wide products split
+    evenly (bench/RESULTS.md, "The forecast with the steady step, LoRA's thin products and the
+    model's size"); 0 for full fine-tuning, a rank of one thread, or a GPU."""
     threads = plan.threads_per_rank or 1
     if plan.job.train.method != "lora" or plan.device != "cpu" or threads <= 1:
         return 0.0
@@ -212,18 +213,18 @@ def _overhead_weight(p: CalibrationPoint, mine: dict) -> float:
 
 def fit_step(points: Iterable[CalibrationPoint], plan: Plan, device_kind: Optional[str]) -> Optional[StepFit]:
     """``overhead + work / rate + gathered x s_per_byte + fetches x s_per_fetch + adapter work x
-    s_per_value (+ multi_rank_s)`` for ``plan`` from the history's runs on the same device kind in the same dtype, by least squares
-    over all of them (at least 3, of at least 2 sizes of work): the rate; the cost of each byte a
-    rank sends where the parameters are sharded and gathered, ZeRO-3's and FSDP2's each its own
-    (the job's, or the other's where the history has none of its strategy), when runs with and
-    without gathers are among at least 4; the cost of each parameter fetch there
-    (:func:`module_fetches`), the cost of each LoRA adapter value a rank's threads do not share
-    (:func:`adapter_work`), and what a step of several ranks costs over one rank's (their
-    collectives and waits: a fixed cost per step that one rank does not pay), when runs with and
-    without are among at least 5. A term whose cost comes out negative is left out (the bytes
-    first, where the fetches come out negative with them). The overhead is the runs' residuals
-    weighted by :func:`_overhead_weight`: how many of OVERHEAD_KEYS differ from the job's, and how
-    far their model's size is. None when the history cannot give a positive rate."""
+    s_per_value (+ multi_rank_s)`` for ``plan`` from the history's runs on the same device kind in
+    the same dtype, by least squares over all of them (at least 3, of at least 2 sizes of work):
+    the rate; the cost of each byte a rank sends where the parameters are sharded and gathered,
+    ZeRO-3's and FSDP2's each its own (the job's, or the other's where the history has none of
+    its strategy), when runs with and without gathers are among at least 4; the cost of each
+    parameter fetch there (:func:`module_fetches`), the cost of each LoRA adapter value a rank's
+    threads do not share (:func:`adapter_work`), and what a step of several ranks costs over one
+    rank's (their collectives and waits: a fixed cost per step that one rank does not pay), when
+    runs with and without are among at least 5. A term whose cost comes out negative is left out
+    (the bytes first, where the fetches come out negative with them). The overhead is the runs'
+    residuals weighted by :func:`_overhead_weight`: how many of OVERHEAD_KEYS differ from the
+    job's, and how far their model's size is. None when the history cannot give a positive rate."""
     mine = features(plan)
     same = [p for p in points if same_device(p, plan, device_kind) and p.dtype == plan.dtype
             and p.flops_per_token and p.step_time_s > 0]
@@ -272,7 +273,8 @@ def fit_step(points: Iterable[CalibrationPoint], plan: Plan, device_kind: Option
     own = f"gathered:{plan.strategy}"
     s_per_byte = got.get(own, 0.0) if own in gathered_terms else (got[kept[0]] if kept else 0.0)
     s_per_flop = got["work"]
-    multi_s, s_per_fetch, s_per_adapter = got.get("multi", 0.0), got.get("fetches", 0.0), got.get("adapters", 0.0)
+    multi_s, s_per_fetch = got.get("multi", 0.0), got.get("fetches", 0.0)
+    s_per_adapter = got.get("adapters", 0.0)
     if s_per_flop <= 0:
         return None
     weights = [_overhead_weight(p, mine) for p in same]
@@ -328,5 +330,6 @@ def scaled_energy_per_token(point: CalibrationPoint, step_time_s: float, tokens_
     return point.energy_per_token_j * (per_token_now / per_token_then) * drawing
 
 
-__all__ = ["adapter_work", "distance", "features", "fit_step", "fitted_step_time", "from_point", "gathered_bytes", "module_fetches",
-           "nearest", "offload_label", "scaled_energy_per_token", "scaled_step_time", "sharded", "work_per_thread"]
+__all__ = ["adapter_work", "distance", "features", "fit_step", "fitted_step_time", "from_point", "gathered_bytes",
+           "module_fetches", "nearest", "offload_label", "scaled_energy_per_token", "scaled_step_time", "sharded",
+           "work_per_thread"]

@@ -125,8 +125,8 @@ class StepFit(_Frozen):
     ``+ multi_rank_s`` for more than one rank ``+ fetches x ms_per_fetch / 1e3 + adapter work x
     ns_per_adapter_value / 1e9`` (work: the FLOPs each thread computes per step, on GPUs each rank's;
     gathered: what a rank sends per step under ZeRO-3 or FSDP2; fetches: how many parameter fetches
-    it makes there; adapter work: the LoRA adapter values a rank's threads do not share), fitted over the
-    calibration history's runs on this device in this dtype: the rate from all of them, the
+    it makes there; adapter work: the LoRA adapter values a rank's threads do not share), fitted
+    over the calibration history's runs on this device in this dtype: the rate from all of them, the
     overhead from those whose configuration is like the job's
     (:func:`launcher.plan.calibration.fit_step`)."""
 

@@ -365,7 +365,7 @@ def chrome(browser: str, tmp: Path, url: str, *args: str) -> subprocess.Complete
     return out
 
 
-SHOT_HEIGHT = 3000  # the whole single-run page: its tables, the forecast and the plots
+SHOT_HEIGHT = 3600  # the whole single-run page: its tables, the forecast and the plots
 
 
 def screenshot(browser: str, tmp: Path, html_file: Path, png: Path, height: int = SHOT_HEIGHT) -> Path:
