@@ -365,7 +365,8 @@ def chrome(browser: str, tmp: Path, url: str, *args: str) -> subprocess.Complete
     return out
 
 
-SHOT_HEIGHT = 3600  # the whole single-run page: its tables, the forecast and the plots
+SHOT_HEIGHT = 3000  # the whole comparison page
+RUN_SHOT_HEIGHT = 3600  # the whole single-run page: its tables, the forecast and the plots
 
 
 def screenshot(browser: str, tmp: Path, html_file: Path, png: Path, height: int = SHOT_HEIGHT) -> Path:
@@ -374,14 +375,14 @@ def screenshot(browser: str, tmp: Path, html_file: Path, png: Path, height: int 
     return png
 
 
-def check_screenshot(png: Path, min_plots_px: int = 2000) -> None:
+def check_screenshot(png: Path, min_plots_px: int = 2000, height: int = SHOT_HEIGHT) -> None:
     """Not blank: > 3% of the pixels not white; plots drawn: many strongly blue pixels
     (matplotlib's first colour #1f77b4 and the energy bars; the tables are grey and black)."""
     import numpy as np
     from PIL import Image
 
     with Image.open(png) as im:
-        assert im.size == (1280, SHOT_HEIGHT), im.size
+        assert im.size == (1280, height), im.size
         a = np.asarray(im.convert("RGB")).astype(int)
     non_white = (a.min(axis=2) < 235).mean()
     assert non_white > 0.03, f"screenshot looks blank: {non_white:.1%} non-white pixels"
@@ -411,8 +412,8 @@ def test_html_report_renders_offline_in_chromium(runs, chromium, tmp_path):
     captions = texts_of(page, "figcaption")
     assert any(c.startswith("Loss") for c in captions) and any(c.startswith("Throughput") for c in captions)
 
-    png = screenshot(chromium, tmp_path, html_file, tmp_path / "report.png")
-    check_screenshot(png)
+    png = screenshot(chromium, tmp_path, html_file, tmp_path / "report.png", RUN_SHOT_HEIGHT)
+    check_screenshot(png, height=RUN_SHOT_HEIGHT)
 
 
 # --------------------------------------------------------------------------- 5. comparison
@@ -476,8 +477,8 @@ def test_docs_example(chromium, tmp_path_factory):
     assert md.startswith("# Report: demo")
     tmp = tmp_path_factory.mktemp("docs-shot")
     check_offline_page((d / "report.html").read_text())
-    png = screenshot(chromium, tmp, d / "report.html", tmp / "report-html.png")
-    check_screenshot(png)
+    png = screenshot(chromium, tmp, d / "report.html", tmp / "report-html.png", RUN_SHOT_HEIGHT)
+    check_screenshot(png, height=RUN_SHOT_HEIGHT)
     DOCS.mkdir(exist_ok=True)
     (DOCS / "report-example.md").write_text(md)
     import numpy as np
