@@ -56,7 +56,6 @@ def point_of(run_dir: str | os.PathLike, report=None) -> CalibrationPoint:
     # the steady step: a run of few steps would otherwise spread its first step's one-off costs
     # over every step (bench/RESULTS.md); those are kept apart, per attempt
     step_s = thr.steady_step_time_s or thr.step_time_sum_s / thr.steps
-    warmup = thr.warmup_s if thr.steady_step_time_s else None
     ept = None
     if energy.available and energy.energy_per_token_j and energy.duration_s and \
             energy.duration_s >= ENERGY_COVERAGE * thr.step_time_sum_s:
@@ -74,7 +73,7 @@ def point_of(run_dir: str | os.PathLike, report=None) -> CalibrationPoint:
         host_memory=plan.host_memory, gathered_bytes=gathered_bytes(plan), module_fetches=module_fetches(plan),
         adapter_work=adapter_work(plan),
         tokens_per_step=plan.tokens_per_step, flops_per_token=r.mfu.flops_per_token, steps=thr.steps,
-        step_time_s=step_s, warmup_s=warmup, tokens_per_s_per_device=thr.tokens_per_s_per_device,
+        step_time_s=step_s, warmup_s=thr.warmup_s, tokens_per_s_per_device=thr.tokens_per_s_per_device,
         energy_per_token_j=ept,
         pue=energy.pue or 1.0)
 
