@@ -8,6 +8,12 @@ costs over one rank's and a per-step overhead over them,
 (``--no-calibration``). It prints and writes the forecast-to-actual ratios of the step time and
 of the kWh per configuration (goal: 0.75-1.33).
 
+Each configuration is trained ``--repeat`` times (2 by default), in rounds (every configuration
+once, then again), so a slower hour of the machine falls on all of them alike; the actual is the
+median over a configuration's runs (of two, their mean), every run of the other configurations is
+in the history, and the table gives the spread of each configuration's runs (slowest step over
+fastest): what one run tells of the next on this machine.
+
 * step time: the plan's ``forecast.step_time_s`` against the run's steady step (the report's
   ``steady_step_time_s``: the mean of the steps after the first, whose one-off costs the forecast
   keeps apart as ``forecast.warmup_s``);
@@ -18,7 +24,7 @@ Every run has a LAUNCHER_CACHE of this bench's own (the probe of this machine is
 it); the history files the leave-one-out plans read are written by hand from the runs' points
 (:func:`launcher.report.history.point_of`).
 
-    python bench/forecast_accuracy.py                        # ~6 min on 2 cores
+    python bench/forecast_accuracy.py                        # ~17 min on 2 cores
     python bench/forecast_accuracy.py --only demo-zero2,m4-fsdp-lora --json /tmp/fa.json
 """
 from __future__ import annotations
@@ -27,6 +33,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -57,6 +64,7 @@ CONFIGS: dict[str, tuple[list[str], int]] = {
     "m4-zero2": (["MODEL4M"], 40),
     "m4-zero3": (["MODEL4M", "parallel.zero_stage=3"], 40),
     "m4-fsdp-lora": (["MODEL4M", "parallel.strategy=fsdp", *LORA], 50),
+    "m4-fsdp": (["MODEL4M", "parallel.strategy=fsdp"], 40),
     "m4-single": (["MODEL4M", "cluster.cpu_procs_per_node=1", "parallel.zero_stage=0", "train.global_batch_size=8"], 40),
     "demo-single-seq256": (["cluster.cpu_procs_per_node=1", "parallel.zero_stage=0", "data.max_seq_len=256",
                             "train.micro_batch_size=4", "train.global_batch_size=4"], 250),
@@ -73,6 +81,20 @@ def overrides_of(name: str, model4m: Path) -> list[str]:
 
 def launcher(argv: list[str], env: dict, cwd: Path, log: Path) -> dict:
     return C.run_logged([sys.executable, "-m", "launcher", *argv], log, env=env, cwd=str(cwd), timeout=1800)
+
+
+def run_dir_of(work: Path, name: str, repeat: int) -> Path:
+    """The first run of a configuration is runs/NAME (as before repeats), the next runs/NAME.2, ..."""
+    return work / "runs" / (name if repeat == 1 else f"{name}.{repeat}")
+
+
+def median_actual(runs: list[dict]) -> dict:
+    """A configuration's runs as one: the median of each figure (of two, their mean), with the spread
+    of the steady step (slowest over fastest) and each run's step."""
+    out = {k: statistics.median(r[k] for r in runs) if all(r[k] is not None for r in runs) else None
+           for k in ("steps", "step_time_s", "warmup_s", "kwh", "energy_s", "train_s")}
+    steps = [r["step_time_s"] for r in runs]
+    return {**out, "runs": len(runs), "step_times_s": steps, "spread": max(steps) / min(steps)}
 
 
 def actual(run_dir: Path) -> dict:
@@ -115,6 +137,7 @@ def main(argv=None) -> int:
     ap.add_argument("--workdir", default="/tmp/launcher-bench-forecast")
     ap.add_argument("--keep-runs", action="store_true", help="reuse the runs already in --workdir")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--repeat", type=int, default=2, help="runs of each configuration, in rounds (default 2)")
     a = ap.parse_args(argv)
     names = a.only.split(",") if a.only else list(CONFIGS)
     work = Path(a.workdir)
@@ -129,29 +152,33 @@ def main(argv=None) -> int:
     print(f"machine: {info['nproc']} cpus, {info['cpu']}, {info['mem_total_gib']} GiB; load {info['load_avg']}",
           flush=True)
     t0 = time.time()
-    runs: dict[str, Path] = {}
-    for name in names:
-        d = work / "runs" / name
-        if not (a.keep_runs and (d / "report.json").exists()):
-            shutil.rmtree(d, ignore_errors=True)
-            r = launcher(["run", "--run-dir", str(d), *overrides_of(name, model4m)], env, work, work / f"{name}.log")
-            print(f"  ran {name}: rc={r['rc']} wall={r['wall_s']:.0f}s", flush=True)
-            if r["rc"] != 0:
-                print(C.tail(work / f"{name}.log", 8))
-                continue
-        runs[name] = d
+    runs: dict[str, list[Path]] = {n: [] for n in names}
+    for repeat in range(1, a.repeat + 1):  # in rounds: every configuration once, then again
+        for name in names:
+            d = run_dir_of(work, name, repeat)
+            if not (a.keep_runs and (d / "report.json").exists()):
+                shutil.rmtree(d, ignore_errors=True)
+                log = work / (f"{name}.log" if repeat == 1 else f"{name}.{repeat}.log")
+                r = launcher(["run", "--run-dir", str(d), *overrides_of(name, model4m)], env, work, log)
+                print(f"  ran {d.name}: rc={r['rc']} wall={r['wall_s']:.0f}s", flush=True)
+                if r["rc"] != 0:
+                    print(C.tail(log, 8))
+                    continue
+            runs[name].append(d)
+    runs = {n: ds for n, ds in runs.items() if ds}
     from launcher.report.history import point_of
 
-    points = {n: point_of(d) for n, d in runs.items()}
+    points = {n: [point_of(d) for d in ds] for n, ds in runs.items()}
     rows = []
-    for name, d in runs.items():
-        act = actual(d)
+    for name, ds in runs.items():
+        act = median_actual([actual(d) for d in ds])
         loo = work / "loo" / name  # the history of every other run, and this machine's probe
         shutil.rmtree(loo, ignore_errors=True)
         loo.mkdir(parents=True)
         if (cache / "probe").is_dir():
             shutil.copytree(cache / "probe", loo / "probe")
-        (loo / "calibration.jsonl").write_text("".join(p.model_dump_json() + "\n" for n, p in points.items() if n != name))
+        (loo / "calibration.jsonl").write_text("".join(p.model_dump_json() + "\n" for n, ps in points.items()
+                                                      if n != name for p in ps))
         cal = forecast(name, model4m, loo, work, [])
         probe = forecast(name, model4m, loo, work, ["--no-calibration"])
         share = act["steps"] / cal["steps"] if cal.get("steps") else 1.0
@@ -170,17 +197,18 @@ def main(argv=None) -> int:
     ok = sum(0.75 <= r["time_ratio"] <= 1.33 and 0.75 <= r["kwh_ratio"] <= 1.33 for r in inside)
     print(f"\nboth ratios within 0.75-1.33: {ok} of {len(rows)}; {time.time() - t0:.0f} s; load after {C.load_avg()}")
     if a.json:
-        C.write_json(Path(a.json), {"machine": info, "configs": {n: CONFIGS[n] for n in names}, "rows": rows,
-                                    "load_after": C.load_avg()})
+        C.write_json(Path(a.json), {"machine": info, "configs": {n: CONFIGS[n] for n in names}, "repeat": a.repeat,
+                                    "rows": rows, "load_after": C.load_avg()})
     return 0
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| config | forecast from (distance) | step s actual | time ratio | kWh actual | kWh ratio | "
-             "probe only: time ratio | kWh ratio |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| config | forecast from (distance) | step s actual (runs' spread) | time ratio | kWh actual | "
+             "kWh ratio | probe only: time ratio | kWh ratio |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         c, act = r["calibrated"], r["actual"]
-        lines.append(f"| {r['name']} | {c.get('from')} ({C.fmt(c.get('distance'))}) | {C.fmt(act['step_time_s'])} | "
+        lines.append(f"| {r['name']} | {c.get('from')} ({C.fmt(c.get('distance'))}) | {C.fmt(act['step_time_s'])} "
+                     f"(x{act['spread']:.2f} over {act['runs']}) | "
                      f"{C.fmt(r['time_ratio'])} | {C.fmt(act['kwh'])} | {C.fmt(r['kwh_ratio'])} | "
                      f"{C.fmt(r['probe_time_ratio'])} | {C.fmt(r['probe_kwh_ratio'])} |")
     return "\n".join(lines)
