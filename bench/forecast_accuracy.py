@@ -24,7 +24,7 @@ Every run has a LAUNCHER_CACHE of this bench's own (the probe of this machine is
 it); the history files the leave-one-out plans read are written by hand from the runs' points
 (:func:`launcher.report.history.point_of`).
 
-    python bench/forecast_accuracy.py                        # ~17 min on 2 cores
+    python bench/forecast_accuracy.py                        # ~17 min on 2 cores (16 x 2 runs)
     python bench/forecast_accuracy.py --only demo-zero2,m4-fsdp-lora --json /tmp/fa.json
 """
 from __future__ import annotations
