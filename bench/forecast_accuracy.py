@@ -139,6 +139,8 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None)
     ap.add_argument("--repeat", type=int, default=2, help="runs of each configuration, in rounds (default 2)")
     a = ap.parse_args(argv)
+    if a.repeat < 1:
+        ap.error(f"--repeat {a.repeat}: runs of each configuration, at least 1")
     names = a.only.split(",") if a.only else list(CONFIGS)
     work = Path(a.workdir)
     work.mkdir(parents=True, exist_ok=True)
