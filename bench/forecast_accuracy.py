@@ -160,7 +160,7 @@ def main(argv=None) -> int:
             d = run_dir_of(work, name, repeat)
             if not (a.keep_runs and (d / "report.json").exists()):
                 shutil.rmtree(d, ignore_errors=True)
-                log = work / (f"{name}.log" if repeat == 1 else f"{name}.{repeat}.log")
+                log = work / f"{d.name}.log"
                 r = launcher(["run", "--run-dir", str(d), *overrides_of(name, model4m)], env, work, log)
                 print(f"  ran {d.name}: rc={r['rc']} wall={r['wall_s']:.0f}s", flush=True)
                 if r["rc"] != 0:
